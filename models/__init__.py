@@ -1,0 +1,1 @@
+"""Model contracts, backends, pre/post-processing and the demo models."""

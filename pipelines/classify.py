@@ -1,0 +1,78 @@
+"""Crop and classify stage: animal boxes -> DeepFaune-style square crops -> labels.
+
+The crop rule is DeepFaune's: extend the box's short side to make it square (centred), clip at
+the photo border, resize to the classifier's side with bicubic. A prediction whose top
+probability is below the threshold is reported as `undefined`, with its top-k kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from trapline.models.backend import ClassifierBackend
+from trapline.pipelines.types import Detection, Frame
+
+UNDEFINED = "undefined"
+
+
+def square_crop_box(
+    bbox: tuple[float, float, float, float], width: int, height: int
+) -> tuple[int, int, int, int]:
+    """Relative box -> pixel (left, top, right, bottom) made square, clipped to the image."""
+    x1, y1 = bbox[0] * width, bbox[1] * height
+    x2, y2 = x1 + bbox[2] * width, y1 + bbox[3] * height
+    box_w, box_h = x2 - x1, y2 - y1
+    if box_w > box_h:
+        grow = (box_w - box_h) / 2
+        y1, y2 = y1 - grow, y2 + grow
+    else:
+        grow = (box_h - box_w) / 2
+        x1, x2 = x1 - grow, x2 + grow
+    left, top = max(0, int(round(x1))), max(0, int(round(y1)))
+    right, bottom = min(width, int(round(x2))), min(height, int(round(y2)))
+    return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def classify_frames(
+    frames: list[Frame],
+    detections: list[list[Detection]],
+    classifier: ClassifierBackend,
+    threshold: float,
+    max_crops_per_photo: int,
+    top_k: int = 3,
+) -> None:
+    """Label every animal detection in place (at most `max_crops_per_photo` per photo)."""
+    spec = classifier.spec
+    side = spec.input_size
+    targets: list[Detection] = []
+    crops: list[np.ndarray] = []
+    for frame, found in zip(frames, detections):
+        animals = [d for d in found if d.category == "animal"][:max_crops_per_photo]
+        for detection in animals:
+            box = square_crop_box(detection.bbox, frame.image.width, frame.image.height)
+            crop = frame.image.crop(box).resize((side, side), Image.Resampling.BICUBIC)
+            crops.append(np.asarray(crop))
+            targets.append(detection)
+    if not crops:
+        return
+    logits = np.asarray(classifier.classify(np.stack(crops)), dtype=np.float32)
+    if logits.shape != (len(crops), len(spec.labels)):
+        raise ValueError(
+            f"classifier returned {logits.shape}, expected ({len(crops)}, {len(spec.labels)})"
+        )
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, axis=1)[:, :top_k]
+    for detection, row_logits, row_probs, row_order in zip(targets, logits, probabilities, order):
+        best = float(row_probs[row_order[0]])
+        detection.logits = row_logits
+        detection.probability = round(best, 4)
+        detection.label = spec.labels[row_order[0]] if best >= threshold else UNDEFINED
+        detection.top_labels = [spec.labels[i] for i in row_order]
+        detection.top_probabilities = [round(float(row_probs[i]), 4) for i in row_order]

@@ -1,0 +1,203 @@
+"""The route from media reference to result rows, in one place.
+
+    read -> decode (+EXIF) -> letterbox + detect + NMS -> square crops + classify -> results
+    ... all batches done ...
+    dedupe -> timestamps -> sequences + event votes -> media / observations / events / failures
+
+`PhotoPipeline.process` is what every worker runs on a batch (a Ray actor in folder runs, a
+Kafka consumer actor in service mode); `assemble` turns all results into tables. Errors are
+values: each stage turns a bad input into a `Failure` and the batch goes on without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+from trapline.models.backend import ClassifierBackend, DetectorBackend
+from trapline.pipelines.classify import classify_frames
+from trapline.pipelines.decode import decode_image
+from trapline.pipelines.detect import detect_frames
+from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
+from trapline.pipelines.source import read_bytes
+from trapline.pipelines.tables import (
+    ModelNames,
+    events_table,
+    failures_table,
+    media_table,
+    observations_table,
+)
+from trapline.pipelines.types import Failure, Frame, MediaRef, MediaResult, StageError
+from trapline.services.settings import Settings
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    results: list[MediaResult]
+    failures: list[Failure]
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bytes_read: int = 0
+
+
+class PhotoPipeline:
+    """decode -> detect -> classify for one batch; holds the model backends."""
+
+    def __init__(self, settings: Settings, detector: DetectorBackend, classifier: ClassifierBackend):
+        self.settings = settings
+        self.detector = detector
+        self.classifier = classifier
+        self.decode_long_side = max(settings.decode_min_long_side, detector.spec.input_size)
+
+    def process(self, refs: list[MediaRef]) -> BatchOutput:
+        out = BatchOutput([], [])
+        timer = out.stage_seconds
+        frames: list[Frame] = []
+        for ref in refs:
+            stage = "read"
+            try:
+                started = time.perf_counter()
+                data = read_bytes(ref.uri, self.settings.max_file_bytes)
+                out.bytes_read += len(data)
+                stage = "decode"
+                decoded_at = time.perf_counter()
+                timer["read"] += decoded_at - started
+                decoded = decode_image(
+                    data,
+                    min_long_side=self.decode_long_side,
+                    max_pixels=self.settings.max_image_pixels,
+                )
+                timer["decode"] += time.perf_counter() - decoded_at
+            except StageError as error:
+                out.failures.append(_failure(ref, stage, error.kind, error.message))
+                continue
+            frames.append(
+                Frame(
+                    ref=ref,
+                    media_id=ref.media_id or decoded.sha256,
+                    sha256=decoded.sha256,
+                    image=decoded.image,
+                    width=decoded.width,
+                    height=decoded.height,
+                    exif_datetime=decoded.exif_datetime,
+                    camera_make=decoded.camera_make,
+                    camera_model=decoded.camera_model,
+                    byte_size=len(data),
+                )
+            )
+        if not frames:
+            return out
+        stage = "detect"
+        try:
+            started = time.perf_counter()
+            detections = detect_frames(
+                frames, self.detector, self.settings.detection_threshold, self.settings.nms_iou
+            )
+            stage = "classify"
+            classified_at = time.perf_counter()
+            timer["detect"] += classified_at - started
+            classify_frames(
+                frames,
+                detections,
+                self.classifier,
+                self.settings.classification_threshold,
+                self.settings.max_crops_per_photo,
+                self.settings.top_k,
+            )
+            timer["classify"] += time.perf_counter() - classified_at
+        except Exception as error:  # noqa: BLE001 - a model failure fails this batch, not the run
+            message = f"{type(error).__name__}: {error}"
+            for frame in frames:
+                out.failures.append(_failure(frame.ref, stage, "model_error", message))
+            return out
+        for frame, found in zip(frames, detections):
+            out.results.append(
+                MediaResult(
+                    ref=frame.ref,
+                    media_id=frame.media_id,
+                    sha256=frame.sha256,
+                    width=frame.width,
+                    height=frame.height,
+                    exif_datetime=frame.exif_datetime,
+                    camera_make=frame.camera_make,
+                    camera_model=frame.camera_model,
+                    byte_size=frame.byte_size,
+                    detections=found,
+                )
+            )
+        frames.clear()  # the pixels are not needed past this point
+        return out
+
+
+def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:
+    text = message if ref.uri in message else f"{ref.uri}: {message}"
+    return Failure(ref.uri, ref.deployment_id, ref.media_id, stage, kind, text, ref.source)
+
+
+def resolve_timestamp(result: MediaResult, local_tz: timezone) -> tuple[datetime | None, str]:
+    """UTC capture time and where it came from: the event beats EXIF; naive EXIF is local."""
+    for when, source in ((result.ref.timestamp, "event"), (result.exif_datetime, "exif")):
+        if when is not None:
+            aware = when if when.tzinfo is not None else when.replace(tzinfo=local_tz)
+            return aware.astimezone(timezone.utc), source
+    return None, "none"
+
+
+@dataclass(slots=True)
+class Tables:
+    media: pa.Table
+    observations: pa.Table
+    events: pa.Table
+    failures: pa.Table
+
+    def as_dict(self) -> dict[str, pa.Table]:
+        return {
+            "media": self.media,
+            "observations": self.observations,
+            "events": self.events,
+            "failures": self.failures,
+        }
+
+
+def assemble(
+    results: list[MediaResult],
+    failures: list[Failure],
+    settings: Settings,
+    models: ModelNames,
+    labels: tuple[str, ...],
+) -> Tables:
+    """Dedupe, place in time, group into events and build the four tables."""
+    unique: dict[str, MediaResult] = {}
+    failures = list(failures)
+    for result in results:
+        first = unique.get(result.media_id)
+        if first is None:
+            unique[result.media_id] = result
+        else:
+            failures.append(
+                _failure(
+                    result.ref,
+                    "dedupe",
+                    "duplicate",
+                    f"same media_id as {first.ref.uri} (identical bytes); kept that one",
+                )
+            )
+    tz = settings.tzinfo()
+    placed = [(result, *resolve_timestamp(result, tz)) for result in unique.values()]
+    options = SequenceOptions(gap_seconds=settings.sequence_gap_s, threshold=settings.sequence_threshold)
+    events = build_events(
+        [SequenceItem(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, _ in placed],
+        labels,
+        options,
+    )
+    event_of: dict[str, Event] = {m: e for e in events for m in e.media_ids}
+    rows = [(r, ts, source, event_of[r.media_id]) for r, ts, source in placed]
+    processed_at = datetime.now(timezone.utc)
+    return Tables(
+        media=media_table(rows, models, processed_at),
+        observations=observations_table(rows, models),
+        events=events_table(events),
+        failures=failures_table(failures),
+    )

@@ -1,0 +1,138 @@
+"""Sequences: group a deployment's photos into events and label each event, DeepFaune's way.
+
+A camera trap fires bursts; ecologists count events, not frames. Photos of one deployment,
+sorted by time, belong to one event while consecutive frames are at most `gap_seconds` apart.
+The event label follows DeepFaune: mean logits over the frames that show an animal, divided by
+a temperature (1.04, or 1.10 for a single frame), softmax, `undefined` below the threshold; an
+event with no detection is blank; one with people or vehicles only is human if it has at least
+as many frames with a person as with a vehicle, else vehicle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from trapline.pipelines.classify import UNDEFINED, softmax
+from trapline.pipelines.types import Detection
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    gap_seconds: float = 10.0  # consecutive frames at most this far apart are one event
+    threshold: float = 0.8  # event label below this probability -> "undefined"
+    temperature: float = 1.04  # DeepFaune's temperature for events of several frames
+    single_frame_temperature: float = 1.10  # and for a single frame
+
+
+@dataclass(slots=True)
+class SequenceItem:
+    media_id: str
+    deployment_id: str
+    timestamp: datetime | None  # tz-aware UTC; None = cannot be placed in a sequence
+    detections: list[Detection]
+
+
+@dataclass(slots=True)
+class Event:
+    event_id: str
+    deployment_id: str
+    start: datetime | None
+    end: datetime | None
+    media_ids: list[str]
+    observation_type: str  # animal | human | vehicle | blank
+    label: str | None = None  # species, "undefined", or None when not an animal event
+    probability: float | None = None
+    classified_frames: int = 0  # frames whose logits went into the vote
+    extra: dict = field(default_factory=dict)
+
+
+def media_observation_type(detections: list[Detection]) -> str:
+    """Camtrap DP observationType of one photo from its kept detections."""
+    categories = {d.category for d in detections}
+    if "animal" in categories:
+        return "animal"
+    if "person" in categories:
+        return "human"
+    if "vehicle" in categories:
+        return "vehicle"
+    return "blank"
+
+
+def group_sequences(items: list[SequenceItem], gap_seconds: float) -> list[list[SequenceItem]]:
+    """Split each deployment's time-sorted photos where the gap exceeds `gap_seconds`.
+
+    Photos without a timestamp form an event each: guessing their place would be worse.
+    """
+    by_deployment: dict[str, list[SequenceItem]] = defaultdict(list)
+    groups: list[list[SequenceItem]] = []
+    for item in items:
+        if item.timestamp is None:
+            groups.append([item])
+        else:
+            by_deployment[item.deployment_id].append(item)
+    for deployment_items in by_deployment.values():
+        deployment_items.sort(key=lambda item: (item.timestamp, item.media_id))
+        current = [deployment_items[0]]
+        for previous, item in zip(deployment_items, deployment_items[1:]):
+            if (item.timestamp - previous.timestamp).total_seconds() > gap_seconds:  # type: ignore[operator]
+                groups.append(current)
+                current = []
+            current.append(item)
+        groups.append(current)
+    return groups
+
+
+def event_id_for(group: list[SequenceItem]) -> str:
+    """Stable across re-runs: depends only on the deployment and the event's first photo."""
+    first = group[0]
+    when = first.timestamp.isoformat() if first.timestamp else "untimed"
+    key = f"{first.deployment_id}|{when}|{first.media_id}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def label_event(
+    group: list[SequenceItem], labels: tuple[str, ...], options: SequenceOptions
+) -> Event:
+    frame_logits = []
+    animal_frames = person_frames = vehicle_frames = 0
+    for item in group:
+        animals = [d for d in item.detections if d.category == "animal"]
+        animal_frames += bool(animals)
+        person_frames += any(d.category == "person" for d in item.detections)
+        vehicle_frames += any(d.category == "vehicle" for d in item.detections)
+        classified = [d for d in animals if d.logits is not None]
+        if classified:  # DeepFaune votes with each frame's most confident animal box
+            frame_logits.append(max(classified, key=lambda d: d.confidence).logits)
+    timestamps = [item.timestamp for item in group if item.timestamp is not None]
+    event = Event(
+        event_id=event_id_for(group),
+        deployment_id=group[0].deployment_id,
+        start=min(timestamps) if timestamps else None,
+        end=max(timestamps) if timestamps else None,
+        media_ids=[item.media_id for item in group],
+        observation_type="blank",
+    )
+    if animal_frames:
+        event.observation_type = "animal"
+        if frame_logits:
+            temperature = (
+                options.temperature if len(frame_logits) > 1 else options.single_frame_temperature
+            )
+            probabilities = softmax(np.mean(frame_logits, axis=0), temperature)
+            best = int(probabilities.argmax())
+            event.probability = round(float(probabilities[best]), 4)
+            event.label = labels[best] if event.probability >= options.threshold else UNDEFINED
+            event.classified_frames = len(frame_logits)
+    elif person_frames or vehicle_frames:
+        event.observation_type = "human" if person_frames >= vehicle_frames else "vehicle"
+    return event
+
+
+def build_events(
+    items: list[SequenceItem], labels: tuple[str, ...], options: SequenceOptions
+) -> list[Event]:
+    return [label_event(group, labels, options) for group in group_sequences(items, options.gap_seconds)]

@@ -1,0 +1,76 @@
+"""Source stage: list the photos under a folder or bucket prefix, and read their bytes.
+
+Anything fsspec opens works (`/data/photos`, `file:///...`, `s3://bucket/prefix`). The
+deployment of a photo is the first folder below the root (one folder per camera deployment, as
+card dumps are usually arranged), or the root's own name for photos directly in it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+from trapline.pipelines.types import Failure, MediaRef, StageError
+
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+
+@dataclass(slots=True)
+class Listing:
+    refs: list[MediaRef]  # photos to process, in a stable order
+    unsupported: list[Failure]  # files that are not photos by their extension
+    hidden: int  # dotfiles (.DS_Store, ._IMG_0001.JPG): not inputs, only counted
+
+
+def list_media(root: str) -> Listing:
+    fs, path = fsspec.core.url_to_fs(root)
+    path = path.rstrip("/")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input not found: {root}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    root_name = posixpath.basename(path) or "default"
+    files = [path] if fs.isfile(path) else sorted(fs.find(path))
+    listing = Listing([], [], 0)
+    for file in files:
+        relative = posixpath.relpath(file, path) if file != path else posixpath.basename(file)
+        parts = relative.split("/")
+        if any(part.startswith(".") for part in parts):
+            listing.hidden += 1
+            continue
+        deployment = parts[0] if len(parts) > 1 else root_name
+        uri = file if protocol in ("file", "local") else f"{protocol}://{file}"
+        extension = posixpath.splitext(file)[1].lower()
+        if extension in PHOTO_EXTENSIONS:
+            listing.refs.append(MediaRef(uri=uri, deployment_id=deployment))
+        else:
+            listing.unsupported.append(
+                Failure(
+                    uri=uri,
+                    deployment_id=deployment,
+                    media_id=None,
+                    stage="source",
+                    kind="unsupported_type",
+                    message=f"{uri}: extension {extension or '(none)'} is not a supported photo "
+                    f"type ({', '.join(sorted(PHOTO_EXTENSIONS))})",
+                )
+            )
+    return listing
+
+
+def read_bytes(uri: str, max_bytes: int) -> bytes:
+    """The object's bytes, refusing missing objects and files above `max_bytes`."""
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise StageError("missing", f"{uri}: object not found") from None
+    except PermissionError as error:
+        raise StageError("forbidden", f"{uri}: permission denied ({error})") from None
+    except OSError as error:
+        raise StageError("io_error", f"{uri}: read failed: {error}") from None
+    if len(data) > max_bytes:
+        raise StageError(
+            "too_large", f"{uri}: larger than {max_bytes:,} bytes (settings.max_file_bytes)"
+        )
+    return data

@@ -1,0 +1,183 @@
+"""The result tables' schemas and the rows that fill them.
+
+Every column carries its meaning in the Arrow field metadata (`description`), so the schema is
+documented where it is defined and `docs/tables.md` is generated from it
+(`trapline tables-doc`). Field names follow Camtrap DP where it has one, in snake_case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+from trapline.models.labels import SCIENTIFIC_NAMES
+from trapline.pipelines.sequences import Event, media_observation_type
+from trapline.pipelines.types import Failure, MediaResult
+
+SCHEMA_VERSION = "1"
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _field(name: str, kind: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, kind, nullable=nullable, metadata={"description": description})
+
+
+MEDIA = pa.schema([
+    _field("media_id", pa.string(), "Stable id: the producer's id, else the SHA-256 of the bytes.", False),
+    _field("deployment_id", pa.string(), "Camera deployment (folder below the input root, or the event's).", False),
+    _field("uri", pa.string(), "Where the photo was read from (path or fsspec URL).", False),
+    _field("timestamp", UTC_US, "Capture time in UTC; null when neither event nor EXIF had one."),
+    _field("timestamp_source", pa.string(), "event | exif | none: where `timestamp` came from.", False),
+    _field("sha256", pa.string(), "SHA-256 of the file's bytes, hex.", False),
+    _field("width", pa.int32(), "Full-resolution width after EXIF orientation, pixels.", False),
+    _field("height", pa.int32(), "Full-resolution height after EXIF orientation, pixels.", False),
+    _field("byte_size", pa.int64(), "File size, bytes.", False),
+    _field("camera_make", pa.string(), "EXIF Make."),
+    _field("camera_model", pa.string(), "EXIF Model."),
+    _field("observation_type", pa.string(), "animal | human | vehicle | blank (Camtrap DP observationType) from this photo's detections.", False),
+    _field("animal_count", pa.int16(), "Animal detections kept in this photo.", False),
+    _field("person_count", pa.int16(), "Person detections kept in this photo.", False),
+    _field("vehicle_count", pa.int16(), "Vehicle detections kept in this photo.", False),
+    _field("event_id", pa.string(), "Sequence (event) this photo belongs to; see the events table.", False),
+    _field("event_label", pa.string(), "The event's label (sequence-level vote); null unless an animal event.", True),
+    _field("detector", pa.string(), "Detector model name.", False),
+    _field("detector_version", pa.string(), "Detector model version.", False),
+    _field("classifier", pa.string(), "Classifier model name.", False),
+    _field("classifier_version", pa.string(), "Classifier model version.", False),
+    _field("processed_at", UTC_US, "When this row was produced, UTC.", False),
+    _field("source", pa.string(), "topic/partition/offset of the upload event; null for folder runs."),
+])  # fmt: skip
+
+OBSERVATIONS = pa.schema([
+    _field("observation_id", pa.string(), "media_id + '-' + index of the detection in the photo, best first.", False),
+    _field("media_id", pa.string(), "The photo (media table).", False),
+    _field("deployment_id", pa.string(), "Camera deployment.", False),
+    _field("event_id", pa.string(), "Sequence (event) of the photo.", False),
+    _field("timestamp", UTC_US, "Capture time of the photo, UTC."),
+    _field("category", pa.string(), "animal | person | vehicle (MegaDetector category).", False),
+    _field("detection_conf", pa.float32(), "Detector score, 0-1 (objectness x class for YOLOv5 models).", False),
+    _field("bbox_x", pa.float32(), "Box left edge, relative to photo width (0-1, top-left origin).", False),
+    _field("bbox_y", pa.float32(), "Box top edge, relative to photo height.", False),
+    _field("bbox_width", pa.float32(), "Box width, relative to photo width.", False),
+    _field("bbox_height", pa.float32(), "Box height, relative to photo height.", False),
+    _field("label", pa.string(), "Classifier label of this box, 'undefined' below the threshold; null for people, vehicles and unclassified boxes."),
+    _field("scientific_name", pa.string(), "Scientific name of `label` (Camtrap DP scientificName)."),
+    _field("classification_probability", pa.float32(), "Softmax probability of the top class, 0-1."),
+    _field("top_labels", pa.list_(pa.string()), "Top-k labels, most probable first."),
+    _field("top_probabilities", pa.list_(pa.float32()), "Their probabilities."),
+    _field("classified_by", pa.string(), "Classifier name/version; null when not classified."),
+])  # fmt: skip
+
+EVENTS = pa.schema([
+    _field("event_id", pa.string(), "Stable id from the deployment and the event's first photo.", False),
+    _field("deployment_id", pa.string(), "Camera deployment.", False),
+    _field("start", UTC_US, "First photo's capture time, UTC."),
+    _field("end", UTC_US, "Last photo's capture time, UTC."),
+    _field("media_count", pa.int32(), "Photos in the event.", False),
+    _field("observation_type", pa.string(), "animal | human | vehicle | blank, by DeepFaune's sequence rules.", False),
+    _field("label", pa.string(), "Sequence-level species vote, 'undefined' below the threshold."),
+    _field("scientific_name", pa.string(), "Scientific name of `label`."),
+    _field("probability", pa.float32(), "Probability of the voted class after temperature scaling."),
+    _field("classified_frames", pa.int32(), "Frames whose logits entered the vote.", False),
+])  # fmt: skip
+
+FAILURES = pa.schema([
+    _field("uri", pa.string(), "The input that failed (path, URL, or topic/partition/offset for bad events).", False),
+    _field("deployment_id", pa.string(), "Deployment, when known."),
+    _field("media_id", pa.string(), "Media id, when known."),
+    _field("stage", pa.string(), "source | read | decode | detect | classify | dedupe | event | write.", False),
+    _field("kind", pa.string(), "Short reason: missing, truncated, corrupt, not_an_image, too_large, duplicate, ...", False),
+    _field("message", pa.string(), "What is wrong and what to do, for a human.", False),
+    _field("failed_at", UTC_US, "When it failed, UTC.", False),
+    _field("source", pa.string(), "topic/partition/offset of the upload event, when any."),
+    _field("raw_event", pa.binary(), "The original message bytes, for bad events."),
+])  # fmt: skip
+
+TABLES: dict[str, pa.Schema] = {
+    "media": MEDIA,
+    "observations": OBSERVATIONS,
+    "events": EVENTS,
+    "failures": FAILURES,
+}
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    detector: str
+    detector_version: str
+    classifier: str
+    classifier_version: str
+
+
+def media_table(
+    results: Iterable[tuple[MediaResult, datetime | None, str, Event]],
+    models: ModelNames,
+    processed_at: datetime,
+) -> pa.Table:
+    rows = []
+    for result, timestamp, timestamp_source, event in results:
+        counts = {c: sum(d.category == c for d in result.detections) for c in ("animal", "person", "vehicle")}
+        rows.append({
+            "media_id": result.media_id, "deployment_id": result.ref.deployment_id,
+            "uri": result.ref.uri, "timestamp": timestamp, "timestamp_source": timestamp_source,
+            "sha256": result.sha256, "width": result.width, "height": result.height,
+            "byte_size": result.byte_size, "camera_make": result.camera_make,
+            "camera_model": result.camera_model,
+            "observation_type": media_observation_type(result.detections),
+            "animal_count": counts["animal"], "person_count": counts["person"],
+            "vehicle_count": counts["vehicle"], "event_id": event.event_id,
+            "event_label": event.label, "detector": models.detector,
+            "detector_version": models.detector_version, "classifier": models.classifier,
+            "classifier_version": models.classifier_version, "processed_at": processed_at,
+            "source": result.ref.source,
+        })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=MEDIA)
+
+
+def observations_table(
+    results: Iterable[tuple[MediaResult, datetime | None, str, Event]], models: ModelNames
+) -> pa.Table:
+    classified_by = f"{models.classifier}/{models.classifier_version}"
+    rows = []
+    for result, timestamp, _, event in results:
+        for index, d in enumerate(result.detections):
+            rows.append({
+                "observation_id": f"{result.media_id}-{index}", "media_id": result.media_id,
+                "deployment_id": result.ref.deployment_id, "event_id": event.event_id,
+                "timestamp": timestamp, "category": d.category, "detection_conf": d.confidence,
+                "bbox_x": d.bbox[0], "bbox_y": d.bbox[1], "bbox_width": d.bbox[2],
+                "bbox_height": d.bbox[3], "label": d.label,
+                "scientific_name": SCIENTIFIC_NAMES.get(d.label or ""),
+                "classification_probability": d.probability,
+                "top_labels": d.top_labels or None, "top_probabilities": d.top_probabilities or None,
+                "classified_by": classified_by if d.label is not None else None,
+            })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=OBSERVATIONS)
+
+
+def events_table(events: Iterable[Event]) -> pa.Table:
+    rows = [
+        {
+            "event_id": e.event_id, "deployment_id": e.deployment_id, "start": e.start,
+            "end": e.end, "media_count": len(e.media_ids), "observation_type": e.observation_type,
+            "label": e.label, "scientific_name": SCIENTIFIC_NAMES.get(e.label or ""),
+            "probability": e.probability, "classified_frames": e.classified_frames,
+        }  # fmt: skip
+        for e in events
+    ]
+    return pa.Table.from_pylist(rows, schema=EVENTS)
+
+
+def failures_table(failures: Iterable[Failure]) -> pa.Table:
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "uri": f.uri, "deployment_id": f.deployment_id, "media_id": f.media_id,
+            "stage": f.stage, "kind": f.kind, "message": f.message, "failed_at": now,
+            "source": f.source, "raw_event": f.raw_event,
+        }  # fmt: skip
+        for f in failures
+    ]
+    return pa.Table.from_pylist(rows, schema=FAILURES)

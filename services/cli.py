@@ -1,0 +1,119 @@
+"""The `trapline` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from trapline.services.settings import load_settings
+
+app = typer.Typer(help="Camera-trap photos in, species tables out.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    source: str = typer.Argument(..., help="Folder or fsspec URL (s3://bucket/prefix) of photos."),
+    out: str = typer.Option("results", "--out", "-o", help="Folder or fsspec URL for the tables."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    workers: int | None = typer.Option(None, help="Ray workers; 0 = in-process."),
+    batch_size: int | None = typer.Option(None, help="Photos per detector batch."),
+    detector: Path | None = typer.Option(None, help="Detector ONNX file (with .json sidecar)."),
+    classifier: Path | None = typer.Option(None, help="Classifier ONNX file (with .json sidecar)."),
+    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the summary as JSON."),
+) -> None:
+    """Detect and classify every photo under SOURCE; write media/observations/events/failures tables."""
+    from trapline.services.runner import run_folder
+
+    settings = load_settings(
+        config, workers=workers, batch_size=batch_size, detector_model=detector,
+        classifier_model=classifier,
+    )  # fmt: skip
+    with Progress(
+        TextColumn("[bold]photos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("photos", total=None)
+        summary = run_folder(
+            source, out, settings, lambda done, total: progress.update(task, completed=done, total=total)
+        )
+    _print_summary(summary, out)
+    if json_summary:
+        json_summary.write_text(json.dumps(summary_dict(summary), indent=2))
+
+
+def summary_dict(summary) -> dict:
+    return {
+        "files": summary.files,
+        "processed": summary.processed,
+        "failed": summary.failed,
+        "events": summary.events,
+        "observation_types": dict(summary.observation_types),
+        "detections": dict(summary.detections),
+        "labels": dict(summary.labels.most_common()),
+        "event_labels": dict(summary.event_labels.most_common()),
+        "failure_kinds": dict(summary.failure_kinds),
+        "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
+        "bytes_read": summary.bytes_read,
+        "wall_seconds": round(summary.wall_seconds, 3),
+        "photos_per_second": round(summary.photos_per_second, 2),
+    }
+
+
+def _print_summary(summary, out: str) -> None:
+    table = Table(title="trapline run", show_header=False)
+    table.add_row("photos read", f"{summary.files}")
+    table.add_row("processed (media rows)", f"{summary.processed}")
+    table.add_row("failed (failures rows)", f"{summary.failed}  {dict(summary.failure_kinds) or ''}")
+    types = summary.observation_types
+    table.add_row(
+        "blank / animal / human / vehicle",
+        f"{types['blank']} / {types['animal']} / {types['human']} / {types['vehicle']}",
+    )
+    table.add_row("events (sequences)", f"{summary.events}")
+    top = ", ".join(f"{label} {count}" for label, count in summary.event_labels.most_common(8))
+    table.add_row("top event labels", top or "-")
+    table.add_row("throughput", f"{summary.photos_per_second:.1f} photos/s ({summary.wall_seconds:.1f} s)")
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in summary.stage_seconds.items())
+    table.add_row("stage time (all workers)", stages)
+    table.add_row("tables", out)
+    Console().print(table)
+
+
+@app.command()
+def evaluate(
+    results: str = typer.Argument(..., help="Results folder written by `trapline run`."),
+    truth: Path = typer.Option(Path("examples/ground_truth.csv"), help="Ground-truth CSV of the sample."),
+    min_iou: float = typer.Option(0.5, help="IoU for a detection to match a true box."),
+) -> None:
+    """Detector recall and classifier accuracy of a run against the sample's ground truth."""
+    from trapline.services.evaluate import evaluate_run
+
+    report = evaluate_run(results, truth, min_iou)
+    Console().print_json(json.dumps(report))
+
+
+@app.command("tables-doc")
+def tables_doc(out: Path = typer.Option(Path("docs/tables.md"))) -> None:
+    """Write the table reference from the schemas' own column descriptions."""
+    from trapline.services.docs import table_reference
+
+    out.write_text(table_reference())
+    console.print(f"wrote {out}")
+
+
+demo = typer.Typer(help="The demo models and the sample photos.", no_args_is_help=True)
+app.add_typer(demo, name="demo")
+
+
+@demo.command("photos")
+def demo_photos(out: Path = typer.Argument(Path("examples/photos")), seed: int = 7) -> None:
+    """Generate the synthetic sample photos (and examples/ground_truth.csv)."""
+    from trapline.models.demo.sample import write_sample_photos
+
+    rows = write_sample_photos(out, seed=seed)
+    console.print(f"wrote {len(rows)} files under {out}")

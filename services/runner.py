@@ -1,0 +1,167 @@
+"""The embedded runner behind `trapline run`: a folder or bucket prefix in, tables out.
+
+Batches of photos go to a pool of Ray actors (a local Ray is started for you), each holding its
+own ONNX Runtime sessions, so the same stages that serve Kafka scale across cores here.
+`workers=0` runs the stages in this process (tests, debugging, tiny folders).
+At most two batches per worker are in flight: memory stays bounded whatever the folder size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from trapline.models.contracts import load_classifier_spec, load_detector_spec
+from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector
+from trapline.pipelines.batching import batches
+from trapline.pipelines.flow import BatchOutput, PhotoPipeline, Tables, assemble
+from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines.source import list_media
+from trapline.pipelines.tables import ModelNames
+from trapline.pipelines.types import MediaRef
+from trapline.services.settings import Settings
+
+
+def build_pipeline(settings: Settings) -> PhotoPipeline:
+    return PhotoPipeline(
+        settings,
+        OnnxDetector(settings.detector_model, settings.threads_per_worker),
+        OnnxClassifier(settings.classifier_model, settings.threads_per_worker),
+    )
+
+
+@dataclass
+class RunSummary:
+    files: int = 0  # files found under the input (dotfiles excluded)
+    processed: int = 0  # rows in media
+    failed: int = 0  # rows in failures
+    hidden_skipped: int = 0
+    observation_types: Counter = field(default_factory=Counter)
+    detections: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    event_labels: Counter = field(default_factory=Counter)
+    failure_kinds: Counter = field(default_factory=Counter)
+    events: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bytes_read: int = 0
+    wall_seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def photos_per_second(self) -> float:
+        return self.files / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def _in_process(settings: Settings, work: list[list[MediaRef]]) -> Iterator[BatchOutput]:
+    pipeline = build_pipeline(settings)
+    for batch in work:
+        yield pipeline.process(batch)
+
+
+def _on_ray(settings: Settings, work: list[list[MediaRef]]) -> Iterator[BatchOutput]:
+    import ray  # imported here: `workers=0` and the tests of single stages never pay for Ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            num_cpus=settings.workers * settings.threads_per_worker,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
+    try:
+        worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
+        actors = [worker_class.remote(settings) for _ in range(settings.workers)]
+        idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
+        pending: dict = {}
+        queue = iter(work)
+        while True:
+            while idle:
+                batch = next(queue, None)
+                if batch is None:
+                    break
+                actor = idle.pop()
+                pending[actor.process.remote(batch)] = actor
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                idle.append(pending.pop(ref))
+                yield ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class PipelineActor:
+    """A Ray actor holding one PhotoPipeline (and its model sessions) for its lifetime."""
+
+    def __init__(self, settings: Settings):
+        self.pipeline = build_pipeline(settings)
+
+    def process(self, refs: list[MediaRef]) -> BatchOutput:
+        return self.pipeline.process(refs)
+
+
+def run_folder(
+    source: str,
+    out: str,
+    settings: Settings,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> RunSummary:
+    """Process every photo under `source` and write the tables under `out`."""
+    started = time.perf_counter()
+    listing = list_media(source)
+    summary = RunSummary(files=len(listing.refs) + len(listing.unsupported))
+    summary.hidden_skipped = listing.hidden
+    work = list(batches(listing.refs, settings.batch_size))
+    execute = _on_ray if settings.workers > 0 else _in_process
+    results, failures = [], list(listing.unsupported)
+    on_progress(len(listing.unsupported), summary.files)
+    done = len(listing.unsupported)
+    for output in execute(settings, work) if work else iter(()):
+        results.extend(output.results)
+        failures.extend(output.failures)
+        for stage, seconds in output.stage_seconds.items():
+            summary.stage_seconds[stage] += seconds
+        summary.bytes_read += output.bytes_read
+        done += len(output.results) + len(output.failures)
+        on_progress(done, summary.files)
+
+    detector = load_detector_spec(settings.detector_model)
+    classifier = load_classifier_spec(settings.classifier_model)
+    models = ModelNames(detector.name, detector.version, classifier.name, classifier.version)
+    write_started = time.perf_counter()
+    tables = assemble(results, failures, settings, models, classifier.labels)
+    summary.written = write_tables(tables, out, settings)
+    summary.stage_seconds["write"] += time.perf_counter() - write_started
+    summary.wall_seconds = time.perf_counter() - started
+    _summarise(tables, summary)
+    return summary
+
+
+def write_tables(tables: Tables, out: str, settings: Settings) -> list[str]:
+    """Write all four tables, then drop the parts an earlier run of this folder left."""
+    sink = ParquetSink(out, settings.output_compression)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    written = {name: sink.write(name, table, run_id) for name, table in tables.as_dict().items()}
+    for name, path in written.items():
+        sink.remove_parts_except(name, {path})
+    return list(written.values())
+
+
+def _summarise(tables: Tables, summary: RunSummary) -> None:
+    summary.processed = tables.media.num_rows
+    summary.failed = tables.failures.num_rows
+    summary.events = tables.events.num_rows
+    summary.observation_types.update(tables.media.column("observation_type").to_pylist())
+    summary.detections.update(tables.observations.column("category").to_pylist())
+    summary.labels.update(x for x in tables.observations.column("label").to_pylist() if x)
+    summary.event_labels.update(x for x in tables.events.column("label").to_pylist() if x)
+    summary.failure_kinds.update(tables.failures.column("kind").to_pylist())

@@ -1,0 +1,96 @@
+"""All of Trapline's knobs in one documented object.
+
+Values come from, in order of precedence: CLI flags, `TRAPLINE_*` environment variables
+(e.g. `TRAPLINE_DETECTION_THRESHOLD=0.3`), a YAML file (`--config FILE` or `TRAPLINE_CONFIG`),
+then the defaults below, which work on a laptop with the bundled demo models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAPLINE_", extra="forbid")
+
+    # Models
+    detector_model: Path = Field(DEMO_MODELS / "detector.onnx", description="Detector ONNX file; its .json sidecar names it.")
+    classifier_model: Path = Field(DEMO_MODELS / "classifier.onnx", description="Classifier ONNX file; its .json sidecar names it.")
+    detection_threshold: float = Field(0.2, ge=0, le=1, description="Detections below this score are not kept (MegaDetector's typical 0.2).")
+    nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which a lower-scoring box of the same class is suppressed.")
+    classification_threshold: float = Field(0.8, ge=0, le=1, description="Per-box labels below this probability become 'undefined' (DeepFaune: 0.8).")
+    max_crops_per_photo: int = Field(10, ge=0, description="Animal boxes classified per photo, most confident first.")
+    top_k: int = Field(3, ge=1, description="Labels and probabilities kept per observation.")
+
+    # Throughput
+    workers: int = Field(2, ge=0, description="Ray actors running the stages; 0 runs in-process without Ray.")
+    threads_per_worker: int = Field(1, ge=1, description="ONNX Runtime threads in each worker.")
+    batch_size: int = Field(8, ge=1, description="Photos per detector batch.")
+    batch_max_wait_s: float = Field(0.5, ge=0, description="Service mode: longest wait to fill a batch, seconds.")
+    decode_min_long_side: int = Field(640, ge=64, description="JPEGs are decoded at the smallest DCT scale whose long side is at least this (and the detector's input size); crops come from that image.")
+
+    # Limits: refuse before spending memory
+    max_image_pixels: int = Field(150_000_000, ge=1, description="Photos whose header declares more pixels are refused before decoding (bombs).")
+    max_file_bytes: int = Field(100_000_000, ge=1, description="Files larger than this are refused before reading.")
+
+    # Sequences and time
+    sequence_gap_s: float = Field(10.0, ge=0, description="Frames of one deployment at most this far apart are one event (DeepFaune: 10 s).")
+    sequence_threshold: float = Field(0.8, ge=0, le=1, description="Event labels below this probability become 'undefined'.")
+    utc_offset: str = Field("+00:00", description="UTC offset of naive EXIF timestamps, '+HH:MM' (until a deployments file gives one per camera).")
+
+    # Output
+    output_compression: str = Field("zstd", description="Parquet compression codec.")
+
+    @field_validator("utc_offset")
+    @classmethod
+    def _check_offset(cls, value: str) -> str:
+        if not re.fullmatch(r"[+-]\d{2}:\d{2}", value):
+            raise ValueError("utc_offset must look like +02:00 or -05:30")
+        return value
+
+    def tzinfo(self) -> timezone:
+        sign = 1 if self.utc_offset[0] == "+" else -1
+        hours, minutes = int(self.utc_offset[1:3]), int(self.utc_offset[4:6])
+        return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("TRAPLINE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def echo(self) -> dict[str, Any]:
+        """Settings as shown at start-up."""
+        return {name: str(value) for name, value in self.model_dump().items()}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the YAML file (if any), the environment and explicit overrides."""
+    if config_file is not None:
+        if not config_file.exists():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        os.environ["TRAPLINE_CONFIG"] = str(config_file)
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

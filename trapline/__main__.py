@@ -1,0 +1,3 @@
+from trapline.services.cli import app
+
+app()
