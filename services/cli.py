@@ -60,7 +60,9 @@ def summary_dict(summary) -> dict:
         "stage_seconds": {k: round(v, 3) for k, v in summary.stage_seconds.items()},
         "bytes_read": summary.bytes_read,
         "wall_seconds": round(summary.wall_seconds, 3),
+        "startup_seconds": round(summary.startup_seconds, 3),
         "photos_per_second": round(summary.photos_per_second, 2),
+        "steady_photos_per_second": round(summary.steady_photos_per_second, 2),
     }
 
 
@@ -77,7 +79,11 @@ def _print_summary(summary, out: str) -> None:
     table.add_row("events (sequences)", f"{summary.events}")
     top = ", ".join(f"{label} {count}" for label, count in summary.event_labels.most_common(8))
     table.add_row("top event labels", top or "-")
-    table.add_row("throughput", f"{summary.photos_per_second:.1f} photos/s ({summary.wall_seconds:.1f} s)")
+    table.add_row(
+        "throughput",
+        f"{summary.photos_per_second:.1f} photos/s over {summary.wall_seconds:.1f} s; "
+        f"{summary.steady_photos_per_second:.1f} photos/s after {summary.startup_seconds:.1f} s start-up",
+    )
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in summary.stage_seconds.items())
     table.add_row("stage time (all workers)", stages)
     table.add_row("tables", out)

@@ -49,23 +49,37 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     bytes_read: int = 0
     wall_seconds: float = 0.0
+    startup_seconds: float = 0.0  # Ray start and model loading, included in wall_seconds
     written: list[str] = field(default_factory=list)
 
     @property
     def photos_per_second(self) -> float:
         return self.files / self.wall_seconds if self.wall_seconds else 0.0
 
+    @property
+    def steady_photos_per_second(self) -> float:
+        """Throughput once workers are up: what a long run converges to."""
+        busy = self.wall_seconds - self.startup_seconds
+        return self.files / busy if busy > 0 else 0.0
 
-def _in_process(settings: Settings, work: list[list[MediaRef]]) -> Iterator[BatchOutput]:
+
+def _in_process(
+    settings: Settings, work: list[list[MediaRef]], summary: RunSummary
+) -> Iterator[BatchOutput]:
+    started = time.perf_counter()
     pipeline = build_pipeline(settings)
+    summary.startup_seconds = time.perf_counter() - started
     for batch in work:
         yield pipeline.process(batch)
 
 
-def _on_ray(settings: Settings, work: list[list[MediaRef]]) -> Iterator[BatchOutput]:
+def _on_ray(
+    settings: Settings, work: list[list[MediaRef]], summary: RunSummary
+) -> Iterator[BatchOutput]:
     import ray  # imported here: `workers=0` and the tests of single stages never pay for Ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
@@ -78,6 +92,8 @@ def _on_ray(settings: Settings, work: list[list[MediaRef]]) -> Iterator[BatchOut
     try:
         worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
         actors = [worker_class.remote(settings) for _ in range(settings.workers)]
+        ray.get([actor.ready.remote() for actor in actors])  # models loaded: startup ends here
+        summary.startup_seconds = time.perf_counter() - started
         idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
         pending: dict = {}
         queue = iter(work)
@@ -105,6 +121,9 @@ class PipelineActor:
     def __init__(self, settings: Settings):
         self.pipeline = build_pipeline(settings)
 
+    def ready(self) -> bool:
+        return True
+
     def process(self, refs: list[MediaRef]) -> BatchOutput:
         return self.pipeline.process(refs)
 
@@ -125,7 +144,7 @@ def run_folder(
     results, failures = [], list(listing.unsupported)
     on_progress(len(listing.unsupported), summary.files)
     done = len(listing.unsupported)
-    for output in execute(settings, work) if work else iter(()):
+    for output in execute(settings, work, summary) if work else iter(()):
         results.extend(output.results)
         failures.extend(output.failures)
         for stage, seconds in output.stage_seconds.items():

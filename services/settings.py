@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+_config_file: ContextVar[str | None] = ContextVar("trapline_config_file", default=None)
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
 
 
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("TRAPLINE_CONFIG")
+        config_file = _config_file.get() or os.environ.get("TRAPLINE_CONFIG")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
@@ -89,8 +91,10 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the YAML file (if any), the environment and explicit overrides."""
-    if config_file is not None:
-        if not config_file.exists():
-            raise FileNotFoundError(f"config file not found: {config_file}")
-        os.environ["TRAPLINE_CONFIG"] = str(config_file)
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if config_file is not None and not config_file.exists():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    token = _config_file.set(str(config_file) if config_file else None)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

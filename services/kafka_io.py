@@ -1,0 +1,336 @@
+"""Kafka adapter: the only module that imports kafka-python.
+
+Producers and consumers are configured here once, for every process (submit, serve, load tests):
+an idempotent `acks=all` producer, and a group consumer with manual commits (offsets are committed
+only after the tables that cover them are durable, see DESIGN "Result tables"). Security settings
+(SASL, TLS) pass straight through to kafka-python; the password is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
+from trapline.pipelines.events import ParseResult, parse_upload_event, record_source, split_source
+from trapline.pipelines.types import Failure
+
+log = logging.getLogger(__name__)
+
+UPLOADS_TOPIC = "trapline.uploads"
+DLQ_TOPIC = "trapline.uploads.dlq"
+
+# Keyword settings passed through to kafka-python unchanged (None means "not set").
+SECURITY_KEYS = frozenset({
+    "security_protocol",  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    "sasl_mechanism",  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 | OAUTHBEARER | GSSAPI
+    "sasl_plain_username",
+    "sasl_plain_password",  # secret: masked in every log line
+    "ssl_cafile",  # CA bundle that signed the brokers' certificates
+    "ssl_certfile",  # client certificate (mutual TLS)
+    "ssl_keyfile",
+    "ssl_password",  # secret: the client key's password
+    "ssl_check_hostname",
+})  # fmt: skip
+SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password"})
+
+# DLQ record headers (values are UTF-8). Named like Kafka Connect's `__connect.errors.*`.
+H_KIND = "trapline.error.kind"
+H_MESSAGE = "trapline.error.message"
+H_STAGE = "trapline.error.stage"
+H_FAILED_AT = "trapline.error.failed_at"
+H_TOPIC = "trapline.original.topic"
+H_PARTITION = "trapline.original.partition"
+H_OFFSET = "trapline.original.offset"
+MAX_HEADER_MESSAGE_CHARS = 4096
+
+
+class _RedactSecrets(logging.Filter):
+    """kafka-python's admin client logs its whole configuration at DEBUG, password included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # LogRecord unwraps a lone dict argument: args is then the dict itself.
+        if isinstance(record.args, Mapping):
+            record.args = redacted(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(redacted(a) if isinstance(a, Mapping) else a for a in record.args)
+        return True
+
+
+logging.getLogger("kafka.admin.client").addFilter(_RedactSecrets())
+
+
+def security_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The security settings to pass on, without unset ones; `TypeError` for unknown names."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - SECURITY_KEYS)
+    if unknown:
+        raise TypeError(
+            f"unknown Kafka security setting(s) {unknown}; known: {sorted(SECURITY_KEYS)}"
+        )
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` safe for logs: secrets masked, objects shown by type."""
+    shown: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in SECRET_KEYS and value is not None:
+            shown[key] = "***"
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            shown[key] = value
+        else:
+            shown[key] = type(value).__name__
+    return shown
+
+
+def make_producer(
+    bootstrap: str | Sequence[str],
+    *,
+    client_id: str = "trapline",
+    linger_ms: int = 20,
+    compression_type: str | None = "gzip",
+    max_block_ms: int = 60_000,
+    delivery_timeout_ms: int = 120_000,
+    **security: Any,
+) -> KafkaProducer:
+    """An idempotent, `acks=all` producer of raw bytes.
+
+    Idempotence (kafka-python 3 supports it) lets retries never duplicate a record; `linger_ms`
+    batches small events; gzip needs no extra package (lz4, snappy and zstd each need one).
+    `max_block_ms` bounds how long `send` waits for metadata (e.g. a broker that is down).
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": linger_ms,
+        "compression_type": compression_type,
+        "max_block_ms": max_block_ms,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        **security_options(security),
+    }
+    log.info("kafka producer %s", redacted(config))
+    return KafkaProducer(**config)
+
+
+def make_consumer(
+    bootstrap: str | Sequence[str],
+    group_id: str | None,
+    topics: Sequence[str] = (),
+    *,
+    client_id: str = "trapline",
+    max_poll_records: int = 500,
+    session_timeout_ms: int = 45_000,
+    heartbeat_interval_ms: int | None = None,
+    max_poll_interval_ms: int = 300_000,
+    listener: ConsumerRebalanceListener | None = None,
+    **security: Any,
+) -> KafkaConsumer:
+    """A consumer of raw bytes with manual commits, subscribed to `topics` (if any).
+
+    `enable_auto_commit=False`: the caller commits after its sink flushed. `auto_offset_reset=
+    "earliest"`: a new group reads the topic from its start (nothing uploaded is skipped).
+    On Tansu a new group waits half the first member's `session_timeout_ms` before it assigns
+    partitions, so tests pass 6000. `listener` sees revocations and assignments (resume from
+    what storage holds). `group_id=None` gives a group-less consumer for `assign()`.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": max_poll_records,
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": heartbeat_interval_ms or max(session_timeout_ms // 3, 100),
+        "max_poll_interval_ms": max_poll_interval_ms,
+        **security_options(security),
+    }
+    log.info("kafka consumer %s topics=%s", redacted(config), list(topics))
+    consumer = KafkaConsumer(**config)
+    if topics:
+        if listener is not None:
+            consumer.subscribe(list(topics), listener=listener)
+        else:
+            consumer.subscribe(list(topics))
+    return consumer
+
+
+def ensure_topics(
+    bootstrap: str | Sequence[str],
+    names: Iterable[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+    **security: Any,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Existing topics are left as they are (their partition count is not changed).
+    """
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="trapline-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+        **security_options(security),
+    )
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        for name in names:
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+            except TopicAlreadyExistsError:  # another process won the race
+                continue
+            created.append(name)
+        if created:
+            log.info("created topics %s (%d partitions)", created, partitions)
+        return created
+    finally:
+        admin.close()
+
+
+def list_topics(
+    bootstrap: str | Sequence[str], *, timeout_s: float = 5.0, **security: Any
+) -> list[str]:
+    """The broker's topics: a metadata round trip, also used as a readiness probe."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="trapline-probe",
+        request_timeout_ms=int(timeout_s * 1000),
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+        **security_options(security),
+    )
+    try:
+        return sorted(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def parse_record(record: Any, **options: Any) -> ParseResult:
+    """`parse_upload_event` for a consumer record (value, key, topic/partition/offset)."""
+    source = record_source(record.topic, record.partition, record.offset)
+    return parse_upload_event(record.value, source=source, key=record.key, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A record read back from the DLQ: the original bytes and why they are there."""
+
+    value: bytes
+    key: bytes | None
+    kind: str | None
+    message: str | None
+    stage: str | None
+    failed_at: str | None
+    original_topic: str | None
+    original_partition: int | None
+    original_offset: int | None
+
+    @classmethod
+    def from_record(cls, record: Any) -> DeadLetterRecord:
+        headers = {
+            name: (value or b"").decode("utf-8", "replace") for name, value in record.headers or []
+        }
+        number = lambda name: int(headers[name]) if name in headers else None  # noqa: E731
+        return cls(
+            value=record.value,
+            key=record.key,
+            kind=headers.get(H_KIND),
+            message=headers.get(H_MESSAGE),
+            stage=headers.get(H_STAGE),
+            failed_at=headers.get(H_FAILED_AT),
+            original_topic=headers.get(H_TOPIC),
+            original_partition=number(H_PARTITION),
+            original_offset=number(H_OFFSET),
+        )
+
+
+class DeadLetter:
+    """Publishes refused inputs to the dead-letter topic, original bytes untouched.
+
+    The key is the original key (the deployment), so a replay lands where the original did.
+    Headers say why (kind, message, stage) and where from (topic, partition, offset).
+    """
+
+    def __init__(self, producer: KafkaProducer, topic: str = DLQ_TOPIC):
+        self.producer = producer
+        self.topic = topic
+
+    def send(
+        self,
+        failure: Failure,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        origin: tuple[str, int, int] | None = None,
+    ) -> FutureRecordMetadata:
+        """Queue one DLQ record for `failure`; wait on the future (or `flush`) before committing.
+
+        `value` defaults to `failure.raw_event`; `origin` (topic, partition, offset) to the one
+        in `failure.source`. A failure with neither bytes nor value raises `ValueError`.
+        """
+        payload = value if value is not None else failure.raw_event
+        if payload is None:
+            raise ValueError(f"{failure.uri}: no original bytes to dead-letter (pass value=)")
+        if origin is None and failure.source:
+            try:
+                origin = split_source(failure.source)
+            except ValueError:
+                origin = None
+        headers = dead_letter_headers(failure, origin)
+        return self.producer.send(self.topic, key=key, value=payload, headers=headers)
+
+    def send_record(self, record: Any, failure: Failure) -> FutureRecordMetadata:
+        """`send` for the consumer record that failed: its value, key and position."""
+        origin = (record.topic, record.partition, record.offset)
+        return self.send(failure, key=record.key, value=record.value, origin=origin)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        self.producer.flush(timeout=timeout_s)
+
+
+def dead_letter_headers(
+    failure: Failure, origin: tuple[str, int, int] | None
+) -> list[tuple[str, bytes]]:
+    message = failure.message
+    if len(message) > MAX_HEADER_MESSAGE_CHARS:
+        message = message[: MAX_HEADER_MESSAGE_CHARS - 3] + "..."
+    headers = [
+        (H_KIND, failure.kind),
+        (H_MESSAGE, message),
+        (H_STAGE, failure.stage),
+        (H_FAILED_AT, datetime.now(timezone.utc).isoformat()),
+    ]
+    if origin is not None:
+        topic, partition, offset = origin
+        headers += [(H_TOPIC, topic), (H_PARTITION, str(partition)), (H_OFFSET, str(offset))]
+    return [(name, text.encode("utf-8", "replace")) for name, text in headers]
+
+
+def wait_delivered(
+    futures: Iterable[FutureRecordMetadata], timeout_s: float = 30.0
+) -> list[KafkaError | Exception]:
+    """Block until every future resolved; return the errors (empty: all delivered)."""
+    deadline = time.monotonic() + timeout_s
+    errors: list[KafkaError | Exception] = []
+    for future in futures:
+        try:
+            future.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except Exception as error:  # KafkaError, or a timeout: both mean "not delivered"
+            errors.append(error)
+    return errors

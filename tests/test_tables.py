@@ -1,0 +1,75 @@
+"""Tables: schemas hold, files are complete Parquet that pandas, Polars and DuckDB read."""
+
+from datetime import datetime, timezone
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+
+from trapline.models.labels import DEEPFAUNE_LABELS
+from trapline.pipelines.flow import assemble
+from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines.tables import TABLES, ModelNames
+from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
+from trapline.services.settings import Settings
+
+MODELS = ModelNames("det", "1", "cls", "2")
+
+
+def result(media_id: str, when: datetime | None, *detections: Detection) -> MediaResult:
+    ref = MediaRef(uri=f"/photos/d1/{media_id}.jpg", deployment_id="d1")
+    return MediaResult(ref, media_id, media_id * 4, 4000, 3000, when, "Make", "Model", 123, list(detections))
+
+
+def fox() -> Detection:
+    logits = np.zeros(38, np.float32)
+    logits[DEEPFAUNE_LABELS.index("fox")] = 9
+    return Detection("animal", 0.93, (0.1, 0.2, 0.3, 0.4), "fox", 0.99, ["fox"], [0.99], logits)
+
+
+def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
+    results = [
+        result("a", datetime(2024, 6, 1, 22, 0, 0), fox()),
+        result("b", datetime(2024, 6, 1, 22, 0, 5)),
+        result("a", datetime(2024, 6, 1, 22, 0, 0)),  # same bytes found twice
+        result("c", None, Detection("person", 0.8, (0.5, 0.5, 0.1, 0.3))),
+    ]
+    failure = Failure("/photos/d1/bad.jpg", "d1", None, "decode", "truncated", "truncated")
+    settings = Settings(utc_offset="+02:00")
+    tables = assemble(results, [failure], settings, MODELS, DEEPFAUNE_LABELS)
+    for name, table in tables.as_dict().items():
+        assert table.schema.equals(TABLES[name]), name
+    media = {row["media_id"]: row for row in tables.media.to_pylist()}
+    assert set(media) == {"a", "b", "c"}
+    assert media["a"]["timestamp"] == datetime(2024, 6, 1, 20, 0, 0, tzinfo=timezone.utc)
+    assert media["a"]["event_id"] == media["b"]["event_id"] != media["c"]["event_id"]
+    assert media["a"]["event_label"] == "fox" and media["c"]["observation_type"] == "human"
+    assert media["c"]["timestamp_source"] == "none"
+    kinds = sorted(tables.failures.column("kind").to_pylist())
+    assert kinds == ["duplicate", "truncated"]
+    observation = tables.observations.to_pylist()[0]
+    assert observation["scientific_name"] == "Vulpes vulpes" and observation["classified_by"] == "cls/2"
+
+
+def test_parts_are_readable_by_pandas_polars_and_duckdb_and_carry_the_schema_version(tmp_path):
+    tables = assemble([result("a", None, fox())], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    sink = ParquetSink(str(tmp_path))
+    path = sink.write("observations", tables.observations, "run1")
+    assert pq.read_schema(path).metadata[b"trapline.schema_version"] == b"1"
+    assert len(pd.read_parquet(tmp_path / "observations")) == 1
+    assert pl.read_parquet(str(tmp_path / "observations" / "*.parquet")).height == 1
+    rows = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/observations/*.parquet')")
+    assert rows.fetchall() == [(1,)]
+    assert not list((tmp_path / "observations").glob(".tmp-*"))
+
+
+def test_a_rerun_replaces_the_previous_parts(tmp_path):
+    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    sink = ParquetSink(str(tmp_path))
+    first = sink.write("media", tables.media, "run1")
+    second = sink.write("media", tables.media, "run2")
+    assert sink.remove_parts_except("media", {second}) == 1
+    assert [p.name for p in (tmp_path / "media").iterdir()] == ["part-run2.parquet"]
+    assert first != second
