@@ -119,7 +119,7 @@ def parse_upload_event(
     source: str | None = None,
     key: bytes | None = None,
     deployment_pattern: str | re.Pattern[str] | None = None,
-    allowed_schemes: frozenset[str] | set[str] | None | None = DEFAULT_SCHEMES,
+    allowed_schemes: frozenset[str] | set[str] | None = DEFAULT_SCHEMES,
     max_bytes: int = MAX_EVENT_BYTES,
 ) -> ParseResult:
     """Validate one message value; never raises on any input bytes.
@@ -395,11 +395,11 @@ def _load_json(raw: bytes | None, max_bytes: int) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r} (ambiguous: which one is meant?)")
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"duplicate key {key!r} (ambiguous: which one is meant?)")
+        document[key] = value
     return document
 
 

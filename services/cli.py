@@ -90,6 +90,86 @@ def _print_summary(summary, out: str) -> None:
     Console().print(table)
 
 
+# ---- BEGIN: paste into services/cli.py ----
+@app.command()
+def submit(
+    source: str = typer.Argument(..., help="Folder or fsspec URL (s3://bucket/prefix) of photos."),
+    deployment: str | None = typer.Option(
+        None, "--deployment", "-d",
+        help="Deployment id of every photo (letters, digits, - _ . :); default: each photo's first folder below SOURCE.",
+    ),
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092", envvar="TRAPLINE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,host:port]."
+    ),
+    topic: str = typer.Option("trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload events."),
+    copy_to: str | None = typer.Option(
+        None, "--copy-to",
+        help="Copy each photo first to COPY_TO/DEPLOYMENT/SHA256.ext (fsspec URL) and point the event there; "
+        "use it when the workers cannot read SOURCE.",
+    ),
+    create_topic: int = typer.Option(0, help="Create the topic with this many partitions if it is missing (0: don't)."),
+    threads: int = typer.Option(4, min=1, help="Photos read, hashed and copied in parallel."),
+    security_protocol: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
+    sasl_mechanism: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
+    sasl_username: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_USERNAME"),
+    sasl_password: str | None = typer.Option(
+        None, envvar="TRAPLINE_KAFKA_SASL_PASSWORD", show_default=False,
+        help="Prefer the environment variable: a flag lands in shell history.",
+    ),
+    ssl_cafile: Path | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SSL_CAFILE", help="CA bundle of the brokers."),
+    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the report as JSON."),
+) -> None:
+    """Send one upload event per photo under SOURCE to Kafka (media_id = sha256 of the bytes)."""
+    from trapline.services import kafka_io
+    from trapline.services.submit import submit_folder
+
+    given = {
+        "security_protocol": security_protocol, "sasl_mechanism": sasl_mechanism,
+        "sasl_plain_username": sasl_username, "sasl_plain_password": sasl_password,
+        "ssl_cafile": str(ssl_cafile) if ssl_cafile else None,
+    }  # fmt: skip
+    security = {name: value for name, value in given.items() if value}  # empty env vars = unset
+    try:
+        if create_topic:
+            kafka_io.ensure_topics(bootstrap, [topic], create_topic, **security)
+        with Progress(
+            TextColumn("[bold]submitted"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("submit", total=None)
+            report = submit_folder(
+                source, bootstrap, topic, deployment, copy_to, threads=threads, security=security,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except (FileNotFoundError, ValueError, kafka_io.KafkaUnavailable) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    table = Table(title="trapline submit", show_header=False)
+    table.add_row("photos listed", f"{report.files}")
+    table.add_row("events delivered", f"{report.submitted} to {report.topic} on {bootstrap}")
+    if copy_to:
+        table.add_row("copied / already there", f"{report.copied} / {report.already_copied} under {copy_to}")
+    table.add_row("not submitted (listed below)", f"{report.failed}")
+    table.add_row("hidden files skipped", f"{report.hidden}")
+    table.add_row("time", f"{report.seconds:.1f} s ({report.bytes_read / 1e6:.1f} MB read)")
+    Console().print(table)
+    for failure in report.failures[:20]:
+        console.print(f"[yellow]{failure.stage}/{failure.kind}[/yellow] {failure.message}")
+    if report.failed > 20:
+        console.print(f"... and {report.failed - 20} more (see --json-summary)")
+    if json_summary:
+        json_summary.write_text(json.dumps({
+            "topic": report.topic, "files": report.files, "submitted": report.submitted,
+            "copied": report.copied, "already_copied": report.already_copied, "hidden": report.hidden,
+            "bytes_read": report.bytes_read, "seconds": round(report.seconds, 3),
+            "failures": [{"uri": f.uri, "stage": f.stage, "kind": f.kind, "message": f.message} for f in report.failures],
+        }, indent=2))  # fmt: skip
+    # Unsupported file types (sidecars, videos) are listed but do not fail the command.
+    if any(f.stage != "source" for f in report.failures):
+        raise typer.Exit(1)
+# ---- END ----
+
+
 @app.command()
 def evaluate(
     results: str = typer.Argument(..., help="Results folder written by `trapline run`."),

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MetadataEmptyBrokerList,
+    TopicAlreadyExistsError,
+)
 from kafka.producer.future import FutureRecordMetadata
 from trapline.pipelines.events import ParseResult, parse_upload_event, record_source, split_source
 from trapline.pipelines.types import Failure
@@ -68,6 +74,21 @@ class _RedactSecrets(logging.Filter):
 logging.getLogger("kafka.admin.client").addFilter(_RedactSecrets())
 
 
+class KafkaUnavailable(RuntimeError):
+    """No broker answered at the bootstrap address within the timeout."""
+
+
+def _connect(factory: Any, config: dict[str, Any]) -> Any:
+    try:
+        return factory(**config)
+    except (KafkaTimeoutError, KafkaConnectionError, MetadataEmptyBrokerList) as error:
+        seconds = config.get("bootstrap_timeout_ms", 30_000) / 1000
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {config['bootstrap_servers']} within {seconds:.0f} s ({error}); "
+            "check the address, that the broker runs, and the security settings"
+        ) from error
+
+
 def security_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The security settings to pass on, without unset ones; `TypeError` for unknown names."""
     options = dict(options or {})
@@ -100,6 +121,7 @@ def make_producer(
     compression_type: str | None = "gzip",
     max_block_ms: int = 60_000,
     delivery_timeout_ms: int = 120_000,
+    bootstrap_timeout_ms: int = 30_000,
     **security: Any,
 ) -> KafkaProducer:
     """An idempotent, `acks=all` producer of raw bytes.
@@ -117,10 +139,11 @@ def make_producer(
         "compression_type": compression_type,
         "max_block_ms": max_block_ms,
         "delivery_timeout_ms": delivery_timeout_ms,
+        "bootstrap_timeout_ms": bootstrap_timeout_ms,
         **security_options(security),
     }
     log.info("kafka producer %s", redacted(config))
-    return KafkaProducer(**config)
+    return _connect(KafkaProducer, config)
 
 
 def make_consumer(
@@ -134,6 +157,7 @@ def make_consumer(
     heartbeat_interval_ms: int | None = None,
     max_poll_interval_ms: int = 300_000,
     listener: ConsumerRebalanceListener | None = None,
+    bootstrap_timeout_ms: int = 30_000,
     **security: Any,
 ) -> KafkaConsumer:
     """A consumer of raw bytes with manual commits, subscribed to `topics` (if any).
@@ -154,15 +178,13 @@ def make_consumer(
         "session_timeout_ms": session_timeout_ms,
         "heartbeat_interval_ms": heartbeat_interval_ms or max(session_timeout_ms // 3, 100),
         "max_poll_interval_ms": max_poll_interval_ms,
+        "bootstrap_timeout_ms": bootstrap_timeout_ms,
         **security_options(security),
     }
     log.info("kafka consumer %s topics=%s", redacted(config), list(topics))
-    consumer = KafkaConsumer(**config)
+    consumer = _connect(KafkaConsumer, config)
     if topics:
-        if listener is not None:
-            consumer.subscribe(list(topics), listener=listener)
-        else:
-            consumer.subscribe(list(topics))
+        consumer.subscribe(list(topics), listener=listener)
     return consumer
 
 
@@ -179,12 +201,15 @@ def ensure_topics(
 
     Existing topics are left as they are (their partition count is not changed).
     """
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="trapline-admin",
-        request_timeout_ms=int(timeout_s * 1000),
-        bootstrap_timeout_ms=int(timeout_s * 1000),
-        **security_options(security),
+    admin = _connect(
+        KafkaAdminClient,
+        {
+            "bootstrap_servers": bootstrap,
+            "client_id": "trapline-admin",
+            "request_timeout_ms": int(timeout_s * 1000),
+            "bootstrap_timeout_ms": int(timeout_s * 1000),
+            **security_options(security),
+        },
     )
     try:
         existing = set(admin.list_topics())
@@ -208,17 +233,52 @@ def list_topics(
     bootstrap: str | Sequence[str], *, timeout_s: float = 5.0, **security: Any
 ) -> list[str]:
     """The broker's topics: a metadata round trip, also used as a readiness probe."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="trapline-probe",
-        request_timeout_ms=int(timeout_s * 1000),
-        bootstrap_timeout_ms=int(timeout_s * 1000),
-        **security_options(security),
+    admin = _connect(
+        KafkaAdminClient,
+        {
+            "bootstrap_servers": bootstrap,
+            "client_id": "trapline-probe",
+            "request_timeout_ms": int(timeout_s * 1000),
+            "bootstrap_timeout_ms": int(timeout_s * 1000),
+            **security_options(security),
+        },
     )
     try:
         return sorted(admin.list_topics())
     finally:
         admin.close()
+
+
+def read_topic(
+    bootstrap: str | Sequence[str],
+    topic: str,
+    count: int,
+    *,
+    timeout_s: float = 10.0,
+    **security: Any,
+) -> list[Any]:
+    """Up to `count` records of `topic` from its start, group-less (for tests and benchmarks).
+
+    Stops at `count` or `timeout_s`: callers count what they produced, because Tansu's high
+    watermark is wrong (its last batch's first offset + 1), so end offsets cannot say "done".
+    """
+    consumer = make_consumer(bootstrap, None, **security)
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
 
 
 def parse_record(record: Any, **options: Any) -> ParseResult:
@@ -246,7 +306,6 @@ class DeadLetterRecord:
         headers = {
             name: (value or b"").decode("utf-8", "replace") for name, value in record.headers or []
         }
-        number = lambda name: int(headers[name]) if name in headers else None  # noqa: E731
         return cls(
             value=record.value,
             key=record.key,
@@ -255,9 +314,16 @@ class DeadLetterRecord:
             stage=headers.get(H_STAGE),
             failed_at=headers.get(H_FAILED_AT),
             original_topic=headers.get(H_TOPIC),
-            original_partition=number(H_PARTITION),
-            original_offset=number(H_OFFSET),
+            original_partition=_int_or_none(headers.get(H_PARTITION)),
+            original_offset=_int_or_none(headers.get(H_OFFSET)),
         )
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:  # a record some other producer put on the DLQ
+        return None
 
 
 class DeadLetter:

@@ -41,9 +41,8 @@ class SubmitReport:
     already_copied: int = 0  # content-addressed copies found in place (a re-submit)
     bytes_read: int = 0
     hidden: int = 0  # dotfiles, not inputs
-    failures: list[Failure] = field(
-        default_factory=list
-    )  # unreadable, unsupported, refused, undelivered
+    # Files not announced: unsupported, unreadable, not copied, refused, undelivered.
+    failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -72,8 +71,9 @@ def submit_folder(
     threads: int = 4,
     progress: Callable[[int, int], None] | None = None,
     security: Mapping[str, Any] | None = None,
-    producer: Any | None = None,
+    producer: Any = None,
     delivery_timeout_s: float = 120.0,
+    connect_timeout_s: float = 30.0,
 ) -> SubmitReport:
     """Announce every photo under `source` (folder or fsspec URL) on `topic`.
 
@@ -83,6 +83,8 @@ def submit_folder(
     Files that cannot be read, copied, announced or delivered are listed in the report's
     `failures`, never skipped silently. `threads` read, hash and copy in parallel.
     `producer` reuses an existing kafka-python producer (else one is made and closed here).
+    Raises `FileNotFoundError` for a missing `source`, `kafka_io.KafkaUnavailable` when no broker
+    answers within `connect_timeout_s`, and `ValueError` for an unusable `deployment`.
     """
     if deployment is not None and not ID_PATTERN.fullmatch(deployment):
         raise ValueError(
@@ -97,9 +99,12 @@ def submit_folder(
     fs, root = fsspec.core.url_to_fs(source)
     root = root.rstrip("/")
     own_producer = producer is None
-    if own_producer:
+    if producer is None:
         producer = kafka_io.make_producer(
-            bootstrap, client_id="trapline-submit", **dict(security or {})
+            bootstrap,
+            client_id="trapline-submit",
+            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            **dict(security or {}),
         )
     lock = threading.Lock()  # delivery callbacks run on the producer's I/O thread
     in_flight: dict[int, MediaRef] = {}
@@ -190,8 +195,19 @@ def _prepare(
     copy_to: str | None,
     max_file_bytes: int,
 ) -> _Prepared:
-    deployment_id = deployment or ref.deployment_id
-    ref = MediaRef(ref.uri, deployment_id)
+    """Read, hash, copy and encode one photo; any error becomes the item's failure."""
+    ref = MediaRef(ref.uri, deployment or ref.deployment_id)
+    try:
+        return _prepare_one(ref, fs, root, copy_to, max_file_bytes)
+    except Exception as error:  # a storage library's own error type: report it, go on
+        message = f"{ref.uri}: {type(error).__name__}: {error}"
+        return _Prepared(ref, failure=_failure(ref, "read", "unexpected", message))
+
+
+def _prepare_one(
+    ref: MediaRef, fs: Any, root: str, copy_to: str | None, max_file_bytes: int
+) -> _Prepared:
+    deployment_id = ref.deployment_id
     item = _Prepared(ref)
     try:
         data = read_bytes(ref.uri, max_file_bytes)
@@ -208,7 +224,7 @@ def _prepare(
         uri = f"{copy_to.rstrip('/')}/{deployment_id}/{sha256}{extension}"
         try:
             item.copied, item.already_copied = _copy(data, uri)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # OSError, or a storage library's own error
             item.failure = _failure(
                 ref, "write", "copy_failed", f"{ref.uri}: copy to {uri} failed: {error}"
             )

@@ -8,6 +8,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from PIL import Image
+from servers import kafka_consumer, kafka_topic, tansu  # noqa: F401  (tests/ is on sys.path)
 
 
 def jpeg_bytes(
