@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from trapline.models.contracts import (
     ModelContractError,
     load_classifier_spec,

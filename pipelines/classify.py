@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
 from trapline.models.backend import ClassifierBackend
 from trapline.pipelines.types import Detection, Frame
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from PIL import Image, UnidentifiedImageError
+
 from trapline.pipelines.types import StageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -7,6 +7,7 @@ the upright photo, so they are independent of the decode scale and of the letter
 from __future__ import annotations
 
 import numpy as np
+
 from trapline.models.backend import DetectorBackend
 from trapline.models.yolo import postprocess
 from trapline.pipelines.letterbox import Letterbox

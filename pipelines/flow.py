@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
+
 from trapline.models.backend import ClassifierBackend, DetectorBackend
 from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import decode_image

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+
 from trapline.pipelines.classify import UNDEFINED, softmax
 from trapline.pipelines.types import Detection
 

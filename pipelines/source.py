@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 
 import fsspec
+
 from trapline.pipelines.types import Failure, MediaRef, StageError
 
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})

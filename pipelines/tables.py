@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
+
 from trapline.models.labels import SCIENTIFIC_NAMES
 from trapline.pipelines.sequences import Event, media_observation_type
 from trapline.pipelines.types import Failure, MediaResult

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
 from trapline.services.settings import load_settings
 
 app = typer.Typer(help="Camera-trap photos in, species tables out.", no_args_is_help=True)
@@ -168,6 +169,24 @@ def submit(
     if any(f.stage != "source" for f in report.failures):
         raise typer.Exit(1)
 # ---- END ----
+
+
+@app.command()
+def serve(
+    out: str = typer.Option(..., "--out", "-o", help="Folder or fsspec URL (s3://bucket/results) for the tables."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    workers: int | None = typer.Option(None, help="Consumers (Ray actors); 0 = one, in-process."),
+) -> None:
+    """Consume upload events from Kafka and write each row exactly once, until SIGTERM."""
+    import logging
+
+    from trapline.services.stream import serve as serve_forever
+
+    logging.basicConfig(level=logging.INFO, format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}')
+    settings = load_settings(config, workers=workers)
+    console.print_json(json.dumps(settings.echo()))
+    for stats in serve_forever(settings, out):
+        console.print(stats)
 
 
 @app.command()

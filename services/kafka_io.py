@@ -26,6 +26,8 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+
 from trapline.pipelines.events import ParseResult, parse_upload_event, record_source, split_source
 from trapline.pipelines.types import Failure
 
@@ -400,3 +402,11 @@ def wait_delivered(
         except Exception as error:  # KafkaError, or a timeout: both mean "not delivered"
             errors.append(error)
     return errors
+
+
+RebalanceListener = ConsumerRebalanceListener  # workers subclass it to flush before a revoke
+
+
+def commit_offset(consumer: KafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
+    """Commit `next_offset` (the first offset not yet durable) for one partition, synchronously."""
+    consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})

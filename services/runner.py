@@ -78,17 +78,8 @@ def _on_ray(
 ) -> Iterator[BatchOutput]:
     import ray  # imported here: `workers=0` and the tests of single stages never pay for Ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = time.perf_counter()
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            num_cpus=settings.workers * settings.threads_per_worker,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-        )
+    started_here = start_local_ray(settings)
     try:
         worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
         actors = [worker_class.remote(settings) for _ in range(settings.workers)]
@@ -113,6 +104,30 @@ def _on_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def start_local_ray(settings: Settings) -> bool:
+    """Start a local Ray sized for the workers, unless one runs (RAY_ADDRESS, a cluster).
+
+    Returns True if this call started it (and the caller should shut it down). Loopback only,
+    no dashboard, no auth token written (Ray 2.60 writes one unless RAY_AUTH_MODE=disabled).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return True
+    ray.init(
+        num_cpus=settings.workers * settings.threads_per_worker,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
+    return True
 
 
 class PipelineActor:

@@ -14,7 +14,7 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -57,6 +57,22 @@ class Settings(BaseSettings):
     # Output
     output_compression: str = Field("zstd", description="Parquet compression codec.")
 
+    # Service mode: Kafka in (`trapline serve`)
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    uploads_topic: str = Field("trapline.uploads", description="Topic of upload events.")
+    dlq_topic: str = Field("trapline.uploads.dlq", description="Dead-letter topic: refused events and photos, original bytes + reason headers.")
+    consumer_group: str = Field("trapline", description="Consumer group shared by all workers.")
+    kafka_security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (masked in every echo and log).")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer group session timeout.")
+    poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
+    segment_max_records: int = Field(500, ge=1, description="A partition's rows are written (and its offsets committed) after this many records...")
+    segment_max_wait_s: float = Field(5.0, ge=0, description="... or when its oldest unwritten record waited this long.")
+    deployment_pattern: str | None = Field(None, description="S3 notifications: regex with a named group `deployment` applied to the object key (default: first path segment).")
+
     @field_validator("utc_offset")
     @classmethod
     def _check_offset(cls, value: str) -> str:
@@ -86,7 +102,18 @@ class Settings(BaseSettings):
 
     def echo(self) -> dict[str, Any]:
         """Settings as shown at start-up."""
-        return {name: str(value) for name, value in self.model_dump().items()}
+        return {name: str(value) for name, value in self.model_dump().items()}  # SecretStr prints ******
+
+    def kafka_security(self) -> dict[str, str]:
+        """kafka-python security keywords for the options that are set."""
+        given = {
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            "ssl_cafile": self.kafka_ssl_cafile,
+        }
+        return {key: value for key, value in given.items() if value}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

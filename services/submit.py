@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+
 from trapline.pipelines.events import ID_PATTERN, UploadEvent, encode_upload_event
 from trapline.pipelines.source import list_media, read_bytes
 from trapline.pipelines.types import Failure, MediaRef, StageError

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from trapline.services import kafka_io
 from trapline.services.local_servers import TansuServer, start_tansu
 

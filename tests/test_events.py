@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trapline.pipelines.events import (
     ID_PATTERN,
     MAX_ID_CHARS,

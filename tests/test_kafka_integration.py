@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from trapline.pipelines.events import SCHEMA_V1, parse_upload_event
 from trapline.services import kafka_io
 from trapline.services.local_servers import ServerStartError, start_tansu

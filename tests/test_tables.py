@@ -73,3 +73,15 @@ def test_a_rerun_replaces_the_previous_parts(tmp_path):
     assert sink.remove_parts_except("media", {second}) == 1
     assert [p.name for p in (tmp_path / "media").iterdir()] == ["part-run2.parquet"]
     assert first != second
+
+
+def test_create_writes_a_part_only_once_and_keeps_the_winners_metadata(tmp_path):
+    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    sink = ParquetSink(str(tmp_path))
+    assert sink.create("media", tables.media, "t-00000-00000000000000000010", {"last_offset": "19"})
+    assert not sink.create("media", tables.media, "t-00000-00000000000000000010", {"last_offset": "25"})
+    assert sink.part_metadata("media", "t-00000-00000000000000000010")["last_offset"] == "19"
+    assert sink.part_metadata("media", "t-00000-00000000000000000099") is None
+    assert sink.part_names("media", "t-00000-") == ["t-00000-00000000000000000010"]
+    assert sink.read_column("media", "t-00000-00000000000000000010", "media_id") == ["a"]
+    assert not list((tmp_path / "media").glob(".tmp-*"))

@@ -1,0 +1,370 @@
+"""Service mode: upload events from Kafka -> the same stages -> tables, each row exactly once.
+
+One `StreamWorker` is one Kafka consumer in the group. Per assigned partition it gathers records
+into a *segment* (contiguous offsets), and when the segment is due (`segment_max_records` or
+`segment_max_wait_s`) it runs the pipeline on it, sends refused inputs to the dead-letter topic,
+writes the four tables, and only then commits the partition's offset.
+
+Exactly once, against crashes and zombies, rests on the store, not on Kafka:
+- a segment's parts are named `TOPIC-PARTITION-FIRSTOFFSET` and created only if absent
+  (`ParquetSink.create`); each records its last offset in its metadata;
+- the `media` part is written last: it is the segment's commit record. On assignment a worker
+  resumes after the last offset the partition's `media` parts cover, whatever Kafka's committed
+  offset says (a crash between write and commit loses nothing and duplicates nothing);
+- parts of the other tables left by a worker that died before its `media` part (orphans) fix
+  where the replayed segment must end, so the replay produces the same parts and completes them;
+- a worker that finds its first part already written by someone else with another end (a zombie
+  that lost the partition, or the new owner) discards its segment and seeks past the winner's end;
+- `media_id`s already in the partition's `media` parts are refused as duplicates (the message
+  key is the deployment, so a photo's repeats land in the same partition).
+Events (sequences) are grouped within a segment; a burst cut by a segment boundary becomes two
+events until the tables are compacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from trapline.models.contracts import load_classifier_spec, load_detector_spec
+from trapline.pipelines.batching import batches
+from trapline.pipelines.events import record_source
+from trapline.pipelines.flow import PhotoPipeline, assemble
+from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines.tables import ModelNames
+from trapline.pipelines.types import Failure, MediaResult
+from trapline.services import kafka_io
+from trapline.services.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka import TopicPartition
+
+log = logging.getLogger(__name__)
+
+WRITE_ORDER = ("observations", "events", "failures", "media")  # media last: the commit record
+
+
+def part_prefix(topic: str, partition: int) -> str:
+    return f"{topic}-{partition:05d}-"
+
+
+def part_name(topic: str, partition: int, first_offset: int) -> str:
+    return f"{part_prefix(topic, partition)}{first_offset:020d}"
+
+
+def _first_offset(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+@dataclass
+class Segment:
+    """The unwritten records of one partition, from `first` on."""
+
+    first: int  # first offset not yet in storage
+    records: list[Any] = field(default_factory=list)
+    opened_at: float = 0.0
+    forced_end: int | None = None  # an orphan part says the segment ends here
+    seen: set[str] = field(default_factory=set)  # media_ids already written for this partition
+
+
+@dataclass
+class WorkerStats:
+    records: int = 0
+    media_rows: int = 0
+    failure_rows: int = 0
+    dead_letters: int = 0
+    segments: int = 0
+    discarded_segments: int = 0
+
+
+class StreamWorker(kafka_io.RebalanceListener):
+    def __init__(
+        self,
+        settings: Settings,
+        out: str,
+        pipeline: PhotoPipeline,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.settings = settings
+        self.pipeline = pipeline
+        self.sink = ParquetSink(out, settings.output_compression)
+        self.clock = clock
+        detector = load_detector_spec(settings.detector_model)
+        classifier = load_classifier_spec(settings.classifier_model)
+        self.models = ModelNames(detector.name, detector.version, classifier.name, classifier.version)
+        self.labels = classifier.labels
+        self.segments: dict[TopicPartition, Segment] = {}
+        self.stats = WorkerStats()
+        self.stopping = False
+        self._rebalance_lock = threading.Lock()
+        self._revoked: set[TopicPartition] = set()
+        self._assigned: set[TopicPartition] = set()
+        security = settings.kafka_security()
+        self.producer = kafka_io.make_producer(settings.kafka_bootstrap, **security)
+        self.dead_letters = kafka_io.DeadLetter(self.producer, settings.dlq_topic)
+        self.consumer = kafka_io.make_consumer(
+            settings.kafka_bootstrap,
+            settings.consumer_group,
+            [settings.uploads_topic],
+            max_poll_records=settings.poll_max_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            listener=self,
+            **security,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, idle_exit_s: float | None = None) -> WorkerStats:
+        """Consume until `stop()` (or `idle_exit_s` without records and nothing pending)."""
+        last_record_at = self.clock()
+        try:
+            while not self.stopping:
+                polled = self.consumer.poll(timeout_ms=200)
+                self._apply_rebalance()
+                for tp, records in polled.items():
+                    self._accept(tp, records)
+                    last_record_at = self.clock()
+                for tp in list(self.segments):
+                    if self._due(tp):
+                        self._flush(tp)
+                idle = self.clock() - last_record_at
+                if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
+                    break
+            for tp in list(self.segments):
+                self._flush(tp)
+        finally:
+            self.close()
+        return self.stats
+
+    def stop(self) -> None:
+        """Ask the loop to drain: flush every segment, commit, leave the group."""
+        self.stopping = True
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        finally:
+            self.producer.close(timeout=10)
+
+    def _pending(self) -> bool:
+        return any(segment.records for segment in self.segments.values())
+
+    # -- rebalances -------------------------------------------------------------------------
+    # kafka-python 3 calls these on its IO thread, where blocking consumer calls are refused;
+    # they only note the change, and the poll loop applies it (`_apply_rebalance`).
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        with self._rebalance_lock:
+            self._revoked.update(revoked)
+            self._assigned.difference_update(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        with self._rebalance_lock:
+            self._assigned.update(assigned)
+            self._revoked.difference_update(assigned)
+
+    def _apply_rebalance(self) -> None:
+        """Drop revoked partitions' unwritten records; resume assigned ones from storage.
+
+        Dropping is safe: the next owner resumes from what storage holds, so the records are
+        processed again there (at most one segment of repeated work), never lost or doubled.
+        """
+        with self._rebalance_lock:
+            revoked, self._revoked = self._revoked, set()
+            assigned, self._assigned = self._assigned, set()
+        for tp in revoked:
+            self.segments.pop(tp, None)
+        for tp in assigned:
+            self.segments[tp] = self._restore(tp)
+            self.consumer.seek(tp, self.segments[tp].first)
+
+    def _restore(self, tp: TopicPartition) -> Segment:
+        """Where this partition resumes, from what storage holds (not from Kafka's commit)."""
+        prefix = part_prefix(tp.topic, tp.partition)
+        written = self.sink.part_names("media", prefix)
+        first, seen = 0, set()
+        for name in written:
+            metadata = self.sink.part_metadata("media", name) or {}
+            first = max(first, int(metadata.get("last_offset", _first_offset(name))) + 1)
+            seen.update(self.sink.read_column("media", name, "media_id"))
+        if not written:
+            committed = self.consumer.committed(tp)
+            first = committed or 0
+        segment = Segment(first=first, seen=seen)
+        for table in WRITE_ORDER[:-1]:  # an orphan: the next segment's parts, without its media
+            later = [n for n in self.sink.part_names(table, prefix) if _first_offset(n) >= first]
+            if later:
+                metadata = self.sink.part_metadata(table, later[0]) or {}
+                segment.forced_end = int(metadata.get("last_offset", _first_offset(later[0])))
+                break
+        log.info("partition %s resumes at offset %d (%d media ids known)", tp, first, len(seen))
+        return segment
+
+    # -- segments ---------------------------------------------------------------------------
+
+    def _accept(self, tp: TopicPartition, records: list[Any]) -> None:
+        segment = self.segments.get(tp)
+        if segment is None:  # revoked between poll and here
+            return
+        for record in records:
+            if record.offset < segment.first or (
+                segment.records and record.offset <= segment.records[-1].offset
+            ):
+                continue  # already written, or already gathered (a replay after a seek)
+            if not segment.records:
+                segment.opened_at = self.clock()
+            segment.records.append(record)
+            self.stats.records += 1
+            if segment.forced_end is not None and record.offset >= segment.forced_end:
+                self._flush(tp)
+                segment = self.segments[tp]
+
+    def _due(self, tp: TopicPartition) -> bool:
+        segment = self.segments[tp]
+        if not segment.records:
+            return False
+        if segment.forced_end is not None:
+            return segment.records[-1].offset >= segment.forced_end
+        waited = self.clock() - segment.opened_at
+        return (
+            len(segment.records) >= self.settings.segment_max_records
+            or waited >= self.settings.segment_max_wait_s
+        )
+
+    def _flush(self, tp: TopicPartition) -> None:
+        segment = self.segments[tp]
+        if not segment.records:
+            return
+        records, segment.records = segment.records, []
+        first, last = records[0].offset, records[-1].offset
+        by_source = {record_source(r.topic, r.partition, r.offset): r for r in records}
+
+        results, failures = self._process(records)
+        fresh, duplicates = [], []
+        for result in results:
+            if result.media_id in segment.seen:
+                duplicates.append(result)
+            else:
+                fresh.append(result)
+        failures += [_duplicate(result) for result in duplicates]
+        tables = assemble(fresh, failures, self.settings, self.models, self.labels)
+
+        name = part_name(tp.topic, tp.partition, first)
+        metadata = {"first_offset": str(first), "last_offset": str(last)}
+        for table in WRITE_ORDER:
+            if not self.sink.create(table, tables.as_dict()[table], name, metadata):
+                winner = int((self.sink.part_metadata(table, name) or {}).get("last_offset", last))
+                if winner != last:
+                    self._lost_race(tp, segment, winner)
+                    return
+                # Same segment written before (a replay of an orphan): keep the existing part.
+        self._dead_letter(failures, by_source)
+        kafka_io.commit_offset(self.consumer, tp, last + 1)
+        segment.first = last + 1
+        segment.forced_end = None
+        segment.seen.update(result.media_id for result in fresh)
+        self.stats.segments += 1
+        self.stats.media_rows += tables.media.num_rows
+        self.stats.failure_rows += tables.failures.num_rows
+
+    def _lost_race(self, tp: TopicPartition, segment: Segment, winner_last: int) -> None:
+        """Someone else wrote this segment with another end: drop ours, go on after theirs."""
+        log.warning("%s: segment at %d already written up to %d; discarding ours", tp, segment.first, winner_last)
+        self.stats.discarded_segments += 1
+        self.segments[tp] = self._restore(tp)
+        self.consumer.seek(tp, self.segments[tp].first)
+
+    def _process(self, records: list[Any]) -> tuple[list[MediaResult], list[Failure]]:
+        """Parse the events, run the stages in model-sized batches."""
+        refs, failures = [], []
+        for record in records:
+            parsed = kafka_io.parse_record(
+                record, deployment_pattern=self.settings.deployment_pattern
+            )
+            refs.extend(parsed.refs)
+            failures.extend(parsed.failures)
+        results = []
+        for batch in batches(refs, self.settings.batch_size):
+            output = self.pipeline.process(batch)
+            results.extend(output.results)
+            failures.extend(output.failures)
+        return results, failures
+
+    def _dead_letter(self, failures: list[Failure], by_source: dict[str, Any]) -> None:
+        """Every refused input goes to the DLQ with its original message; wait for delivery."""
+        futures = []
+        for failure in failures:
+            record = by_source.get(failure.source or "")
+            if record is not None and failure.kind != "duplicate":
+                futures.append(self.dead_letters.send_record(record, failure))
+        errors = kafka_io.wait_delivered(futures)
+        if errors:
+            raise RuntimeError(f"dead-letter delivery failed: {errors[0]}; offsets not committed")
+        self.stats.dead_letters += len(futures)
+
+
+def _duplicate(result: MediaResult) -> Failure:
+    return Failure(
+        uri=result.ref.uri,
+        deployment_id=result.ref.deployment_id,
+        media_id=result.media_id,
+        stage="dedupe",
+        kind="duplicate",
+        message=f"{result.ref.uri}: media_id {result.media_id} is already in the tables; not written again",
+        source=result.ref.source,
+    )
+
+
+class StreamActor:
+    """A Ray actor around one StreamWorker. Threaded (max_concurrency=2) so that `stop` can
+    reach it while `run` loops."""
+
+    def __init__(self, settings: Settings, out: str):
+        from trapline.services.runner import build_pipeline
+
+        self.worker = StreamWorker(settings, out, build_pipeline(settings))
+
+    def run(self) -> WorkerStats:
+        return self.worker.run()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+
+def serve(settings: Settings, out: str) -> list[WorkerStats]:
+    """`trapline serve`: `workers` consumers (Ray actors; 0 = one in this process) until SIGTERM.
+
+    SIGTERM or SIGINT asks every worker to drain: finish and write its segments, commit, leave
+    the group. Give the pod a termination grace period longer than one segment's processing.
+    """
+    import signal
+
+    if settings.workers == 0:
+        from trapline.services.runner import build_pipeline
+
+        worker = StreamWorker(settings, out, build_pipeline(settings))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        return [worker.run()]
+
+    import ray
+
+    from trapline.services.runner import start_local_ray
+
+    start_local_ray(settings)
+    actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)
+    actors = [actor_class.remote(settings, out) for _ in range(settings.workers)]
+    running = [actor.run.remote() for actor in actors]
+
+    def drain(*_: Any) -> None:
+        log.info("draining %d workers", len(actors))
+        for actor in actors:
+            actor.stop.remote()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, drain)
+    return ray.get(running)

@@ -1,0 +1,138 @@
+"""Service mode against a real Kafka-protocol broker: events in, each row exactly once.
+
+Uses the bundled sample photos (real JPEGs with EXIF, one corrupt) and the demo models.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from servers import TEST_SESSION_TIMEOUT_MS
+
+from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.services import kafka_io
+from trapline.services.runner import build_pipeline
+from trapline.services.settings import Settings
+from trapline.services.stream import StreamWorker
+from trapline.services.submit import submit_folder
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+
+
+def settings_for(tansu, topic: str, group: str, **overrides) -> Settings:
+    return Settings(
+        kafka_bootstrap=tansu.bootstrap,
+        uploads_topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        consumer_group=group,
+        session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
+        segment_max_records=overrides.pop("segment_max_records", 8),
+        segment_max_wait_s=overrides.pop("segment_max_wait_s", 0.5),
+        workers=0,
+        **overrides,
+    )
+
+
+def run_worker(settings: Settings, out: Path, **kwargs) -> StreamWorker:
+    worker = StreamWorker(settings, str(out), build_pipeline(settings), **kwargs)
+    worker.run(idle_exit_s=6)
+    return worker
+
+
+def rows(out: Path, table: str) -> list[dict]:
+    folder = out / table
+    return pq.read_table(folder).to_pylist() if folder.exists() and any(folder.iterdir()) else []
+
+
+@pytest.fixture
+def card(tmp_path) -> Path:
+    """A copy of one deployment of the sample (with its corrupt file)."""
+    target = tmp_path / "card" / "cam-b"
+    shutil.copytree(SAMPLE / "deployment-b", target)
+    return target
+
+
+def send_raw(tansu, topic: str, *values: bytes, key: bytes = b"cam-b") -> None:
+    producer = kafka_io.make_producer(tansu.bootstrap)
+    kafka_io.wait_delivered([producer.send(topic, key=key, value=v) for v in values])
+    producer.close()
+
+
+def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(tansu, kafka_topic, card, tmp_path):
+    topic = kafka_topic("uploads", partitions=2)
+    report = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b")
+    photos = report.submitted
+    send_raw(tansu, topic, b"{not json", b'{"schema": "trapline.upload/9"}')
+    first_photo = sorted(p for p in card.glob("*.jpg") if p.name != "corrupt.jpg")[0]
+    again = encode_upload_event(UploadEvent(uri=first_photo.resolve().as_uri(), deployment_id="cam-b"))
+    send_raw(tansu, topic, again)  # the same bytes announced twice: one media row only
+
+    settings = settings_for(tansu, topic, "g-exactly-once")
+    worker = run_worker(settings, tmp_path / "out")
+
+    media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
+    kinds = sorted(f["kind"] for f in failures)
+    assert len(media) == len({m["media_id"] for m in media}) == photos - 1  # all but the corrupt one
+    assert kinds == sorted(["malformed_json", "unknown_schema", "duplicate", kinds_of_corrupt(failures)])
+    assert worker.stats.records == photos + 3
+    dlq = kafka_io.read_topic(tansu.bootstrap, f"{topic}.dlq", 3, timeout_s=10)
+    reasons = sorted(kafka_io.DeadLetterRecord.from_record(r).kind for r in dlq)
+    assert reasons == sorted(["malformed_json", "unknown_schema", kinds_of_corrupt(failures)])
+    assert b"{not json" in [r.value for r in dlq]
+
+
+def kinds_of_corrupt(failures: list[dict]) -> str:
+    (corrupt,) = [f for f in failures if f["uri"].endswith("corrupt.jpg")]
+    return corrupt["kind"]
+
+
+def test_a_crash_between_write_and_commit_duplicates_nothing(tansu, kafka_topic, card, tmp_path, monkeypatch):
+    topic = kafka_topic("uploads", partitions=1)
+    submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
+    settings = settings_for(tansu, topic, "g-crash", segment_max_records=4)
+
+    def crash(*args, **kwargs):
+        raise SystemExit("worker killed before its offset commit")
+
+    monkeypatch.setattr(kafka_io, "commit_offset", crash)
+    with pytest.raises(SystemExit):
+        run_worker(settings, tmp_path / "out")
+    written = rows(tmp_path / "out", "media")
+    assert 0 < len(written) < submitted  # one segment is in storage, its offsets are not committed
+    monkeypatch.undo()
+
+    run_worker(settings, tmp_path / "out")  # a new worker of the same group resumes from storage
+    media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
+    assert len(media) + len(failures) == submitted
+    assert len({m["media_id"] for m in media}) == len(media)
+    assert not [f for f in failures if f["kind"] == "duplicate"]
+
+
+def test_orphan_parts_of_a_half_written_segment_are_completed_not_duplicated(tansu, kafka_topic, card, tmp_path, monkeypatch):
+    topic = kafka_topic("uploads", partitions=1)
+    submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
+    settings = settings_for(tansu, topic, "g-orphan", segment_max_records=5)
+    from trapline.pipelines.sinks import ParquetSink
+
+    real_create = ParquetSink.create
+
+    def die_before_media(self, table, data, part, metadata):
+        if table == "media":
+            raise SystemExit("killed while writing")
+        return real_create(self, table, data, part, metadata)
+
+    monkeypatch.setattr(ParquetSink, "create", die_before_media)
+    with pytest.raises(SystemExit):
+        run_worker(settings, tmp_path / "out")
+    assert rows(tmp_path / "out", "observations") and not rows(tmp_path / "out", "media")
+    monkeypatch.undo()
+
+    run_worker(settings, tmp_path / "out", )
+    media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
+    observations = rows(tmp_path / "out", "observations")
+    assert len(media) + len(failures) == submitted
+    assert len({o["observation_id"] for o in observations}) == len(observations)
+    assert {o["media_id"] for o in observations} <= {m["media_id"] for m in media}
