@@ -23,6 +23,7 @@ from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.source import list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef
+from trapline.services import metrics
 from trapline.services.settings import Settings
 
 
@@ -164,6 +165,7 @@ def run_folder(
         failures.extend(output.failures)
         for stage, seconds in output.stage_seconds.items():
             summary.stage_seconds[stage] += seconds
+        metrics.observe_batch(output.stage_seconds, len(output.results), output.bytes_read)
         summary.bytes_read += output.bytes_read
         done += len(output.results) + len(output.failures)
         on_progress(done, summary.files)

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
     segment_max_records: int = Field(500, ge=1, description="A partition's rows are written (and its offsets committed) after this many records...")
     segment_max_wait_s: float = Field(5.0, ge=0, description="... or when its oldest unwritten record waited this long.")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Service mode: /metrics, /healthz, /readyz on this port (+ worker index for Ray actors); 0 = off.")
     deployment_pattern: str | None = Field(None, description="S3 notifications: regex with a named group `deployment` applied to the object key (default: first path segment).")
 
     @field_validator("utc_offset")

@@ -28,16 +28,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from trapline.models.contracts import load_classifier_spec, load_detector_spec
 from trapline.pipelines.batching import batches
 from trapline.pipelines.events import record_source
-from trapline.pipelines.flow import PhotoPipeline, assemble
+from trapline.pipelines.flow import PhotoPipeline, Tables, assemble
 from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaResult
-from trapline.services import kafka_io
+from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LAG_INTERVAL_S = 15.0  # how often consumer lag is read from the broker
 WRITE_ORDER = ("observations", "events", "failures", "media")  # media last: the commit record
 
 
@@ -103,6 +105,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         self._rebalance_lock = threading.Lock()
         self._revoked: set[TopicPartition] = set()
         self._assigned: set[TopicPartition] = set()
+        self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
         security = settings.kafka_security()
         self.producer = kafka_io.make_producer(settings.kafka_bootstrap, **security)
         self.dead_letters = kafka_io.DeadLetter(self.producer, settings.dlq_topic)
@@ -120,9 +123,12 @@ class StreamWorker(kafka_io.RebalanceListener):
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Consume until `stop()` (or `idle_exit_s` without records and nothing pending)."""
-        last_record_at = self.clock()
+        last_record_at = last_lag_at = self.clock()
         try:
             while not self.stopping:
+                if self.clock() - last_lag_at >= LAG_INTERVAL_S:
+                    self._publish_lag()
+                    last_lag_at = self.clock()
                 polled = self.consumer.poll(timeout_ms=200)
                 self._apply_rebalance()
                 for tp, records in polled.items():
@@ -143,6 +149,22 @@ class StreamWorker(kafka_io.RebalanceListener):
     def stop(self) -> None:
         """Ask the loop to drain: flush every segment, commit, leave the group."""
         self.stopping = True
+
+    def readiness(self) -> dict[str, bool]:
+        """For /readyz: can this worker reach its broker, its storage and its models?"""
+        checks = {"models": self.pipeline is not None}
+        try:
+            kafka_io.list_topics(self.settings.kafka_bootstrap, timeout_s=3, **self.settings.kafka_security())
+            checks["broker"] = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            checks["broker"] = False
+        try:
+            self.sink.fs.makedirs(self.sink.root, exist_ok=True)
+            self.sink.fs.ls(self.sink.root)
+            checks["storage"] = True
+        except Exception:  # noqa: BLE001
+            checks["storage"] = False
+        return checks
 
     def close(self) -> None:
         try:
@@ -255,6 +277,7 @@ class StreamWorker(kafka_io.RebalanceListener):
 
         name = part_name(tp.topic, tp.partition, first)
         metadata = {"first_offset": str(first), "last_offset": str(last)}
+        write_started = time.perf_counter()
         for table in WRITE_ORDER:
             if not self.sink.create(table, tables.as_dict()[table], name, metadata):
                 winner = int((self.sink.part_metadata(table, name) or {}).get("last_offset", last))
@@ -262,14 +285,43 @@ class StreamWorker(kafka_io.RebalanceListener):
                     self._lost_race(tp, segment, winner)
                     return
                 # Same segment written before (a replay of an orphan): keep the existing part.
+        metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - write_started)
         self._dead_letter(failures, by_source)
         kafka_io.commit_offset(self.consumer, tp, last + 1)
+        self._observe_written(tables, by_source)
         segment.first = last + 1
         segment.forced_end = None
         segment.seen.update(result.media_id for result in fresh)
         self.stats.segments += 1
         self.stats.media_rows += tables.media.num_rows
         self.stats.failure_rows += tables.failures.num_rows
+
+    def _observe_written(self, tables: Tables, by_source: dict[str, Any]) -> None:
+        metrics.SEGMENTS_WRITTEN.inc()
+        metrics.observe_tables(
+            tables.media.column("observation_type").to_pylist(),
+            list(zip(tables.failures.column("stage").to_pylist(), tables.failures.column("kind").to_pylist())),
+        )
+        now = datetime.now(timezone.utc)
+        for source in tables.media.column("source").to_pylist():
+            uploaded_at = self._uploaded_at.pop(source, None)
+            if uploaded_at is not None:
+                metrics.END_TO_END_SECONDS.observe(max(0.0, (now - uploaded_at).total_seconds()))
+        for source in by_source:
+            self._uploaded_at.pop(source, None)
+
+    def _publish_lag(self) -> None:
+        """Lag per assigned partition from the broker's end offsets (wrong on Tansu, see DESIGN)."""
+        assigned = list(self.segments)
+        if not assigned:
+            return
+        ends = self.consumer.end_offsets(assigned)
+        metrics.publish_lag(
+            metrics.consumer_lag(
+                {(tp.topic, tp.partition): end for tp, end in ends.items()},
+                {(tp.topic, tp.partition): seg.first + len(seg.records) for tp, seg in self.segments.items()},
+            )
+        )
 
     def _lost_race(self, tp: TopicPartition, segment: Segment, winner_last: int) -> None:
         """Someone else wrote this segment with another end: drop ours, go on after theirs."""
@@ -282,14 +334,23 @@ class StreamWorker(kafka_io.RebalanceListener):
         """Parse the events, run the stages in model-sized batches."""
         refs, failures = [], []
         for record in records:
+            metrics.EVENTS_CONSUMED.labels(record.topic).inc()
             parsed = kafka_io.parse_record(
                 record, deployment_pattern=self.settings.deployment_pattern
             )
             refs.extend(parsed.refs)
             failures.extend(parsed.failures)
+            for event in parsed.events:
+                if event.uploaded_at is not None and event.ref.source:
+                    self._uploaded_at[event.ref.source] = event.uploaded_at
         results = []
         for batch in batches(refs, self.settings.batch_size):
-            output = self.pipeline.process(batch)
+            metrics.INFLIGHT_BATCHES.inc()
+            try:
+                output = self.pipeline.process(batch)
+            finally:
+                metrics.INFLIGHT_BATCHES.dec()
+            metrics.observe_batch(output.stage_seconds, len(output.results), output.bytes_read)
             results.extend(output.results)
             failures.extend(output.failures)
         return results, failures
@@ -323,10 +384,12 @@ class StreamActor:
     """A Ray actor around one StreamWorker. Threaded (max_concurrency=2) so that `stop` can
     reach it while `run` loops."""
 
-    def __init__(self, settings: Settings, out: str):
+    def __init__(self, settings: Settings, out: str, index: int):
         from trapline.services.runner import build_pipeline
 
         self.worker = StreamWorker(settings, out, build_pipeline(settings))
+        if settings.metrics_port:
+            metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()
 
     def run(self) -> WorkerStats:
         return self.worker.run()
@@ -347,6 +410,8 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
         from trapline.services.runner import build_pipeline
 
         worker = StreamWorker(settings, out, build_pipeline(settings))
+        if settings.metrics_port:
+            metrics.HealthServer(settings.metrics_port, worker.readiness).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stop())
         return [worker.run()]
@@ -357,7 +422,7 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
 
     start_local_ray(settings)
     actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)
-    actors = [actor_class.remote(settings, out) for _ in range(settings.workers)]
+    actors = [actor_class.remote(settings, out, index) for index in range(settings.workers)]
     running = [actor.run.remote() for actor in actors]
 
     def drain(*_: Any) -> None:

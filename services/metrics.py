@@ -1,0 +1,137 @@
+"""Prometheus metrics, and the HTTP endpoint that serves them with /healthz and /readyz.
+
+One endpoint per worker process: every Ray actor (and `workers=0`'s single process) serves its
+own `/metrics` on `metrics_port + worker_index`, and Prometheus scrapes each pod/port (the Helm
+chart's ServiceMonitor lists them). This keeps prometheus-client's plain in-process registry and
+needs no Ray metrics agent. Labels are bounded: stage, kind, topic, partition, category; never a
+media id or a URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_E2E_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+EVENTS_CONSUMED = Counter("trapline_events_consumed_total", "Kafka records consumed.", ["topic"])
+PHOTOS_PROCESSED = Counter(
+    "trapline_photos_processed_total", "Photos written to the media table.", ["observation_type"]
+)
+PHOTOS_FAILED = Counter(
+    "trapline_photos_failed_total", "Inputs written to the failures table.", ["stage", "kind"]
+)
+DEAD_LETTERS = Counter("trapline_dead_letters_total", "Records sent to the dead-letter topic.", ["kind"])
+BATCH_SIZE = Histogram(
+    "trapline_batch_size", "Images per model batch.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+STAGE_SECONDS = Histogram(
+    "trapline_stage_seconds", "Time one batch spent in a stage.", ["stage"], buckets=_LATENCY_BUCKETS
+)
+END_TO_END_SECONDS = Histogram(
+    "trapline_end_to_end_seconds",
+    "From the event's uploaded_at to its row being written.",
+    buckets=_E2E_BUCKETS,
+)
+CONSUMER_LAG = Gauge(
+    "trapline_consumer_lag_records", "End offset minus next offset to write.", ["topic", "partition"]
+)
+INFLIGHT_BATCHES = Gauge("trapline_inflight_batches", "Batches being processed now.")
+BYTES_READ = Counter("trapline_bytes_read_total", "Photo bytes read from storage.")
+BYTES_WRITTEN = Counter("trapline_bytes_written_total", "Parquet bytes written.")
+SEGMENTS_WRITTEN = Counter("trapline_segments_written_total", "Segments written and committed.")
+MODEL_REQUEST_SECONDS = Histogram(
+    "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],
+    buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+MODEL_ERRORS = Counter("trapline_model_errors_total", "Model backend request errors.", ["model", "backend"])
+
+
+def consumer_lag(end_offsets: dict[tuple[str, int], int], next_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Lag per partition: records in the log not yet written. Never negative.
+
+    Compute it from a real Kafka's end offsets; Tansu reports a wrong high watermark (DESIGN.md).
+    """
+    return {
+        key: max(0, end - next_offsets.get(key, 0)) for key, end in end_offsets.items()
+    }
+
+
+def publish_lag(lag: dict[tuple[str, int], int]) -> None:
+    for (topic, partition), value in lag.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(value)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (the process is alive) and /readyz (dependencies reachable)."""
+
+    def __init__(self, port: int, readiness: Callable[[], dict[str, bool]] = dict, host: str = "0.0.0.0"):
+        handler = _handler(readiness)
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="metrics")
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        log.info("metrics, /healthz and /readyz on port %d", self.port)
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(readiness: Callable[[], dict[str, bool]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.startswith("/metrics"):
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/healthz"):
+                self._send(200, b"ok\n", "text/plain")
+            elif self.path.startswith("/readyz"):
+                try:
+                    checks = readiness()
+                except Exception as error:  # noqa: BLE001 - a failing probe is "not ready"
+                    checks = {"probe": False, "error": str(error)}  # type: ignore[dict-item]
+                ready = all(v is True for v in checks.values())
+                body = json.dumps({"ready": ready, "checks": checks}).encode()
+                self._send(200 if ready else 503, body, "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # scrapes every 15 s would flood the log
+            pass
+
+    return Handler
+
+
+def observe_batch(stage_seconds: dict[str, float], images: int, bytes_read: int) -> None:
+    """What one PhotoPipeline batch cost, stage by stage."""
+    for stage, seconds in stage_seconds.items():
+        STAGE_SECONDS.labels(stage).observe(seconds)
+    if images:
+        BATCH_SIZE.labels("detector").observe(images)
+    BYTES_READ.inc(bytes_read)
+
+
+def observe_tables(media_types: list[str], failures: list[tuple[str, str]]) -> None:
+    """Rows written: media by observation type, failures by stage and kind."""
+    for observation_type in media_types:
+        PHOTOS_PROCESSED.labels(observation_type).inc()
+    for stage, kind in failures:
+        PHOTOS_FAILED.labels(stage, kind).inc()
