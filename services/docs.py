@@ -30,7 +30,7 @@ def table_reference() -> str:
     for name, schema in TABLES.items():
         parts.append(f"\n## `{name}`\n\n| column | type | null | meaning |\n|---|---|---|---|")
         for field in schema:
-            meaning = (field.metadata or {}).get(b"description", b"").decode()
+            meaning = (field.metadata or {}).get(b"description", b"").decode().replace("|", "\\|")
             nullable = "yes" if field.nullable else "no"
             parts.append(f"| `{field.name}` | `{field.type}` | {nullable} | {meaning} |")
     return "\n".join(parts) + "\n"
