@@ -51,8 +51,11 @@ IMAGES = "images"  # the uint8 (B, S, S, 3) input of both served graphs
 DETECTIONS = "detections"  # detector output: raw rows in the model's layout, best first
 LOGITS = "logits"  # classifier output: (B, len(labels)) float32
 SPEC_PARAMETER = "trapline_spec"  # config parameter holding the sidecar JSON
+LARGE_MODEL_BYTES = 1 << 30  # weights above this are saved as external data
 MIN_OPSET = 12  # GatherND with batch_dims, TopK with a K input
-_SITE_MARKER = "_SITE_PACKAGES = None  # build_repository writes the Triton venv's site-packages here"
+_SITE_MARKER = (
+    "_SITE_PACKAGES = None  # build_repository writes the Triton venv's site-packages here"
+)
 
 Backend = Literal["onnxruntime", "python"]
 
@@ -73,7 +76,7 @@ class RepositoryOptions:
     nms_min_score: float = 0.005  # rows at or below this never leave the server (MD keeps >= 0.005)
     max_det: int = 100  # rows per image after NMS (the client keeps at most 100 too)
     fp16: bool = False  # GPU only: ONNX Runtime's TensorRT provider in FP16 (engines cached)
-    trt_cache_dir: str = "/tmp/trapline-trt-cache"  # where TensorRT engines are cached on the server
+    trt_cache_dir: str = "/tmp/trapline-trt-cache"  # TensorRT engine cache, on the server
 
 
 def build_repository(
@@ -111,7 +114,10 @@ def build_repository(
             shutil.rmtree(model_dir)
         version_dir = model_dir / "1"
         version_dir.mkdir(parents=True)
-        onnx.save(graph, str(version_dir / "model.onnx"))
+        # Protobuf stops at 2 GB: big graphs (DeepFaune's ViT-L is 1.2 GB) keep weights beside.
+        large = sum(init.ByteSize() for init in graph.graph.initializer) > LARGE_MODEL_BYTES
+        onnx.save(graph, str(version_dir / "model.onnx"), save_as_external_data=large,
+                  location="model.onnx.data")  # fmt: skip
         sidecar = json.loads(sidecar_path(source).read_text())
         (version_dir / "model.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         if backend == "python":
@@ -123,7 +129,9 @@ def build_repository(
     return out
 
 
-def wrap_detector(model: onnx.ModelProto, spec: DetectorSpec, options: RepositoryOptions) -> onnx.ModelProto:
+def wrap_detector(
+    model: onnx.ModelProto, spec: DetectorSpec, options: RepositoryOptions
+) -> onnx.ModelProto:
     """The detector graph with a uint8 NHWC input (/255 inside) and, if asked, NMS at the end."""
     onnx = _import_onnx()
     helper = onnx.helper
@@ -239,12 +247,12 @@ class _Constants:
         self.graph = graph
 
     def i64(self, name: str, values: list[int]) -> str:
-        return self._add(name, np.asarray(values, dtype=np.int64))
+        return self.array(name, np.asarray(values, dtype=np.int64))
 
     def f32(self, name: str, values: list[float]) -> str:
-        return self._add(name, np.asarray(values, dtype=np.float32))
+        return self.array(name, np.asarray(values, dtype=np.float32))
 
-    def _add(self, name: str, array: np.ndarray) -> str:
+    def array(self, name: str, array: np.ndarray) -> str:
         full = f"trapline_c_{name}"
         if not any(init.name == full for init in self.graph.initializer):
             self.graph.initializer.append(_import_onnx().numpy_helper.from_array(array, full))
@@ -263,10 +271,14 @@ def _prepare(model: onnx.ModelProto, side: int, what: str) -> onnx.GraphProto:
     initializers = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise ModelContractError(f"{what} graph has inputs {[i.name for i in inputs]}; expected one")
+        raise ModelContractError(
+            f"{what} graph has inputs {[i.name for i in inputs]}; expected one"
+        )
     model_input = inputs[0]
     if model_input.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelContractError(f"{what} input {model_input.name} is not float32; is it already wrapped?")
+        raise ModelContractError(
+            f"{what} input {model_input.name} is not float32; is it already wrapped?"
+        )
     dims = _dims(model_input)
     if len(dims) != 4 or dims[1] != 3 or any(d not in (side, None) for d in dims[2:]):
         raise ModelContractError(
@@ -278,7 +290,8 @@ def _prepare(model: onnx.ModelProto, side: int, what: str) -> onnx.GraphProto:
             "requests, so re-export with a dynamic batch axis (YOLOv5: export.py --dynamic)"
         )
     del graph.output[1:]  # extra outputs (feature maps of some YOLOv5 exports) are not served
-    _rename_uses(graph, model_input.name, "trapline_float_input")
+    _rename(graph, model_input.name, "trapline_float_input")
+    _rename(graph, graph.output[0].name, "trapline_raw")
     batch = model_input.type.tensor_type.shape.dim[0]
     batch_dim = batch.dim_param or "batch"
     graph.input.remove(model_input)
@@ -291,7 +304,9 @@ def _prepare(model: onnx.ModelProto, side: int, what: str) -> onnx.GraphProto:
     return graph
 
 
-def _input_nodes(graph: onnx.GraphProto, scale: tuple[float, ...], shift: tuple[float, ...]) -> list:
+def _input_nodes(
+    graph: onnx.GraphProto, scale: tuple[float, ...], shift: tuple[float, ...]
+) -> list:
     """uint8 NHWC -> float NCHW, x * scale - shift per channel (transpose while still bytes)."""
     helper = _import_onnx().helper
     c = _Constants(graph)
@@ -299,15 +314,17 @@ def _input_nodes(graph: onnx.GraphProto, scale: tuple[float, ...], shift: tuple[
         helper.make_node("Transpose", [IMAGES], ["trapline_nchw_u8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["trapline_nchw_u8"], ["trapline_nchw"], to=1),  # FLOAT
     ]
-    scale_name = c._add("scale", np.asarray(scale, dtype=np.float32).reshape(1, 3, 1, 1))
+    scale_name = c.array("scale", np.asarray(scale, dtype=np.float32).reshape(1, 3, 1, 1))
     if any(shift):
-        shift_name = c._add("shift", np.asarray(shift, dtype=np.float32).reshape(1, 3, 1, 1))
+        shift_name = c.array("shift", np.asarray(shift, dtype=np.float32).reshape(1, 3, 1, 1))
         nodes += [
             helper.make_node("Mul", ["trapline_nchw", scale_name], ["trapline_scaled"]),
             helper.make_node("Sub", ["trapline_scaled", shift_name], ["trapline_float_input"]),
         ]
     else:
-        nodes.append(helper.make_node("Mul", ["trapline_nchw", scale_name], ["trapline_float_input"]))
+        nodes.append(
+            helper.make_node("Mul", ["trapline_nchw", scale_name], ["trapline_float_input"])
+        )
     return nodes
 
 
@@ -330,20 +347,23 @@ def _finish(
         onnx.helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, shape)
     )
     del graph.value_info[:]  # shapes recorded for the old tensors; ONNX Runtime re-infers
-    onnx.checker.check_model(model)
+    if sum(init.ByteSize() for init in graph.initializer) < LARGE_MODEL_BYTES:
+        onnx.checker.check_model(model)  # in memory only below protobuf's 2 GB
 
 
-def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a tensor wherever it is produced or used, subgraphs (If / Loop bodies) included."""
     for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for attribute in node.attribute:  # If / Loop / Scan bodies
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+        for attribute in node.attribute:
             for sub in [attribute.g, *attribute.graphs]:
-                _rename_uses(sub, old, new)
-    for output in graph.output:
-        if output.name == old:
-            output.name = new
+                _rename(sub, old, new)
+    for value in graph.output:
+        if value.name == old:
+            value.name = new
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
@@ -373,9 +393,18 @@ def _config(
     output_name: str,
     output_dims: list[int],
 ) -> str:
-    extra = ""
+    extra, warmup_sizes = "", [1]
     if gpu and opts.fp16 and backend == "onnxruntime":
-        extra = _TENSORRT.substitute(cache=opts.trt_cache_dir)
+        extra = _TENSORRT.substitute(cache=f"{opts.trt_cache_dir.rstrip('/')}/{name}")
+        # TensorRT builds an engine for the batch sizes it has seen: warming up with the smallest
+        # and largest batch makes it build one for the whole range now, not under traffic.
+        warmup_sizes.append(opts.max_batch_size)
+    warmup = _WARMUP.substitute(
+        entries=",\n".join(
+            _WARMUP_ENTRY.substitute(batch=b, input_name=IMAGES, side=side)
+            for b in dict.fromkeys(warmup_sizes)
+        )
+    )
     spec_json = json.dumps(sidecar, separators=(",", ":"))
     preferred = sorted({b for b in opts.preferred_batch_sizes if b <= opts.max_batch_size})
     template = Template((TEMPLATE_DIR / "config.pbtxt.in").read_text())
@@ -396,9 +425,23 @@ def _config(
         spec_name=sidecar.get("name", "?"),
         spec_version=sidecar.get("version", "?"),
         source=source.name,
+        warmup=warmup,
         extra=extra,
     )
 
+
+# One all-zero request per batch size at load, so the first real batch pays no allocation.
+_WARMUP = Template("""model_warmup [
+$entries
+]""")
+_WARMUP_ENTRY = Template("""  {
+    name: "zeros_$batch"
+    batch_size: $batch
+    inputs {
+      key: "$input_name"
+      value: { data_type: TYPE_UINT8 dims: [ $side, $side, 3 ] zero_data: true }
+    }
+  }""")
 
 _TENSORRT = Template("""
 # fp16 through ONNX Runtime's TensorRT provider; engines are built on first load and cached.

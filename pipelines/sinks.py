@@ -13,10 +13,13 @@ one wins, and the loser learns what the winner covered from the part's metadata.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import posixpath
+import time
 import uuid
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -74,12 +77,7 @@ class ParquetSink:
             return True
         buffer = io.BytesIO()
         pq.write_table(data, buffer, compression=self.compression)
-        try:
-            with self.fs.open(final, "xb") as handle:  # s3fs: PutObject with If-None-Match: *
-                handle.write(buffer.getvalue())
-        except FileExistsError:
-            return False
-        return True
+        return put_if_absent(self.fs, final, buffer.getvalue())
 
     def part_metadata(self, table: str, part: str) -> dict[str, str] | None:
         """The `trapline.*` metadata of a part, or None if it does not exist."""
@@ -125,3 +123,63 @@ class ParquetSink:
         for path in stale:
             self.fs.rm(path)
         return len(stale)
+
+
+# One PutObject takes at most 5 GiB (larger writes need a multipart upload, see put_if_absent).
+MAX_SINGLE_PUT = 5 * 2**30
+
+
+def put_if_absent(fs: Any, path: str, data: bytes, *, attempts: int = 5) -> bool:
+    """Create `path` with `data` only if no object of that name exists; False if one did.
+
+    One PutObject with `If-None-Match: *` (s3fs's exclusive `xb` mode): atomic on AWS S3 and
+    Ceph RGW. The block size is set above the payload on purpose: a larger payload would go
+    as a multipart upload, and RGW 16.2 ignores `If-None-Match` on CompleteMultipartUpload,
+    silently overwriting. Works for any fsspec filesystem that supports `xb`.
+    """
+    if len(data) >= MAX_SINGLE_PUT:
+        raise ValueError(f"{path}: {len(data):,} bytes is above one PutObject's 5 GiB limit")
+    for attempt in range(attempts):
+        try:
+            # s3fs wants blocks of at least 5 MiB; above the payload, it stays one request.
+            with fs.open(path, "xb", block_size=max(len(data) + 1, 5 * 2**20)) as handle:
+                handle.write(data)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if is_precondition_failed(error):
+                return False
+            if _status(error) == 409 and attempt + 1 < attempts:
+                # AWS: ConditionalRequestConflict, a concurrent conditional write of the same
+                # key is in flight; retrying tells us which one won.
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise
+        return True
+    raise AssertionError("unreachable")
+
+
+def is_precondition_failed(error: BaseException) -> bool:
+    """True if a conditional write failed because the object already exists.
+
+    s3fs turns S3's 412 into FileExistsError only when the error names its condition
+    (`<Condition>If-None-Match</Condition>`, as AWS sends); Ceph RGW 16.2 does not, so s3fs
+    raises OSError(EINVAL) instead. This recognises both.
+    """
+    if isinstance(error, FileExistsError):
+        return True
+    if not isinstance(error, OSError):
+        return False
+    if _status(error) == 412 or _code(error) == "PreconditionFailed":
+        return True
+    return error.errno == errno.EEXIST
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error.__cause__, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _code(error: BaseException) -> str | None:
+    response = getattr(error.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code")

@@ -30,13 +30,23 @@ else
     exit 1
 fi
 
-export DEBIAN_FRONTEND=noninteractive
-# Refresh the package index only when it is absent or older than a day (CI images often ship none).
+# apt's chatter goes to a log that is shown only if something fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+apt() {
+    if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@" >>"$log" 2>&1; then
+        cat "$log" >&2
+        echo "install_ceph: apt-get $* failed" >&2
+        exit 1
+    fi
+}
+# Refresh the package index only when it is missing or older than a day (CI images often
+# ship none); a stale index would ask for package versions the mirror no longer has.
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
-    "${as_root[@]}" apt-get update -qq
+    apt update -qq
 fi
-# No daemons start on install (Debian's ceph packages ship units but this script starts none;
-# policy-rc.d is not needed inside a container without systemd).
-"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Installing starts no daemon here (no systemd in CI containers); services/ceph_server.py
+# runs its own throwaway cluster in a temp dir.
+apt install -y -qq --no-install-recommends "${missing[@]}"
 
 echo "install_ceph: installed ${missing[*]} in $(($(date +%s) - started)) s"

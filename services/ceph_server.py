@@ -19,10 +19,12 @@ import atexit
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +38,10 @@ INSTALL_HINT = (
     "radosgw ceph-common)"
 )
 CLUSTER = "trapline"  # $cluster in the file names below; the config file is passed explicitly
-REGION = "us-east-1"  # RGW accepts any SigV4 region; this is botocore's default
+# The S3 region of RGW's default zonegroup (its api_name). Signing accepts any region, but
+# s3fs sends the region as CreateBucket's LocationConstraint, which RGW refuses unless it is
+# this name ("The specified location-constraint is not valid" for us-east-1).
+REGION = "default"
 RGW_NAME = "client.rgw.gw"
 # Debian installs the daemons in /usr/bin; also look where sbin-only images put them.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin", "/sbin"])
@@ -148,7 +153,9 @@ def start_ceph_rgw(
     """
     missing = missing_ceph_programs()
     if missing:
-        raise ServerStartError(f"Ceph is not installed (missing {', '.join(missing)}): {INSTALL_HINT}")
+        raise ServerStartError(
+            f"Ceph is not installed (missing {', '.join(missing)}): {INSTALL_HINT}"
+        )
     tries = 1 if port is not None else 2
     for attempt in range(tries):
         server = _prepare(workdir, port or free_port(), tls)
@@ -156,7 +163,7 @@ def start_ceph_rgw(
             _bring_up(server, time.monotonic() + timeout_s)
         except ServerStartError:
             port_taken = "Address already in use" in server.log_tail(50)
-            server.stop() if workdir is None else _stop_keeping_files(server)
+            server.stop()  # removes only what it created (a given workdir keeps the logs)
             if port_taken and attempt + 1 < tries:
                 continue
             raise
@@ -166,11 +173,6 @@ def start_ceph_rgw(
         atexit.register(server.stop)  # an aborted test run must not leave daemons behind
         return server
     raise AssertionError("unreachable")
-
-
-def _stop_keeping_files(server: CephRGW) -> None:
-    server._remove = [p for p in server._remove if p != server.root]
-    server.stop()
 
 
 def _prepare(workdir: Path | None, port: int, tls: bool) -> CephRGW:
@@ -221,7 +223,8 @@ auth_service_required = none
 auth_client_required = none
 # The 'secure' wire mode encrypts with the session key that cephx negotiates; with auth none
 # there is none, so offer 'crc' first on every kind of connection (the mon ones default to
-# 'secure crc'), else daemons and clients cannot agree on a mode.
+# 'secure crc'). Without these six, radosgw never gets past the monitor (`send_auth_request
+# ... returned -13` in its log) and S3 never comes up.
 ms_cluster_mode = crc secure
 ms_service_mode = crc secure
 ms_client_mode = crc secure
@@ -254,6 +257,7 @@ run_dir = {run_dir}
 admin_socket = {run_dir}/$name.$pid.asok
 pid_file = {run_dir}/$name.pid
 log_file = {root}/log/$cluster-$name.log
+mon_cluster_log_file = default={root}/log/$cluster.$channel.log cluster={root}/log/$cluster.log
 mon_data = {root}/mon/$cluster-$id
 osd_data = {root}/osd/$cluster-$id
 rgw_data = {root}/rgw/$cluster-$id
@@ -297,7 +301,9 @@ def _bring_up(server: CephRGW, deadline: float) -> None:
     server.access_key, server.secret_key = keys["access_key"], keys["secret_key"]
     _daemon(server, RGW_NAME, ["radosgw", *base, "-f", "-n", RGW_NAME])
     _wait_for_s3(server, deadline)
-    (server.root / "log" / "startup.txt").write_text(f"ready in {time.monotonic() - started:.1f} s\n")
+    (server.root / "log" / "startup.txt").write_text(
+        f"ready in {time.monotonic() - started:.1f} s\n"
+    )
 
 
 def _run(server: CephRGW, command: list[str], deadline: float) -> str:
@@ -325,18 +331,22 @@ def _run(server: CephRGW, command: list[str], deadline: float) -> str:
 
 def _daemon(server: CephRGW, name: str, command: list[str]) -> None:
     """Start a daemon in the foreground (`-f`: not forked away, so we own and can stop it)."""
+    # The kernel's parent-death signal fires when the *thread* that started the child ends, so
+    # it is only safe from the main thread; elsewhere stop() and atexit are the clean-up.
+    on_main_thread = threading.current_thread() is threading.main_thread()
     with (server.root / "log" / f"{name}.out").open("wb") as output:
         server.processes[name] = subprocess.Popen(
             [_which(command[0]), *command[1:]],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent if on_main_thread else None,
         )
 
 
 def _die_with_parent() -> None:
-    """Linux: the daemon gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    """Linux: the daemon gets SIGTERM when its starter dies, even by SIGKILL (no orphans after
+    an aborted CI run)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: atexit and stop() still clean up
@@ -395,5 +405,24 @@ def _which(name: str) -> str:
 def _start_error(server: CephRGW, what: str) -> ServerStartError:
     return ServerStartError(
         f"Ceph RGW on {server.endpoint_url} (cluster {server.fsid}, files in {server.root}) "
-        f"{what}; logs:\n{server.log_tail()}"
+        f"{what}{_first_errors(server)}; logs:\n{server.log_tail()}"
     )
+
+
+def _first_errors(server: CephRGW) -> str:
+    """The telling lines (a port in use, a failed frontend) that a crash's tail may bury."""
+    found: list[str] = []
+    for path in sorted((server.root / "log").glob("*")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if _TELLING.search(line):
+                text = line.split(" -1 ", 1)[-1].strip()
+                if text not in found:
+                    found.append(text)
+    return f" ({'; '.join(found[:3])})" if found else ""
+
+
+_TELLING = re.compile(r"failed to bind|Address already in use|ERROR: failed|No space left")

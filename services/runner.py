@@ -24,10 +24,13 @@ from trapline.pipelines.source import list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef
 from trapline.services import metrics
+from trapline.services.object_store import configure_fsspec
 from trapline.services.settings import Settings
 
 
 def build_pipeline(settings: Settings) -> PhotoPipeline:
+    """The stages with their model backends, for this process (a Ray actor calls it too)."""
+    configure_fsspec(settings)  # fsspec's S3 options live per process
     return PhotoPipeline(
         settings,
         OnnxDetector(settings.detector_model, settings.threads_per_worker),
@@ -152,6 +155,7 @@ def run_folder(
 ) -> RunSummary:
     """Process every photo under `source` and write the tables under `out`."""
     started = time.perf_counter()
+    configure_fsspec(settings)
     listing = list_media(source)
     summary = RunSummary(files=len(listing.refs) + len(listing.unsupported))
     summary.hidden_skipped = listing.hidden

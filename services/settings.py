@@ -12,7 +12,7 @@ import re
 from contextvars import ContextVar
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
 
     # Output
     output_compression: str = Field("zstd", description="Parquet compression codec.")
+
+    # Object storage (s3://); unset fields fall back to the usual AWS variables, profile or role
+    s3_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store (Ceph RGW, MinIO); unset: AWS S3 or AWS_ENDPOINT_URL.")
+    s3_region: str | None = Field(None, description="S3 region; on Ceph RGW the zonegroup's api_name ('default' out of the box); unset: AWS_REGION.")
+    s3_access_key_id: SecretStr | None = Field(None, description="Access key; unset: AWS variables, profile or web identity.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="Secret key (masked everywhere).")
+    s3_verify: bool | str = Field(True, description="Verify TLS: true, false, or a CA bundle file.")
+    s3_addressing_style: Literal["path", "virtual", "auto"] | None = Field(None, description="Unset: path for a custom endpoint, virtual on AWS.")
 
     # Service mode: Kafka in (`trapline serve`)
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")

@@ -406,6 +406,9 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
     """
     import signal
 
+    from trapline.services.object_store import configure_fsspec
+
+    configure_fsspec(settings)
     if settings.workers == 0:
         from trapline.services.runner import build_pipeline
 
