@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install the real servers the integration tests start, then
+# run every test. Each install script is idempotent and fast when its server is already there.
+#   scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/pip install -q -e '.[dev]'
+scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
+exec .venv/bin/python -m pytest -q "$@"
