@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from trapline.models.backend import ClassifierBackend, DetectorBackend
+from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
 from trapline.models.contracts import ClassifierSpec, DetectorSpec, ModelContractError
 
 SPEC_PARAMETER = "trapline_spec"  # as written by models/triton_repository.py
@@ -46,7 +46,7 @@ class TritonError(RuntimeError):
     """Triton answered with an error, or not at all; the message names the model and URL."""
 
 
-class TritonUnavailableError(TritonError):
+class TritonUnavailableError(TritonError, BackendUnavailable):
     """The server could not be reached (or kept answering UNAVAILABLE) through all retries."""
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from trapline.models.backend import ClassifierBackend, DetectorBackend
+from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
 from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import decode_image
 from trapline.pipelines.detect import detect_frames
@@ -51,6 +51,12 @@ class PhotoPipeline:
         self.detector = detector
         self.classifier = classifier
         self.decode_long_side = max(settings.decode_min_long_side, detector.spec.input_size)
+
+    @property
+    def model_names(self) -> ModelNames:
+        """What goes into every row: the models' names and versions, from their specs."""
+        d, c = self.detector.spec, self.classifier.spec
+        return ModelNames(d.name, d.version, c.name, c.version)
 
     def process(self, refs: list[MediaRef]) -> BatchOutput:
         out = BatchOutput([], [])
@@ -108,6 +114,8 @@ class PhotoPipeline:
                 self.settings.top_k,
             )
             timer["classify"] += time.perf_counter() - classified_at
+        except BackendUnavailable:
+            raise  # an outage, not a bad photo: the caller retries the batch
         except Exception as error:  # noqa: BLE001 - a model failure fails this batch, not the run
             message = f"{type(error).__name__}: {error}"
             for frame in frames:

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e '.[dev]'
 scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
+scripts/setup_triton.sh            # tritonserver 2.51 (CPU, python backend) in .venv-triton/
 exec .venv/bin/python -m pytest -q "$@"

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trapline.services.settings import load_settings
+from trapline.services.settings import DEMO_MODELS, load_settings
 
 app = typer.Typer(help="Camera-trap photos in, species tables out.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -200,6 +200,52 @@ def evaluate(
 
     report = evaluate_run(results, truth, min_iou)
     Console().print_json(json.dumps(report))
+
+
+models_app = typer.Typer(help="Model files and the Triton model repository.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("build-repo")
+def models_build_repo(
+    out: Path = typer.Argument(..., help="Folder to write the Triton model repository into."),
+    detector: Path = typer.Option(DEMO_MODELS / "detector.onnx", help="Detector ONNX file (with .json sidecar)."),
+    classifier: Path = typer.Option(DEMO_MODELS / "classifier.onnx", help="Classifier ONNX file (with .json sidecar)."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime (official Triton image) or python (the local tritonserver from scripts/setup_triton.sh)."),
+    gpu: bool = typer.Option(False, "--gpu/--cpu", help="KIND_GPU instances (production) or KIND_CPU."),
+    fp16: bool = typer.Option(False, help="With --gpu: ONNX Runtime's TensorRT provider in FP16 (engines cached)."),
+    max_batch_size: int = typer.Option(32, min=1, help="Largest batch Triton forms or accepts."),
+    max_queue_delay_us: int = typer.Option(2000, min=0, help="Longest a request waits for others to fill a batch."),
+    instances: int = typer.Option(1, min=1, help="Model instances per GPU (or on the CPU)."),
+    nms: bool = typer.Option(True, "--nms/--no-nms", help="Run the detector's NMS on the server (answers of a few KB)."),
+    nms_iou: float = typer.Option(0.45, min=0.01, max=1.0, help="NMS IoU baked into the detector graph (keep equal to nms_iou)."),
+    triton_venv: Path | None = typer.Option(None, help="--backend python: the Triton venv (default .venv-triton or $TRAPLINE_TRITON_VENV)."),
+) -> None:
+    """Write a Triton model repository (uint8 inputs, normalisation and NMS in the graphs)."""
+    from trapline.models.contracts import ModelContractError
+    from trapline.models.triton_repository import RepositoryOptions, build_repository
+    from trapline.services.triton_server import TritonSetupError, triton_install
+
+    if backend not in ("onnxruntime", "python"):
+        raise typer.BadParameter("--backend must be onnxruntime or python")
+    preferred = tuple(b for b in (8, 16, 32) if b <= max_batch_size) or (max_batch_size,)
+    options = RepositoryOptions(
+        max_batch_size=max_batch_size, preferred_batch_sizes=preferred,
+        max_queue_delay_us=max_queue_delay_us, instances=instances, nms=nms, nms_iou=nms_iou, fp16=fp16,
+    )  # fmt: skip
+    try:
+        site = triton_install(triton_venv).site_packages if backend == "python" else None
+        repo = build_repository(
+            detector, classifier, out, backend=backend, gpu=gpu,  # type: ignore[arg-type]
+            options=options, python_site_packages=site,
+        )  # fmt: skip
+    except (ModelContractError, TritonSetupError, ModuleNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {repo}: {options.detector_name}, {options.classifier_name} "
+        f"({backend} backend, {'GPU' if gpu else 'CPU'})"
+    )
 
 
 @app.command("tables-doc")

@@ -15,8 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from trapline.models.contracts import load_classifier_spec, load_detector_spec
-from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector
+from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
 from trapline.pipelines.flow import BatchOutput, PhotoPipeline, Tables, assemble
 from trapline.pipelines.sinks import ParquetSink
@@ -31,11 +30,19 @@ from trapline.services.settings import Settings
 def build_pipeline(settings: Settings) -> PhotoPipeline:
     """The stages with their model backends, for this process (a Ray actor calls it too)."""
     configure_fsspec(settings)  # fsspec's S3 options live per process
-    return PhotoPipeline(
-        settings,
-        OnnxDetector(settings.detector_model, settings.threads_per_worker),
-        OnnxClassifier(settings.classifier_model, settings.threads_per_worker),
+    detector, classifier = make_backends(
+        settings.model_backend,
+        detector_model=settings.detector_model,
+        classifier_model=settings.classifier_model,
+        threads=settings.threads_per_worker,
+        triton_url=settings.triton_url,
+        triton_timeout_s=settings.triton_timeout_s,
+        triton_detector_model=settings.triton_detector_model,
+        triton_classifier_model=settings.triton_classifier_model,
+        triton_max_in_flight=settings.triton_max_in_flight,
+        triton_retries=settings.triton_retries,
     )
+    return PhotoPipeline(settings, detector, classifier)
 
 
 @dataclass
@@ -54,6 +61,8 @@ class RunSummary:
     bytes_read: int = 0
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0  # Ray start and model loading, included in wall_seconds
+    models: ModelNames | None = None  # as the workers' backends report them
+    labels: tuple[str, ...] = ()
     written: list[str] = field(default_factory=list)
 
     @property
@@ -73,6 +82,7 @@ def _in_process(
     started = time.perf_counter()
     pipeline = build_pipeline(settings)
     summary.startup_seconds = time.perf_counter() - started
+    summary.models, summary.labels = pipeline.model_names, pipeline.classifier.spec.labels
     for batch in work:
         yield pipeline.process(batch)
 
@@ -87,7 +97,8 @@ def _on_ray(
     try:
         worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
         actors = [worker_class.remote(settings) for _ in range(settings.workers)]
-        ray.get([actor.ready.remote() for actor in actors])  # models loaded: startup ends here
+        # Models loaded: start-up ends here. Every actor reports the same models.
+        summary.models, summary.labels = ray.get([actor.describe.remote() for actor in actors])[0]
         summary.startup_seconds = time.perf_counter() - started
         idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
         pending: dict = {}
@@ -140,8 +151,8 @@ class PipelineActor:
     def __init__(self, settings: Settings):
         self.pipeline = build_pipeline(settings)
 
-    def ready(self) -> bool:
-        return True
+    def describe(self) -> tuple[ModelNames, tuple[str, ...]]:
+        return self.pipeline.model_names, self.pipeline.classifier.spec.labels
 
     def process(self, refs: list[MediaRef]) -> BatchOutput:
         return self.pipeline.process(refs)
@@ -174,11 +185,11 @@ def run_folder(
         done += len(output.results) + len(output.failures)
         on_progress(done, summary.files)
 
-    detector = load_detector_spec(settings.detector_model)
-    classifier = load_classifier_spec(settings.classifier_model)
-    models = ModelNames(detector.name, detector.version, classifier.name, classifier.version)
+    if summary.models is None:  # nothing to process: name the configured models anyway
+        pipeline = build_pipeline(settings)
+        summary.models, summary.labels = pipeline.model_names, pipeline.classifier.spec.labels
     write_started = time.perf_counter()
-    tables = assemble(results, failures, settings, models, classifier.labels)
+    tables = assemble(results, failures, settings, summary.models, summary.labels)
     summary.written = write_tables(tables, out, settings)
     summary.stage_seconds["write"] += time.perf_counter() - write_started
     summary.wall_seconds = time.perf_counter() - started

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     # Models
     detector_model: Path = Field(DEMO_MODELS / "detector.onnx", description="Detector ONNX file; its .json sidecar names it.")
     classifier_model: Path = Field(DEMO_MODELS / "classifier.onnx", description="Classifier ONNX file; its .json sidecar names it.")
+    model_backend: Literal["onnx", "triton"] = Field("onnx", description="onnx: ONNX Runtime in each worker (the model files above); triton: a Triton server (its models' sidecars name them).")
+    triton_url: str = Field("grpc://127.0.0.1:8001", description="Triton endpoint; http(s):// switches to the HTTP protocol.")
+    triton_timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    triton_detector_model: str = Field("trapline_detector", description="Detector's model name in the Triton repository.")
+    triton_classifier_model: str = Field("trapline_classifier", description="Classifier's model name in the Triton repository.")
+    triton_max_in_flight: int = Field(4, ge=1, description="Requests in flight per worker (keeps a GPU busy).")
+    triton_retries: int = Field(3, ge=0, description="Retries with backoff when Triton is unavailable.")
     detection_threshold: float = Field(0.2, ge=0, le=1, description="Detections below this score are not kept (MegaDetector's typical 0.2).")
     nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which a lower-scoring box of the same class is suppressed.")
     classification_threshold: float = Field(0.8, ge=0, le=1, description="Per-box labels below this probability become 'undefined' (DeepFaune: 0.8).")

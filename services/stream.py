@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from trapline.models.contracts import load_classifier_spec, load_detector_spec
+from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.batching import batches
 from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline, Tables, assemble
 from trapline.pipelines.sinks import ParquetSink
-from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaResult
 from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
@@ -46,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIRST_RETRY_DELAY_S = 1.0  # model backend down: first wait before retrying a segment
+MAX_RETRY_DELAY_S = 60.0
 LAG_INTERVAL_S = 15.0  # how often consumer lag is read from the broker
 WRITE_ORDER = ("observations", "events", "failures", "media")  # media last: the commit record
 
@@ -95,16 +96,15 @@ class StreamWorker(kafka_io.RebalanceListener):
         self.pipeline = pipeline
         self.sink = ParquetSink(out, settings.output_compression)
         self.clock = clock
-        detector = load_detector_spec(settings.detector_model)
-        classifier = load_classifier_spec(settings.classifier_model)
-        self.models = ModelNames(detector.name, detector.version, classifier.name, classifier.version)
-        self.labels = classifier.labels
+        self.models = pipeline.model_names
+        self.labels = pipeline.classifier.spec.labels
         self.segments: dict[TopicPartition, Segment] = {}
         self.stats = WorkerStats()
         self.stopping = False
         self._rebalance_lock = threading.Lock()
         self._revoked: set[TopicPartition] = set()
         self._assigned: set[TopicPartition] = set()
+        self.retry_delay_s = FIRST_RETRY_DELAY_S
         self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
         security = settings.kafka_security()
         self.producer = kafka_io.make_producer(settings.kafka_bootstrap, **security)
@@ -265,7 +265,17 @@ class StreamWorker(kafka_io.RebalanceListener):
         first, last = records[0].offset, records[-1].offset
         by_source = {record_source(r.topic, r.partition, r.offset): r for r in records}
 
-        results, failures = self._process(records)
+        try:
+            results, failures = self._process(records)
+        except BackendUnavailable as error:
+            # Nothing written, nothing committed: put the records back and try again later.
+            log.warning("%s: model backend unavailable (%s); retrying in %.0f s", tp, error, self.retry_delay_s)
+            segment.records = records + segment.records
+            segment.opened_at = self.clock() + self.retry_delay_s - self.settings.segment_max_wait_s
+            metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
+            self.retry_delay_s = min(self.retry_delay_s * 2, MAX_RETRY_DELAY_S)
+            return
+        self.retry_delay_s = FIRST_RETRY_DELAY_S
         fresh, duplicates = [], []
         for result in results:
             if result.media_id in segment.seen:
