@@ -160,6 +160,7 @@ class Tables:
     observations: pa.Table
     events: pa.Table
     failures: pa.Table
+    failed: list[Failure]  # the failures table's rows as values, for the dead-letter topic
 
     def as_dict(self) -> dict[str, pa.Table]:
         return {
@@ -209,4 +210,5 @@ def assemble(
         observations=observations_table(rows, models),
         events=events_table(events),
         failures=failures_table(failures),
+        failed=failures,
     )

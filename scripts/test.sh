@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e '.[dev]'
 scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
 scripts/setup_triton.sh            # tritonserver 2.51 (CPU, python backend) in .venv-triton/
+scripts/install_prometheus.sh      # Prometheus + promtool (Debian packages)
+# checkov pins packaging<24, which ray refuses: it gets a venv of its own.
+[[ -x .venv-checkov/bin/checkov ]] || { python3 -m venv .venv-checkov && .venv-checkov/bin/pip install -q checkov==3.3.30; }
 exec .venv/bin/python -m pytest -q "$@"

@@ -110,6 +110,7 @@ def submit(
     ),
     create_topic: int = typer.Option(0, help="Create the topic with this many partitions if it is missing (0: don't)."),
     threads: int = typer.Option(4, min=1, help="Photos read, hashed and copied in parallel."),
+    rate: float | None = typer.Option(None, min=0.001, help="At most this many events per second (default: no limit)."),
     security_protocol: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
     sasl_mechanism: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
     sasl_username: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_USERNAME"),
@@ -139,7 +140,7 @@ def submit(
         ) as progress:  # fmt: skip
             task = progress.add_task("submit", total=None)
             report = submit_folder(
-                source, bootstrap, topic, deployment, copy_to, threads=threads, security=security,
+                source, bootstrap, topic, deployment, copy_to, threads=threads, security=security, rate=rate,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
     except (FileNotFoundError, ValueError, kafka_io.KafkaUnavailable) as error:

@@ -296,7 +296,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                     return
                 # Same segment written before (a replay of an orphan): keep the existing part.
         metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - write_started)
-        self._dead_letter(failures, by_source)
+        self._dead_letter(tables.failed, by_source)
         kafka_io.commit_offset(self.consumer, tp, last + 1)
         self._observe_written(tables, by_source)
         segment.first = last + 1
@@ -366,11 +366,12 @@ class StreamWorker(kafka_io.RebalanceListener):
         return results, failures
 
     def _dead_letter(self, failures: list[Failure], by_source: dict[str, Any]) -> None:
-        """Every refused input goes to the DLQ with its original message; wait for delivery."""
+        """Every failures row of an event (duplicates included) has its DLQ record: the
+        original message and the reason. Waits for delivery before the caller commits."""
         futures = []
         for failure in failures:
             record = by_source.get(failure.source or "")
-            if record is not None and failure.kind != "duplicate":
+            if record is not None:
                 futures.append(self.dead_letters.send_record(record, failure))
         errors = kafka_io.wait_delivered(futures)
         if errors:

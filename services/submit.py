@@ -75,6 +75,7 @@ def submit_folder(
     producer: Any = None,
     delivery_timeout_s: float = 120.0,
     connect_timeout_s: float = 30.0,
+    rate: float | None = None,
 ) -> SubmitReport:
     """Announce every photo under `source` (folder or fsspec URL) on `topic`.
 
@@ -84,6 +85,7 @@ def submit_folder(
     Files that cannot be read, copied, announced or delivered are listed in the report's
     `failures`, never skipped silently. `threads` read, hash and copy in parallel.
     `producer` reuses an existing kafka-python producer (else one is made and closed here).
+    `rate` caps events per second (a program's quota, or a gentle backfill); None: no cap.
     Raises `FileNotFoundError` for a missing `source`, `kafka_io.KafkaUnavailable` when no broker
     answers within `connect_timeout_s`, and `ValueError` for an unusable `deployment`.
     """
@@ -142,6 +144,8 @@ def submit_folder(
                 if item.failure is not None:
                     finished(number, item.failure)
                     continue
+                if rate:  # pace: event `number` leaves no earlier than number / rate seconds in
+                    time.sleep(max(0.0, started + number / rate - time.monotonic()))
                 with lock:
                     in_flight[number] = item.ref
                 key = item.ref.deployment_id.encode("utf-8")
