@@ -1,0 +1,151 @@
+"""The streaming promise at scale and under kill -9, with workers as separate processes.
+
+Workers are real `python -m trapline serve --workers 0` processes against the real broker;
+photos are small generated JPEGs so a thousand events take seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from servers import TEST_SESSION_TIMEOUT_MS
+
+from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.services import kafka_io
+from trapline.services.submit import submit_folder
+
+
+def make_photos(folder: Path, count: int, deployments: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=70)
+        path = folder / f"dep-{index % deployments}" / f"IMG_{index:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def start_worker(tansu, topic: str, group: str, out: Path) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        TRAPLINE_KAFKA_BOOTSTRAP=tansu.bootstrap,
+        TRAPLINE_UPLOADS_TOPIC=topic,
+        TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
+        TRAPLINE_CONSUMER_GROUP=group,
+        TRAPLINE_SESSION_TIMEOUT_MS=str(TEST_SESSION_TIMEOUT_MS),
+        TRAPLINE_SEGMENT_MAX_RECORDS="50",
+        TRAPLINE_SEGMENT_MAX_WAIT_S="0.5",
+        TRAPLINE_METRICS_PORT="0",
+        TRAPLINE_BATCH_SIZE="16",
+    )
+    command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def table_rows(out: Path, table: str) -> list[dict]:
+    folder = out / table
+    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    return [row for part in parts for row in pq.read_table(part).to_pylist()]
+
+
+def wait_for_rows(out: Path, expected: int, timeout_s: float, workers: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(table_rows(out, "media")) + len(table_rows(out, "failures")) >= expected:
+            return
+        for worker in workers:
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited {worker.returncode}: {worker.stderr.read().decode()[-2000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {len(table_rows(out, 'media'))} media, {len(table_rows(out, 'failures'))} failures, expected {expected}")
+
+
+def stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        worker.wait(timeout=60)
+
+
+def send(tansu, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = kafka_io.make_producer(tansu.bootstrap)
+    kafka_io.wait_delivered([producer.send(topic, key=k, value=v) for k, v in messages])
+    producer.close()
+
+
+def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(tansu, kafka_topic, tmp_path):
+    topic = kafka_topic("uploads", partitions=4)
+    photos = make_photos(tmp_path / "card", 955, deployments=8)
+    corrupt = photos[:5]
+    for path in corrupt:
+        path.write_bytes(path.read_bytes()[:200])
+    good = photos[5:]
+    assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 955
+    extra = [(b"dep-1", b'{"schema": "trapline.upload/1", "media_id": ' + str(i).encode()) for i in range(20)]
+    extra += [
+        (b"dep-0", encode_upload_event(UploadEvent(uri=(tmp_path / f"gone-{i}.jpg").as_uri(), deployment_id="dep-0")))
+        for i in range(5)
+    ]
+    extra += [
+        (p.parent.name.encode(), encode_upload_event(UploadEvent(uri=p.as_uri(), deployment_id=p.parent.name)))
+        for p in good[:20]
+    ]
+    send(tansu, topic, extra)
+
+    out = tmp_path / "out"
+    workers = [start_worker(tansu, topic, "g-thousand", out) for _ in range(2)]
+    try:
+        wait_for_rows(out, 1000, timeout_s=180, workers=workers)
+    finally:
+        stop(workers)
+
+    media, failures = table_rows(out, "media"), table_rows(out, "failures")
+    assert len(media) == 950
+    assert {m["uri"].removeprefix("file://") for m in media} == {str(p) for p in good}
+    assert len({m["media_id"] for m in media}) == 950
+    kinds = sorted(f["kind"] for f in failures)
+    assert kinds.count("malformed_json") == 20 and kinds.count("duplicate") == 20
+    assert kinds.count("missing") == 5 and len(failures) == 50
+    dlq = kafka_io.read_topic(tansu.bootstrap, f"{topic}.dlq", 50, timeout_s=20)
+    assert len(dlq) == 50
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tansu, kafka_topic, tmp_path, seed):
+    topic = kafka_topic("uploads", partitions=2)
+    make_photos(tmp_path / "card", 400, deployments=4, seed=seed)
+    assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 400
+    out = tmp_path / "out"
+    chance = random.Random(seed)
+    for _ in range(4):
+        worker = start_worker(tansu, topic, "g-kill", out)
+        time.sleep(chance.uniform(4.0, 8.0))  # group join takes ~3 s on Tansu, then work
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    worker = start_worker(tansu, topic, "g-kill", out)
+    try:
+        wait_for_rows(out, 400, timeout_s=120, workers=[worker])
+        time.sleep(1.0)  # anything still being written would show up as an extra row now
+    finally:
+        stop([worker])
+    media, failures = table_rows(out, "media"), table_rows(out, "failures")
+    assert len(media) == 400 and not failures
+    assert len({m["media_id"] for m in media}) == 400
+    observations = table_rows(out, "observations")
+    assert len({o["observation_id"] for o in observations}) == len(observations)
