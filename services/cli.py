@@ -191,6 +191,22 @@ def serve(
 
 
 @app.command()
+def broker(port: int = typer.Option(9092, help="Loopback port to listen on.")) -> None:
+    """Run a local Kafka-protocol broker (Tansu, in memory) for trying `submit` and `serve`."""
+    import time
+
+    from trapline.services.local_servers import start_tansu
+
+    with start_tansu(port) as server:
+        console.print(f"Tansu broker ready on {server.bootstrap} (in memory; Ctrl-C stops it)")
+        try:
+            while server.alive():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
 def evaluate(
     results: str = typer.Argument(..., help="Results folder written by `trapline run`."),
     truth: Path = typer.Option(Path("examples/ground_truth.csv"), help="Ground-truth CSV of the sample."),
