@@ -57,7 +57,9 @@ def _ell(cx: float, cy: float, rx: float, ry: float, rot: float = 0.0, n: int = 
     return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
 
 
-def _limb(x0: float, y0: float, x1: float, y1: float, w0: float, w1: float | None = None) -> np.ndarray:
+def _limb(
+    x0: float, y0: float, x1: float, y1: float, w0: float, w1: float | None = None
+) -> np.ndarray:
     """A tapered quad from (x0, y0) (width w0) to (x1, y1) (width w1)."""
     w1 = w0 if w1 is None else w1
     dx, dy = x1 - x0, y1 - y0
@@ -77,7 +79,9 @@ def _poly(*pts: tuple[float, float]) -> np.ndarray:
     return np.array(pts, dtype=np.float64)
 
 
-def _jit(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
+def _jit(
+    rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18
+) -> tuple[int, int, int]:
     c = np.asarray(colour) + rng.integers(-amount, amount + 1, 3)
     return tuple(int(v) for v in np.clip(c, 0, 255))  # type: ignore[return-value]
 
@@ -123,7 +127,9 @@ def _red_deer(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, 
     s.append((_jit(rng, (190, 160, 115)), _ell(-0.44, by + 0.02, 0.1, 0.13)))  # pale rump
     _legs(s, dark, (0.36, -0.3), by, 0.08, rng, hoof=(30, 25, 20))
     hx, hy = 0.72, by + 0.55
-    s.append((dark, _poly((0.3, by + 0.15), (0.5, by - 0.05), (hx, hy - 0.05), (hx - 0.12, hy + 0.06))))
+    s.append(
+        (dark, _poly((0.3, by + 0.15), (0.5, by - 0.05), (hx, hy - 0.05), (hx - 0.12, hy + 0.06)))
+    )
     s.append((body, _ell(hx + 0.06, hy, 0.16, 0.08, rot=-0.35)))
     s.append((body, _ell(hx - 0.06, hy + 0.1, 0.08, 0.035, rot=0.6)))  # ear
     # Antlers: two tall branching beams, the red deer's mark.
@@ -150,7 +156,14 @@ def _roe_deer(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, 
     s.append(((245, 242, 235), _ell(-0.4, by + 0.02, 0.12, 0.15)))  # large white rump patch
     _legs(s, dark, (0.33, -0.27), by, 0.06, rng, hoof=(25, 20, 15))
     hx, hy = 0.58, by + 0.42
-    s.append((body, _poly((0.28, by + 0.1), (0.45, by - 0.05), (hx + 0.02, hy - 0.04), (hx - 0.08, hy + 0.05))))
+    s.append(
+        (
+            body,
+            _poly(
+                (0.28, by + 0.1), (0.45, by - 0.05), (hx + 0.02, hy - 0.04), (hx - 0.08, hy + 0.05)
+            ),
+        )
+    )
     s.append((body, _ell(hx + 0.06, hy, 0.12, 0.065, rot=-0.3)))
     s.append(((20, 18, 15), _ell(hx + 0.17, hy - 0.04, 0.03, 0.025)))  # black nose
     s.append(((235, 230, 220), _ell(hx + 0.12, hy - 0.06, 0.04, 0.02)))  # white chin
@@ -173,12 +186,19 @@ def _wild_boar(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float,
     s.append((body, _ell(0.0, by, 0.5, 0.27)))
     # Bristly mane along the back: a jagged ridge.
     xs = np.linspace(-0.25, 0.45, 12)
-    ridge = [(float(x), by + 0.27 * math.sqrt(max(0.0, 1 - (x / 0.5) ** 2)) + (0.07 if i % 2 else 0.0))
-             for i, x in enumerate(xs)]
+    ridge = [
+        (float(x), by + 0.27 * math.sqrt(max(0.0, 1 - (x / 0.5) ** 2)) + (0.07 if i % 2 else 0.0))
+        for i, x in enumerate(xs)
+    ]
     s.append((dark, _poly(*ridge, (0.45, by + 0.1), (-0.25, by + 0.15))))
     _legs(s, _shade(body, 0.5), (0.33, -0.27), by - 0.1, 0.1, rng, hoof=(20, 18, 15))
     # Long wedge-shaped head ending in a flat snout, held low.
-    s.append((_shade(body, 0.85), _poly((0.36, by + 0.22), (0.42, by - 0.2), (0.82, by - 0.17), (0.84, by - 0.05))))
+    s.append(
+        (
+            _shade(body, 0.85),
+            _poly((0.36, by + 0.22), (0.42, by - 0.2), (0.82, by - 0.17), (0.84, by - 0.05)),
+        )
+    )
     s.append((_shade(body, 0.5), _ell(0.84, by - 0.11, 0.025, 0.065)))  # snout disc
     s.append(((230, 225, 210), _limb(0.76, by - 0.15, 0.8, by - 0.03, 0.02, 0.01)))  # tusk
     s.append((dark, _poly((0.42, by + 0.2), (0.4, by + 0.34), (0.5, by + 0.19))))  # ear
@@ -204,8 +224,22 @@ def _fox(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, float
     s.append((white, _poly((hx + 0.04, hy - 0.03), (hx + 0.24, hy - 0.04), (hx + 0.05, hy - 0.08))))
     s.append((black, _ell(hx + 0.26, hy - 0.04, 0.02, 0.018)))
     for ex in (-0.02, -0.09):  # big pointed ears with black backs
-        s.append((black, _poly((hx + ex - 0.05, hy + 0.05), (hx + ex, hy + 0.25), (hx + ex + 0.05, hy + 0.05))))
-        s.append((body, _poly((hx + ex - 0.03, hy + 0.05), (hx + ex, hy + 0.19), (hx + ex + 0.03, hy + 0.05))))
+        s.append(
+            (
+                black,
+                _poly(
+                    (hx + ex - 0.05, hy + 0.05), (hx + ex, hy + 0.25), (hx + ex + 0.05, hy + 0.05)
+                ),
+            )
+        )
+        s.append(
+            (
+                body,
+                _poly(
+                    (hx + ex - 0.03, hy + 0.05), (hx + ex, hy + 0.19), (hx + ex + 0.03, hy + 0.05)
+                ),
+            )
+        )
     return s, [(hx + 0.06, hy + 0.02)]
 
 
@@ -216,13 +250,45 @@ def _badger(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, fl
     s: list[Shape] = []
     _legs(s, black, (0.3, -0.3), by, 0.11, rng, far=True)
     s.append((body, _ell(0.0, by, 0.46, 0.19)))
-    s.append((black, _poly((-0.4, by - 0.08), (0.4, by - 0.08), (0.35, by - 0.17), (-0.35, by - 0.17))))  # dark belly
+    s.append(
+        (black, _poly((-0.4, by - 0.08), (0.4, by - 0.08), (0.35, by - 0.17), (-0.35, by - 0.17)))
+    )  # dark belly
     _legs(s, black, (0.32, -0.28), by, 0.12, rng)
     # Long wedge head, white with two bold black stripes running through the eyes.
     hx, hy = 0.45, by + 0.02
-    s.append((white, _poly((hx - 0.05, hy + 0.15), (hx + 0.38, hy - 0.04), (hx + 0.36, hy - 0.09), (hx - 0.05, hy - 0.12))))
-    s.append((black, _poly((hx - 0.04, hy + 0.11), (hx + 0.3, hy - 0.02), (hx + 0.3, hy - 0.05), (hx - 0.04, hy + 0.03))))
-    s.append((black, _poly((hx - 0.04, hy - 0.02), (hx + 0.3, hy - 0.06), (hx + 0.3, hy - 0.08), (hx - 0.04, hy - 0.09))))
+    s.append(
+        (
+            white,
+            _poly(
+                (hx - 0.05, hy + 0.15),
+                (hx + 0.38, hy - 0.04),
+                (hx + 0.36, hy - 0.09),
+                (hx - 0.05, hy - 0.12),
+            ),
+        )
+    )
+    s.append(
+        (
+            black,
+            _poly(
+                (hx - 0.04, hy + 0.11),
+                (hx + 0.3, hy - 0.02),
+                (hx + 0.3, hy - 0.05),
+                (hx - 0.04, hy + 0.03),
+            ),
+        )
+    )
+    s.append(
+        (
+            black,
+            _poly(
+                (hx - 0.04, hy - 0.02),
+                (hx + 0.3, hy - 0.06),
+                (hx + 0.3, hy - 0.08),
+                (hx - 0.04, hy - 0.09),
+            ),
+        )
+    )
     s.append((black, _ell(hx + 0.37, hy - 0.065, 0.025, 0.025)))
     s.append((white, _ell(hx - 0.03, hy + 0.14, 0.035, 0.025)))  # white-rimmed ear
     return s, [(hx + 0.12, hy + 0.03)]
@@ -239,7 +305,14 @@ def _chamois(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, f
     s.append((pale, _ell(-0.36, by - 0.04, 0.06, 0.1)))  # pale rear
     _legs(s, black, (0.3, -0.25), by, 0.075, rng)
     hx, hy = 0.5, by + 0.38
-    s.append((body, _poly((0.22, by + 0.14), (0.42, by - 0.08), (hx + 0.05, hy - 0.05), (hx - 0.08, hy + 0.05))))
+    s.append(
+        (
+            body,
+            _poly(
+                (0.22, by + 0.14), (0.42, by - 0.08), (hx + 0.05, hy - 0.05), (hx - 0.08, hy + 0.05)
+            ),
+        )
+    )
     # Pale face with a black band from horn base through the eye to the muzzle.
     s.append((pale, _ell(hx + 0.06, hy, 0.12, 0.07, rot=-0.45)))
     s.append((black, _limb(hx - 0.02, hy + 0.06, hx + 0.14, hy - 0.07, 0.04, 0.03)))
@@ -269,10 +342,19 @@ def _lynx(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, floa
     for lx in (0.3, -0.24):  # spotted legs
         s.append((dark, _ell(lx, by - 0.2, 0.025, 0.02)))
     hx, hy = 0.48, by + 0.2
-    s.append((pale, _poly((hx - 0.1, hy - 0.02), (hx + 0.06, hy - 0.16), (hx + 0.15, hy - 0.05))))  # ruff
+    s.append(
+        (pale, _poly((hx - 0.1, hy - 0.02), (hx + 0.06, hy - 0.16), (hx + 0.15, hy - 0.05)))
+    )  # ruff
     s.append((body, _ell(hx, hy, 0.12, 0.1)))
     for ex in (-0.06, 0.03):  # ears with long black tufts
-        s.append((body, _poly((ex + hx - 0.04, hy + 0.07), (ex + hx, hy + 0.2), (ex + hx + 0.04, hy + 0.07))))
+        s.append(
+            (
+                body,
+                _poly(
+                    (ex + hx - 0.04, hy + 0.07), (ex + hx, hy + 0.2), (ex + hx + 0.04, hy + 0.07)
+                ),
+            )
+        )
         s.append((black, _limb(ex + hx, hy + 0.19, ex + hx + 0.01, hy + 0.3, 0.02, 0.008)))
     s.append((pale, _ell(hx + 0.09, hy - 0.03, 0.04, 0.03)))
     return s, [(hx + 0.05, hy + 0.03)]
@@ -293,7 +375,9 @@ def _lagomorph(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float,
     for ex, ang in ((-0.02, 0.3), (0.04, 0.15)):
         top = (hx + ex - 0.55 * math.sin(ang), hy + 0.55 * math.cos(ang))
         s.append((body, _limb(hx + ex, hy + 0.06, top[0], top[1], 0.08, 0.05)))
-        s.append((black, _limb(top[0] + 0.03 * math.sin(ang), top[1] - 0.08, top[0], top[1], 0.05, 0.04)))
+        s.append(
+            (black, _limb(top[0] + 0.03 * math.sin(ang), top[1] - 0.08, top[0], top[1], 0.05, 0.04))
+        )
     return s, [(hx + 0.05, hy + 0.02)]
 
 
@@ -312,8 +396,8 @@ _SIZE = {
     "red deer": (0.16, 0.45),
     "roe deer": (0.12, 0.4),
     "wild boar": (0.12, 0.42),
-    "fox": (0.1, 0.35),
-    "badger": (0.09, 0.32),
+    "fox": (0.11, 0.35),
+    "badger": (0.11, 0.32),
     "chamois": (0.12, 0.4),
     "lynx": (0.1, 0.38),
     "lagomorph": (0.08, 0.24),
@@ -335,11 +419,31 @@ def _person(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, fl
         s.append((_shade(trousers, 0.8), _limb(0.0, hip, -stride, 0.03, 0.13, 0.09)))
         s.append((trousers, _limb(0.0, hip, stride, 0.03, 0.14, 0.1)))
         for x in (-stride, stride):
-            s.append(((30, 28, 25), _poly((x - 0.05, 0.0), (x + 0.12, 0.0), (x + 0.1, 0.06), (x - 0.05, 0.06))))
+            s.append(
+                (
+                    (30, 28, 25),
+                    _poly((x - 0.05, 0.0), (x + 0.12, 0.0), (x + 0.1, 0.06), (x - 0.05, 0.06)),
+                )
+            )
         s.append((jacket, _poly((-0.12, hip - 0.05), (0.12, hip - 0.05), (0.11, sh), (-0.11, sh))))
         if rng.random() < 0.5:  # backpack
-            s.append((_jit(rng, (60, 70, 50), 30), _poly((-0.11, sh - 0.05), (-0.26, sh - 0.08), (-0.25, hip + 0.1), (-0.11, hip + 0.1))))
-        s.append((_shade(jacket, 0.8), _limb(0.0, sh - 0.05, stride * 0.8 + 0.05, hip - 0.05, 0.09, 0.07)))
+            s.append(
+                (
+                    _jit(rng, (60, 70, 50), 30),
+                    _poly(
+                        (-0.11, sh - 0.05),
+                        (-0.26, sh - 0.08),
+                        (-0.25, hip + 0.1),
+                        (-0.11, hip + 0.1),
+                    ),
+                )
+            )
+        s.append(
+            (
+                _shade(jacket, 0.8),
+                _limb(0.0, sh - 0.05, stride * 0.8 + 0.05, hip - 0.05, 0.09, 0.07),
+            )
+        )
         head_x = 0.02
     else:  # facing the camera
         for x in (-0.08, 0.08):
@@ -353,7 +457,17 @@ def _person(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, fl
     s.append((skin, _limb(head_x, sh - 0.02, head_x, sh + 0.07, 0.08)))
     s.append((skin, _ell(head_x, sh + 0.16, 0.1, 0.12)))
     if rng.random() < 0.5:  # hat
-        s.append((_jit(rng, (90, 80, 60), 40), _poly((head_x - 0.14, sh + 0.2), (head_x + 0.14, sh + 0.2), (head_x + 0.09, sh + 0.31), (head_x - 0.09, sh + 0.31))))
+        s.append(
+            (
+                _jit(rng, (90, 80, 60), 40),
+                _poly(
+                    (head_x - 0.14, sh + 0.2),
+                    (head_x + 0.14, sh + 0.2),
+                    (head_x + 0.09, sh + 0.31),
+                    (head_x - 0.09, sh + 0.31),
+                ),
+            )
+        )
     else:
         s.append((hair, _ell(head_x, sh + 0.23, 0.1, 0.06)))
     return s, []
@@ -363,13 +477,20 @@ def _vehicle(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, f
     paint = tuple(int(v) for v in rng.integers(25, 235, 3))
     glass = _jit(rng, (70, 90, 105), 15)
     s: list[Shape] = []
-    length, wheel_r = 4.2, 0.34
+    wheel_r = 0.34
     pickup = rng.random() < 0.4
-    s.append((paint, _poly((-2.1, 0.22), (2.1, 0.22), (2.15, 0.55), (2.0, 0.95), (-2.05, 0.98), (-2.1, 0.5))))
+    s.append(
+        (
+            paint,
+            _poly((-2.1, 0.22), (2.1, 0.22), (2.15, 0.55), (2.0, 0.95), (-2.05, 0.98), (-2.1, 0.5)),
+        )
+    )
     if pickup:  # cab at the front, open bed behind
         s.append((paint, _poly((-0.2, 0.95), (1.05, 0.95), (0.75, 1.55), (-0.15, 1.58))))
         s.append((glass, _poly((0.05, 1.0), (0.9, 1.0), (0.68, 1.45), (0.05, 1.47))))
-        s.append((_shade(paint, 0.6), _poly((-2.0, 0.95), (-0.25, 0.95), (-0.25, 1.05), (-2.0, 1.05))))
+        s.append(
+            (_shade(paint, 0.6), _poly((-2.0, 0.95), (-0.25, 0.95), (-0.25, 1.05), (-2.0, 1.05)))
+        )
     else:  # estate / SUV cabin over most of the length
         s.append((paint, _poly((-1.95, 0.95), (1.1, 0.95), (0.6, 1.55), (-1.85, 1.6))))
         s.append((glass, _poly((-1.75, 1.02), (-0.65, 1.02), (-0.65, 1.5), (-1.7, 1.52))))
@@ -377,11 +498,12 @@ def _vehicle(rng: np.random.Generator) -> tuple[list[Shape], list[tuple[float, f
     s.append((_shade(paint, 0.65), _limb(-2.1, 0.5, 2.1, 0.5, 0.03)))  # door line
     s.append(((240, 235, 200), _ell(2.08, 0.75, 0.06, 0.08)))  # headlight
     s.append(((170, 30, 25), _ell(-2.08, 0.78, 0.05, 0.08)))  # tail light
-    s.append(((35, 35, 35), _poly((-2.15, 0.18), (2.18, 0.18), (2.18, 0.32), (-2.15, 0.32))))  # bumpers
+    s.append(
+        ((35, 35, 35), _poly((-2.15, 0.18), (2.18, 0.18), (2.18, 0.32), (-2.15, 0.32)))
+    )  # bumpers
     for wx in (-1.35, 1.35):
         s.append(((22, 22, 24), _ell(wx, wheel_r, wheel_r, wheel_r, n=22)))
         s.append(((150, 150, 155), _ell(wx, wheel_r, wheel_r * 0.45, wheel_r * 0.45)))
-    del length
     return s, []
 
 
@@ -399,11 +521,16 @@ _PALETTES = (  # (upper band: forest/sky, far ground, near ground)
 
 def _lowfreq(rng: np.random.Generator, w: int, h: int, cells: tuple[int, int]) -> np.ndarray:
     small = rng.random((cells[1], cells[0]), dtype=np.float32)
-    return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(small, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32
+    )
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, float]:
-    top, far, near = (np.asarray(_jit(rng, c, 14), dtype=np.float32) for c in _PALETTES[int(rng.integers(len(_PALETTES)))])
+    top, far, near = (
+        np.asarray(_jit(rng, c, 14), dtype=np.float32)
+        for c in _PALETTES[int(rng.integers(len(_PALETTES)))]
+    )
     horizon = float(rng.uniform(0.22, 0.5))
     ys = (np.arange(h, dtype=np.float32) + 0.5) / h
     t = np.clip((ys - horizon) / max(1e-3, 1.0 - horizon), 0.0, 1.0)[:, None, None]
@@ -426,7 +553,14 @@ def _flash_map(w: int, h: int) -> np.ndarray:
     return out
 
 
-def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, horizon: float, ground_max: float) -> None:
+def _distractors(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    w: int,
+    h: int,
+    horizon: float,
+    ground_max: float,
+) -> None:
     hy = horizon * h
     for _ in range(int(rng.integers(0, 4))):  # tree trunks from the top edge to the ground
         x = rng.uniform(-0.02, 1.0) * w
@@ -434,13 +568,21 @@ def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h:
         base = rng.uniform(hy + 0.05 * h, ground_max)
         birch = rng.random() < 0.25
         col = _jit(rng, (215, 212, 200) if birch else (72, 56, 40), 15)
-        draw.polygon([(x, -1), (x + tw * 0.85, -1), (x + tw * 1.05, base), (x - tw * 0.2, base)], fill=col)
+        draw.polygon(
+            [(x, -1), (x + tw * 0.85, -1), (x + tw * 1.05, base), (x - tw * 0.2, base)], fill=col
+        )
         if birch:
             for _ in range(int(rng.integers(3, 8))):
                 my = rng.uniform(0, base)
-                draw.rectangle([x, my, x + tw * rng.uniform(0.3, 0.8), my + h * 0.01], fill=(35, 35, 35))
+                draw.rectangle(
+                    [x, my, x + tw * rng.uniform(0.3, 0.8), my + h * 0.01], fill=(35, 35, 35)
+                )
         else:
-            draw.line([(x + tw * 0.3, 0), (x + tw * 0.35, base)], fill=_shade(col, 0.7), width=max(1, int(tw * 0.1)))
+            draw.line(
+                [(x + tw * 0.3, 0), (x + tw * 0.35, base)],
+                fill=_shade(col, 0.7),
+                width=max(1, int(tw * 0.1)),
+            )
     for _ in range(int(rng.integers(0, 4))):  # rocks
         rx, ry = rng.uniform(0.03, 0.13) * w, 0.0
         ry = rx * rng.uniform(0.4, 0.8)
@@ -448,7 +590,10 @@ def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h:
         pts = _ell(cx, cy - ry * 0.5, rx, ry, n=9) + rng.normal(0, rx * 0.08, (9, 2))
         col = _jit(rng, (128, 126, 120), 25)
         draw.polygon([tuple(p) for p in pts], fill=col)
-        draw.polygon([tuple(p) for p in _ell(cx - rx * 0.2, cy - ry * 0.8, rx * 0.5, ry * 0.35, n=8)], fill=_shade(col, 1.15))
+        draw.polygon(
+            [tuple(p) for p in _ell(cx - rx * 0.2, cy - ry * 0.8, rx * 0.5, ry * 0.35, n=8)],
+            fill=_shade(col, 1.15),
+        )
     for _ in range(int(rng.integers(0, 4))):  # bushes: clusters of leafy blobs
         cx, cy = rng.uniform(0, w), rng.uniform(hy, ground_max)
         size = rng.uniform(0.04, 0.14) * w
@@ -465,7 +610,14 @@ def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h:
         draw.ellipse([x0 + lw - th * 0.4, y - th, x0 + lw + th * 0.4, y], fill=(150, 120, 85))
 
 
-def _grass(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, ground_max: float, night: bool) -> None:
+def _grass(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    w: int,
+    h: int,
+    ground_max: float,
+    night: bool,
+) -> None:
     """A few foreground blades that may cross the objects' feet, as in real camera traps."""
     for _ in range(int(rng.integers(0, 25))):
         x, y = rng.uniform(0, w), rng.uniform(ground_max - 0.12 * h, ground_max)
@@ -482,7 +634,10 @@ def _info_strip(rng: np.random.Generator, img: Image.Image, strip_h: int) -> Non
     ch = max(3, int(strip_h * 0.55))
     cw = max(2, int(ch * 0.6))
     y0 = h - strip_h + (strip_h - ch) // 2
-    for start, n_chars in ((int(0.02 * w), int(rng.integers(16, 22))), (int(0.62 * w), int(rng.integers(8, 14)))):
+    for start, n_chars in (
+        (int(0.02 * w), int(rng.integers(16, 22))),
+        (int(0.62 * w), int(rng.integers(8, 14))),
+    ):
         x = start
         for i in range(n_chars):
             if i % 6 == 5:  # gaps between words
@@ -490,16 +645,29 @@ def _info_strip(rng: np.random.Generator, img: Image.Image, strip_h: int) -> Non
                 continue
             mark = int(rng.integers(3))
             if mark == 0:
-                draw.rectangle([x, y0, x + cw - 1, y0 + ch], outline=(235, 235, 235), width=max(1, cw // 4))
+                draw.rectangle(
+                    [x, y0, x + cw - 1, y0 + ch], outline=(235, 235, 235), width=max(1, cw // 4)
+                )
             elif mark == 1:
-                draw.rectangle([x + cw // 3, y0, x + cw // 3 + max(1, cw // 4), y0 + ch], fill=(235, 235, 235))
+                draw.rectangle(
+                    [x + cw // 3, y0, x + cw // 3 + max(1, cw // 4), y0 + ch], fill=(235, 235, 235)
+                )
             else:
-                draw.rectangle([x, y0 + ch // 2 - max(1, ch // 10), x + cw - 1, y0 + ch // 2 + max(1, ch // 10)], fill=(235, 235, 235))
+                draw.rectangle(
+                    [
+                        x,
+                        y0 + ch // 2 - max(1, ch // 10),
+                        x + cw - 1,
+                        y0 + ch // 2 + max(1, ch // 10),
+                    ],
+                    fill=(235, 235, 235),
+                )
             x += int(cw * 1.4)
 
 
 # --------------------------------------------------------------------------------------------
 # Scenes.
+
 
 def _draw_object(rng: np.random.Generator, kind: str, species: str | None):
     if kind == "animal":
@@ -579,11 +747,17 @@ def render_scene(
     species: str | None = None,
     night: bool = False,
     n_objects: int = 1,
+    *,
+    scene_rng: np.random.Generator | None = None,
 ) -> tuple[Image.Image, list[GroundTruthBox]]:
     """Draw one camera-trap frame; returns the RGB image and its ground-truth boxes.
 
     `kind` is "blank", "animal", "person" or "vehicle"; an animal scene with `species=None`
     picks a species per object. Night frames are grey infrared-looking flash images.
+    `scene_rng`, when given, draws the site (ground, trees, rocks, info strip) and the looks
+    of the objects, while `rng` draws where the objects stand and the noise: frames of one
+    burst pass generators with the same seed as `scene_rng`, so they share their background
+    and show the same individual moving.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -591,10 +765,11 @@ def render_scene(
         raise ValueError(f"species must be one of {SPECIES}, not {species!r}")
     iw = min(width, RENDER_MAX_WIDTH)
     ih = max(8, round(height * iw / width))
-    bg, horizon = _background(rng, iw, ih)
-    has_strip = rng.random() < 0.7
-    ground_max = ih * (1.0 - 0.05 - rng.uniform(0.0, 0.06))
-    _distractors(rng, ImageDraw.Draw(bg), iw, ih, horizon, ground_max)
+    srng = rng if scene_rng is None else scene_rng
+    bg, horizon = _background(srng, iw, ih)
+    has_strip = srng.random() < 0.7
+    ground_max = ih * (1.0 - 0.05 - srng.uniform(0.0, 0.06))
+    _distractors(srng, ImageDraw.Draw(bg), iw, ih, horizon, ground_max)
 
     layer = Image.new("RGBA", (iw, ih), (0, 0, 0, 0))
     ldraw = ImageDraw.Draw(layer)
@@ -604,25 +779,31 @@ def render_scene(
     n = 0 if kind == "blank" else max(1, n_objects)
     for _ in range(n):
         sp = (species or SPECIES[int(rng.integers(len(SPECIES)))]) if kind == "animal" else None
-        shapes, eyes = _draw_object(rng, kind, sp)
-        out, eyes_img, box = _place(rng, shapes, eyes, sp or kind, iw, ih, horizon, ground_max, taken)
+        shapes, eyes = _draw_object(srng, kind, sp)
+        out, eyes_img, box = _place(
+            rng, shapes, eyes, sp or kind, iw, ih, horizon, ground_max, taken
+        )
         taken.append(box)
         for col, p in out:
             ldraw.polygon([tuple(q) for q in p], fill=(*col, 255))
         all_eyes += [(e, box[2] - box[0]) for e in eyes_img]
         x0, y0, x1, y1 = box
         boxes.append(GroundTruthBox(kind, sp, (x0 / iw, y0 / ih, (x1 - x0) / iw, (y1 - y0) / ih)))
-    _grass(rng, ImageDraw.Draw(layer), iw, ih, ground_max, night)
+    _grass(srng, ImageDraw.Draw(layer), iw, ih, ground_max, night)
 
     if night:
         # Infrared flash: grey, bright near the camera and the centre, dark far edges; the
         # objects reflect the flash more than the background does.
         gray = bg.convert("L").point(lambda v: int(v * 0.65))
-        gray.paste(layer.convert("L").point(lambda v: int(v * 0.8 + 45)), (0, 0), layer.getchannel("A"))
+        gray.paste(
+            layer.convert("L").point(lambda v: int(v * 0.75 + 60)), (0, 0), layer.getchannel("A")
+        )
         flash = _flash_map(iw, ih) * np.float32(rng.uniform(0.8, 1.15))
-        lit = np.where(np.asarray(layer.getchannel("A")) > 0, np.maximum(flash, np.float32(0.45)), flash)
+        lit = np.where(
+            np.asarray(layer.getchannel("A")) > 0, np.maximum(flash, np.float32(0.6)), flash
+        )
         g = np.asarray(gray, dtype=np.float32) * lit
-        g += rng.standard_normal((ih, iw), dtype=np.float32) * 9.0
+        g += rng.standard_normal((ih, iw), dtype=np.float32) * 7.0
         tint = (1.0 + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
         img_arr = g[..., None] * tint
     else:
@@ -643,7 +824,7 @@ def render_scene(
     if (iw, ih) != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
     if has_strip:
-        _info_strip(rng, img, max(6, round(0.035 * height)))
+        _info_strip(srng, img, max(6, round(0.035 * height)))
     return img, boxes
 
 
@@ -651,7 +832,9 @@ def render_scene(
 # The pre-processing the demo models were trained with (the pipeline's own code must match).
 
 
-def letterbox(image: Image.Image, size: int = 320, resample: int = Image.BILINEAR) -> tuple[np.ndarray, float, int, int]:
+def letterbox(
+    image: Image.Image, size: int = 320, resample: int = Image.BILINEAR
+) -> tuple[np.ndarray, float, int, int]:
     """YOLOv5 letterbox: resize to fit `size` keeping aspect, centre on a 114-grey square.
 
     Returns the uint8 HxWx3 canvas, the scale r, and the left/top padding, so a box in canvas
@@ -662,11 +845,15 @@ def letterbox(image: Image.Image, size: int = 320, resample: int = Image.BILINEA
     nw, nh = max(1, round(w * r)), max(1, round(h * r))
     left, top = (size - nw) // 2, (size - nh) // 2
     canvas = np.full((size, size, 3), LETTERBOX_FILL, dtype=np.uint8)
-    canvas[top : top + nh, left : left + nw] = np.asarray(image.convert("RGB").resize((nw, nh), resample))
+    canvas[top : top + nh, left : left + nw] = np.asarray(
+        image.convert("RGB").resize((nw, nh), resample)
+    )
     return canvas, r, left, top
 
 
-def square_crop_box(bbox: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+def square_crop_box(
+    bbox: tuple[float, float, float, float], width: int, height: int
+) -> tuple[int, int, int, int]:
     """DeepFaune's crop: the relative box made square by extending its short side, clipped.
 
     Returns pixel (left, top, right, bottom) for `Image.crop`.
@@ -683,7 +870,9 @@ def square_crop_box(bbox: tuple[float, float, float, float], width: int, height:
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_for_classifier(image: Image.Image, bbox: tuple[float, float, float, float], size: int = 182) -> Image.Image:
+def crop_for_classifier(
+    image: Image.Image, bbox: tuple[float, float, float, float], size: int = 182
+) -> Image.Image:
     """Square crop of a relative box, resized bicubic to `size` (DeepFaune's input)."""
     box = square_crop_box(bbox, image.width, image.height)
     return image.crop(box).resize((size, size), Image.BICUBIC)
