@@ -62,7 +62,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0  # Ray start and model loading, included in wall_seconds
     models: ModelNames | None = None  # as the workers' backends report them
-    labels: tuple[str, ...] = ()
+    classifier_labels: tuple[str, ...] = ()  # in logit order
     written: list[str] = field(default_factory=list)
 
     @property
@@ -82,7 +82,7 @@ def _in_process(
     started = time.perf_counter()
     pipeline = build_pipeline(settings)
     summary.startup_seconds = time.perf_counter() - started
-    summary.models, summary.labels = pipeline.model_names, pipeline.classifier.spec.labels
+    summary.models, summary.classifier_labels = pipeline.model_names, pipeline.classifier.spec.labels
     for batch in work:
         yield pipeline.process(batch)
 
@@ -98,7 +98,7 @@ def _on_ray(
         worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
         actors = [worker_class.remote(settings) for _ in range(settings.workers)]
         # Models loaded: start-up ends here. Every actor reports the same models.
-        summary.models, summary.labels = ray.get([actor.describe.remote() for actor in actors])[0]
+        summary.models, summary.classifier_labels = ray.get([actor.describe.remote() for actor in actors])[0]
         summary.startup_seconds = time.perf_counter() - started
         idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
         pending: dict = {}
@@ -187,9 +187,9 @@ def run_folder(
 
     if summary.models is None:  # nothing to process: name the configured models anyway
         pipeline = build_pipeline(settings)
-        summary.models, summary.labels = pipeline.model_names, pipeline.classifier.spec.labels
+        summary.models, summary.classifier_labels = pipeline.model_names, pipeline.classifier.spec.labels
     write_started = time.perf_counter()
-    tables = assemble(results, failures, settings, summary.models, summary.labels)
+    tables = assemble(results, failures, settings, summary.models, summary.classifier_labels)
     summary.written = write_tables(tables, out, settings)
     summary.stage_seconds["write"] += time.perf_counter() - write_started
     summary.wall_seconds = time.perf_counter() - started
