@@ -131,6 +131,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                     last_lag_at = self.clock()
                 polled = self.consumer.poll(timeout_ms=200)
                 self._apply_rebalance()
+                if not self.segments:  # not idle while waiting for the group to assign partitions
+                    last_record_at = self.clock()
                 for tp, records in polled.items():
                     self._accept(tp, records)
                     last_record_at = self.clock()

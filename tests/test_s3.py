@@ -284,7 +284,8 @@ def test_run_folder_from_a_bucket_prefix_to_a_bucket_accounts_for_every_object(
     for key, data in objects.items():
         s3.pipe(f"photos/{key}", data)
 
-    summary = run_folder("s3://photos/card", "s3://results/run1", Settings(workers=0))
+    settings = Settings(workers=0, **vars(s3_settings))  # run_folder configures fsspec from it
+    summary = run_folder("s3://photos/card", "s3://results/run1", settings)
 
     options = object_store.storage_options_for("s3://results", s3_settings)
     media = pd.read_parquet("s3://results/run1/media", storage_options=options)
