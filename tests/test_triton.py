@@ -353,9 +353,10 @@ def test_many_batches_in_flight_come_back_in_order_and_big_batches_are_split(
     one_by_one = [detector.detect(b) for b in batches]
     for many, single in zip(detector.detect_many(batches), one_by_one):
         np.testing.assert_array_equal(many, single)
-    big = np.concatenate([canvases, canvases])  # more than max_batch_size (8): split, in flight
+    repeats = SMALL_BATCHES.max_batch_size // len(canvases) + 1
+    big = np.concatenate([canvases] * repeats)  # more than max_batch_size: split, in flight
     assert len(big) > SMALL_BATCHES.max_batch_size
-    np.testing.assert_allclose(detector.detect(big), np.concatenate(one_by_one * 2), atol=1e-5)
+    np.testing.assert_allclose(detector.detect(big), np.concatenate(one_by_one * repeats), atol=1e-5)
     detector.close()
 
 
