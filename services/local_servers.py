@@ -56,6 +56,17 @@ def tansu_binary() -> Path:
     return path
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout_s`; every local server stops so."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout_s)
+
+
 def free_port() -> int:
     """A port that was free a moment ago (another process may still take it: callers retry)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -89,13 +100,7 @@ class TansuServer:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker (memory storage: its topics are gone) and remove its log."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
+        stop_process(self.process, timeout_s)
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None

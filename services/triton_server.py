@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trapline.services.local_servers import ServerStartError, free_port
+from trapline.services.local_servers import ServerStartError, free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO_ROOT / ".venv-triton"
@@ -168,13 +168,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (it drains in-flight requests for up to 3 s) and remove its files."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
+        stop_process(self.process, timeout_s)
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None
