@@ -14,18 +14,20 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 
 import pyarrow as pa
 
 from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
 from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import decode_image
+from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import detect_frames
 from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.tables import (
     ModelNames,
+    PlacedMedia,
     events_table,
     failures_table,
     media_table,
@@ -46,7 +48,9 @@ class BatchOutput:
 class PhotoPipeline:
     """decode -> detect -> classify for one batch; holds the model backends."""
 
-    def __init__(self, settings: Settings, detector: DetectorBackend, classifier: ClassifierBackend):
+    def __init__(
+        self, settings: Settings, detector: DetectorBackend, classifier: ClassifierBackend
+    ):
         self.settings = settings
         self.detector = detector
         self.classifier = classifier
@@ -145,13 +149,19 @@ def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:
     return Failure(ref.uri, ref.deployment_id, ref.media_id, stage, kind, text, ref.source)
 
 
-def resolve_timestamp(result: MediaResult, local_tz: timezone) -> tuple[datetime | None, str]:
-    """UTC capture time and where it came from: the event beats EXIF; naive EXIF is local."""
+def resolve_timestamp(
+    result: MediaResult, deployments: Deployments, default_tz: tzinfo
+) -> tuple[datetime | None, str, str | None]:
+    """UTC capture time, where it came from, and what is doubtful about it.
+
+    The event's time beats EXIF; a naive EXIF time is read in the deployment's zone (or the
+    default offset). No usable time is flagged (`no_timestamp`), never guessed.
+    """
     for when, source in ((result.ref.timestamp, "event"), (result.exif_datetime, "exif")):
         if when is not None:
-            aware = when if when.tzinfo is not None else when.replace(tzinfo=local_tz)
-            return aware.astimezone(timezone.utc), source
-    return None, "none"
+            placed = deployments.localize(when, result.ref.deployment_id, default_tz)
+            return placed.utc, source, placed.issue
+    return None, "none", "no_timestamp"
 
 
 @dataclass(slots=True)
@@ -194,16 +204,21 @@ def assemble(
                     f"same media_id as {first.ref.uri} (identical bytes); kept that one",
                 )
             )
+    deployments = cached_deployments(settings.deployments_file)
     tz = settings.tzinfo()
-    placed = [(result, *resolve_timestamp(result, tz)) for result in unique.values()]
-    options = SequenceOptions(gap_seconds=settings.sequence_gap_s, threshold=settings.sequence_threshold)
+    placed = [(result, *resolve_timestamp(result, deployments, tz)) for result in unique.values()]
+    options = SequenceOptions(
+        gap_seconds=settings.sequence_gap_s, threshold=settings.sequence_threshold
+    )
     events = build_events(
-        [SequenceItem(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, _ in placed],
+        [SequenceItem(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, *_ in placed],
         labels,
         options,
     )
     event_of: dict[str, Event] = {m: e for e in events for m in e.media_ids}
-    rows = [(r, ts, source, event_of[r.media_id]) for r, ts, source in placed]
+    rows = [
+        PlacedMedia(r, ts, source, issue, event_of[r.media_id]) for r, ts, source, issue in placed
+    ]
     processed_at = datetime.now(timezone.utc)
     return Tables(
         media=media_table(rows, models, processed_at),

@@ -31,6 +31,7 @@ MEDIA = pa.schema([
     _field("uri", pa.string(), "Where the photo was read from (path or fsspec URL).", False),
     _field("timestamp", UTC_US, "Capture time in UTC; null when neither event nor EXIF had one."),
     _field("timestamp_source", pa.string(), "event | exif | none: where `timestamp` came from.", False),
+    _field("timestamp_issue", pa.string(), "Why to doubt `timestamp`, null if nothing: no_timestamp, default_offset (naive EXIF, deployment has no zone), dst_ambiguous, dst_gap, outside_deployment (camera clock off?)."),
     _field("sha256", pa.string(), "SHA-256 of the file's bytes, hex.", False),
     _field("width", pa.int32(), "Full-resolution width after EXIF orientation, pixels.", False),
     _field("height", pa.int32(), "Full-resolution height after EXIF orientation, pixels.", False),
@@ -41,6 +42,7 @@ MEDIA = pa.schema([
     _field("animal_count", pa.int16(), "Animal detections kept in this photo.", False),
     _field("person_count", pa.int16(), "Person detections kept in this photo.", False),
     _field("vehicle_count", pa.int16(), "Vehicle detections kept in this photo.", False),
+    _field("file_public", pa.bool_(), "False when a person was detected: the photo must not be published (Camtrap DP filePublic).", False),
     _field("event_id", pa.string(), "Sequence (event) this photo belongs to; see the events table.", False),
     _field("event_label", pa.string(), "The event's label (sequence-level vote); null unless an animal event.", True),
     _field("detector", pa.string(), "Detector model name.", False),
@@ -104,6 +106,17 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class PlacedMedia:
+    """A processed photo placed in time and in its event: what one media row is made from."""
+
+    result: MediaResult
+    timestamp: datetime | None  # UTC
+    timestamp_source: str  # event | exif | none
+    timestamp_issue: str | None
+    event: Event
+
+
 @dataclass(frozen=True)
 class ModelNames:
     detector: str
@@ -113,22 +126,26 @@ class ModelNames:
 
 
 def media_table(
-    results: Iterable[tuple[MediaResult, datetime | None, str, Event]],
-    models: ModelNames,
-    processed_at: datetime,
+    placed: Iterable[PlacedMedia], models: ModelNames, processed_at: datetime
 ) -> pa.Table:
     rows = []
-    for result, timestamp, timestamp_source, event in results:
-        counts = {c: sum(d.category == c for d in result.detections) for c in ("animal", "person", "vehicle")}
+    for p in placed:
+        result, event = p.result, p.event
+        counts = {
+            c: sum(d.category == c for d in result.detections)
+            for c in ("animal", "person", "vehicle")
+        }
         rows.append({
             "media_id": result.media_id, "deployment_id": result.ref.deployment_id,
-            "uri": result.ref.uri, "timestamp": timestamp, "timestamp_source": timestamp_source,
+            "uri": result.ref.uri, "timestamp": p.timestamp, "timestamp_source": p.timestamp_source,
+            "timestamp_issue": p.timestamp_issue,
             "sha256": result.sha256, "width": result.width, "height": result.height,
             "byte_size": result.byte_size, "camera_make": result.camera_make,
             "camera_model": result.camera_model,
             "observation_type": media_observation_type(result.detections),
             "animal_count": counts["animal"], "person_count": counts["person"],
-            "vehicle_count": counts["vehicle"], "event_id": event.event_id,
+            "vehicle_count": counts["vehicle"], "file_public": counts["person"] == 0,
+            "event_id": event.event_id,
             "event_label": event.label, "detector": models.detector,
             "detector_version": models.detector_version, "classifier": models.classifier,
             "classifier_version": models.classifier_version, "processed_at": processed_at,
@@ -137,12 +154,11 @@ def media_table(
     return pa.Table.from_pylist(rows, schema=MEDIA)
 
 
-def observations_table(
-    results: Iterable[tuple[MediaResult, datetime | None, str, Event]], models: ModelNames
-) -> pa.Table:
+def observations_table(placed: Iterable[PlacedMedia], models: ModelNames) -> pa.Table:
     classified_by = f"{models.classifier}/{models.classifier_version}"
     rows = []
-    for result, timestamp, _, event in results:
+    for p in placed:
+        result, event, timestamp = p.result, p.event, p.timestamp
         for index, d in enumerate(result.detections):
             rows.append({
                 "observation_id": f"{result.media_id}-{index}", "media_id": result.media_id,
@@ -161,10 +177,16 @@ def observations_table(
 def events_table(events: Iterable[Event]) -> pa.Table:
     rows = [
         {
-            "event_id": e.event_id, "deployment_id": e.deployment_id, "start": e.start,
-            "end": e.end, "media_count": len(e.media_ids), "observation_type": e.observation_type,
-            "label": e.label, "scientific_name": SCIENTIFIC_NAMES.get(e.label or ""),
-            "probability": e.probability, "classified_frames": e.classified_frames,
+            "event_id": e.event_id,
+            "deployment_id": e.deployment_id,
+            "start": e.start,
+            "end": e.end,
+            "media_count": len(e.media_ids),
+            "observation_type": e.observation_type,
+            "label": e.label,
+            "scientific_name": SCIENTIFIC_NAMES.get(e.label or ""),
+            "probability": e.probability,
+            "classified_frames": e.classified_frames,
         }  # fmt: skip
         for e in events
     ]
@@ -175,9 +197,15 @@ def failures_table(failures: Iterable[Failure]) -> pa.Table:
     now = datetime.now(timezone.utc)
     rows = [
         {
-            "uri": f.uri, "deployment_id": f.deployment_id, "media_id": f.media_id,
-            "stage": f.stage, "kind": f.kind, "message": f.message, "failed_at": now,
-            "source": f.source, "raw_event": f.raw_event,
+            "uri": f.uri,
+            "deployment_id": f.deployment_id,
+            "media_id": f.media_id,
+            "stage": f.stage,
+            "kind": f.kind,
+            "message": f.message,
+            "failed_at": now,
+            "source": f.source,
+            "raw_event": f.raw_event,
         }  # fmt: skip
         for f in failures
     ]

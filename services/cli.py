@@ -26,13 +26,14 @@ def run(
     detector: Path | None = typer.Option(None, help="Detector ONNX file (with .json sidecar)."),
     classifier: Path | None = typer.Option(None, help="Classifier ONNX file (with .json sidecar)."),
     json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the summary as JSON."),
+    deployments: str | None = typer.Option(None, help="Deployments file (CSV/YAML/JSON): each camera's UTC offset, place, period."),
 ) -> None:
     """Detect and classify every photo under SOURCE; write media/observations/events/failures tables."""
     from trapline.services.runner import run_folder
 
     settings = load_settings(
         config, workers=workers, batch_size=batch_size, detector_model=detector,
-        classifier_model=classifier,
+        classifier_model=classifier, deployments_file=deployments,
     )  # fmt: skip
     with Progress(
         TextColumn("[bold]photos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -30,64 +30,166 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAPLINE_", extra="forbid")
 
     # Models
-    detector_model: Path = Field(DEMO_MODELS / "detector.onnx", description="Detector ONNX file; its .json sidecar names it.")
-    classifier_model: Path = Field(DEMO_MODELS / "classifier.onnx", description="Classifier ONNX file; its .json sidecar names it.")
-    model_backend: Literal["onnx", "triton"] = Field("onnx", description="onnx: ONNX Runtime in each worker (the model files above); triton: a Triton server (its models' sidecars name them).")
-    triton_url: str = Field("grpc://127.0.0.1:8001", description="Triton endpoint; http(s):// switches to the HTTP protocol.")
+    detector_model: Path = Field(
+        DEMO_MODELS / "detector.onnx", description="Detector ONNX file; its .json sidecar names it."
+    )
+    classifier_model: Path = Field(
+        DEMO_MODELS / "classifier.onnx",
+        description="Classifier ONNX file; its .json sidecar names it.",
+    )
+    model_backend: Literal["onnx", "triton"] = Field(
+        "onnx",
+        description="onnx: ONNX Runtime in each worker (the model files above); triton: a Triton server (its models' sidecars name them).",
+    )
+    triton_url: str = Field(
+        "grpc://127.0.0.1:8001",
+        description="Triton endpoint; http(s):// switches to the HTTP protocol.",
+    )
     triton_timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
-    triton_detector_model: str = Field("trapline_detector", description="Detector's model name in the Triton repository.")
-    triton_classifier_model: str = Field("trapline_classifier", description="Classifier's model name in the Triton repository.")
-    triton_max_in_flight: int = Field(4, ge=1, description="Requests in flight per worker (keeps a GPU busy).")
-    triton_retries: int = Field(3, ge=0, description="Retries with backoff when Triton is unavailable.")
-    detection_threshold: float = Field(0.2, ge=0, le=1, description="Detections below this score are not kept (MegaDetector's typical 0.2).")
-    nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which a lower-scoring box of the same class is suppressed.")
-    classification_threshold: float = Field(0.8, ge=0, le=1, description="Per-box labels below this probability become 'undefined' (DeepFaune: 0.8).")
-    max_crops_per_photo: int = Field(10, ge=0, description="Animal boxes classified per photo, most confident first.")
+    triton_detector_model: str = Field(
+        "trapline_detector", description="Detector's model name in the Triton repository."
+    )
+    triton_classifier_model: str = Field(
+        "trapline_classifier", description="Classifier's model name in the Triton repository."
+    )
+    triton_max_in_flight: int = Field(
+        4, ge=1, description="Requests in flight per worker (keeps a GPU busy)."
+    )
+    triton_retries: int = Field(
+        3, ge=0, description="Retries with backoff when Triton is unavailable."
+    )
+    detection_threshold: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Detections below this score are not kept (MegaDetector's typical 0.2).",
+    )
+    nms_iou: float = Field(
+        0.45,
+        gt=0,
+        le=1,
+        description="IoU above which a lower-scoring box of the same class is suppressed.",
+    )
+    classification_threshold: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Per-box labels below this probability become 'undefined' (DeepFaune: 0.8).",
+    )
+    max_crops_per_photo: int = Field(
+        10, ge=0, description="Animal boxes classified per photo, most confident first."
+    )
     top_k: int = Field(3, ge=1, description="Labels and probabilities kept per observation.")
 
     # Throughput
-    workers: int = Field(2, ge=0, description="Ray actors running the stages; 0 runs in-process without Ray.")
+    workers: int = Field(
+        2, ge=0, description="Ray actors running the stages; 0 runs in-process without Ray."
+    )
     threads_per_worker: int = Field(1, ge=1, description="ONNX Runtime threads in each worker.")
     batch_size: int = Field(8, ge=1, description="Photos per detector batch.")
-    batch_max_wait_s: float = Field(0.5, ge=0, description="Service mode: longest wait to fill a batch, seconds.")
-    decode_min_long_side: int = Field(640, ge=64, description="JPEGs are decoded at the smallest DCT scale whose long side is at least this (and the detector's input size); crops come from that image.")
+    batch_max_wait_s: float = Field(
+        0.5, ge=0, description="Service mode: longest wait to fill a batch, seconds."
+    )
+    decode_min_long_side: int = Field(
+        640,
+        ge=64,
+        description="JPEGs are decoded at the smallest DCT scale whose long side is at least this (and the detector's input size); crops come from that image.",
+    )
 
     # Limits: refuse before spending memory
-    max_image_pixels: int = Field(150_000_000, ge=1, description="Photos whose header declares more pixels are refused before decoding (bombs).")
-    max_file_bytes: int = Field(100_000_000, ge=1, description="Files larger than this are refused before reading.")
+    max_image_pixels: int = Field(
+        150_000_000,
+        ge=1,
+        description="Photos whose header declares more pixels are refused before decoding (bombs).",
+    )
+    max_file_bytes: int = Field(
+        100_000_000, ge=1, description="Files larger than this are refused before reading."
+    )
 
     # Sequences and time
-    sequence_gap_s: float = Field(10.0, ge=0, description="Frames of one deployment at most this far apart are one event (DeepFaune: 10 s).")
-    sequence_threshold: float = Field(0.8, ge=0, le=1, description="Event labels below this probability become 'undefined'.")
-    utc_offset: str = Field("+00:00", description="UTC offset of naive EXIF timestamps, '+HH:MM' (until a deployments file gives one per camera).")
+    sequence_gap_s: float = Field(
+        10.0,
+        ge=0,
+        description="Frames of one deployment at most this far apart are one event (DeepFaune: 10 s).",
+    )
+    sequence_threshold: float = Field(
+        0.8, ge=0, le=1, description="Event labels below this probability become 'undefined'."
+    )
+    utc_offset: str = Field(
+        "+00:00",
+        description="UTC offset of naive EXIF timestamps, '+HH:MM', for deployments the deployments file does not place.",
+    )
+    deployments_file: str | None = Field(
+        None,
+        description="Deployments (CSV, YAML, JSON or a folder of them; path or URL): each camera's UTC offset or IANA zone, coordinates, country, period. See pipelines/deployments.py.",
+    )
 
     # Output
     output_compression: str = Field("zstd", description="Parquet compression codec.")
 
     # Object storage (s3://); unset fields fall back to the usual AWS variables, profile or role
-    s3_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store (Ceph RGW, MinIO); unset: AWS S3 or AWS_ENDPOINT_URL.")
-    s3_region: str | None = Field(None, description="S3 region; on Ceph RGW the zonegroup's api_name ('default' out of the box); unset: AWS_REGION.")
-    s3_access_key_id: SecretStr | None = Field(None, description="Access key; unset: AWS variables, profile or web identity.")
-    s3_secret_access_key: SecretStr | None = Field(None, description="Secret key (masked everywhere).")
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (Ceph RGW, MinIO); unset: AWS S3 or AWS_ENDPOINT_URL.",
+    )
+    s3_region: str | None = Field(
+        None,
+        description="S3 region; on Ceph RGW the zonegroup's api_name ('default' out of the box); unset: AWS_REGION.",
+    )
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="Access key; unset: AWS variables, profile or web identity."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret key (masked everywhere)."
+    )
     s3_verify: bool | str = Field(True, description="Verify TLS: true, false, or a CA bundle file.")
-    s3_addressing_style: Literal["path", "virtual", "auto"] | None = Field(None, description="Unset: path for a custom endpoint, virtual on AWS.")
+    s3_addressing_style: Literal["path", "virtual", "auto"] | None = Field(
+        None, description="Unset: path for a custom endpoint, virtual on AWS."
+    )
 
     # Service mode: Kafka in (`trapline serve`)
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+    )
     uploads_topic: str = Field("trapline.uploads", description="Topic of upload events.")
-    dlq_topic: str = Field("trapline.uploads.dlq", description="Dead-letter topic: refused events and photos, original bytes + reason headers.")
+    dlq_topic: str = Field(
+        "trapline.uploads.dlq",
+        description="Dead-letter topic: refused events and photos, original bytes + reason headers.",
+    )
     consumer_group: str = Field("trapline", description="Consumer group shared by all workers.")
-    kafka_security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
-    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_security_protocol: str | None = Field(
+        None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (masked in every echo and log).")
-    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (masked in every echo and log)."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle that signed the brokers' certificates."
+    )
     session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer group session timeout.")
     poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
-    segment_max_records: int = Field(500, ge=1, description="A partition's rows are written (and its offsets committed) after this many records...")
-    segment_max_wait_s: float = Field(5.0, ge=0, description="... or when its oldest unwritten record waited this long.")
-    metrics_port: int = Field(9400, ge=0, le=65535, description="Service mode: /metrics, /healthz, /readyz on this port (+ worker index for Ray actors); 0 = off.")
-    deployment_pattern: str | None = Field(None, description="S3 notifications: regex with a named group `deployment` applied to the object key (default: first path segment).")
+    segment_max_records: int = Field(
+        500,
+        ge=1,
+        description="A partition's rows are written (and its offsets committed) after this many records...",
+    )
+    segment_max_wait_s: float = Field(
+        5.0, ge=0, description="... or when its oldest unwritten record waited this long."
+    )
+    metrics_port: int = Field(
+        9400,
+        ge=0,
+        le=65535,
+        description="Service mode: /metrics, /healthz, /readyz on this port (+ worker index for Ray actors); 0 = off.",
+    )
+    deployment_pattern: str | None = Field(
+        None,
+        description="S3 notifications: regex with a named group `deployment` applied to the object key (default: first path segment).",
+    )
 
     @field_validator("utc_offset")
     @classmethod
@@ -118,7 +220,9 @@ class Settings(BaseSettings):
 
     def echo(self) -> dict[str, Any]:
         """Settings as shown at start-up."""
-        return {name: str(value) for name, value in self.model_dump().items()}  # SecretStr prints ******
+        return {
+            name: str(value) for name, value in self.model_dump().items()
+        }  # SecretStr prints ******
 
     def kafka_security(self) -> dict[str, str]:
         """kafka-python security keywords for the options that are set."""
@@ -126,7 +230,9 @@ class Settings(BaseSettings):
             "security_protocol": self.kafka_security_protocol,
             "sasl_mechanism": self.kafka_sasl_mechanism,
             "sasl_plain_username": self.kafka_sasl_username,
-            "sasl_plain_password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            "sasl_plain_password": self.kafka_sasl_password.get_secret_value()
+            if self.kafka_sasl_password
+            else None,
             "ssl_cafile": self.kafka_ssl_cafile,
         }
         return {key: value for key, value in given.items() if value}
