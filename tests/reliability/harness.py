@@ -1,0 +1,166 @@
+"""Helpers for the reliability scenarios: worker processes, table reading, accounting.
+
+Tables are read only as whole folders (recursively, Hive partitions included), never by part
+file names, so the scenarios hold whatever layout the sink writes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+from servers import TEST_SESSION_TIMEOUT_MS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Score:
+    """One scenario's accounting: what went in, what the tables hold."""
+
+    scenario: str
+    sent: int  # inputs that must each end in exactly one media or failures row
+    rows: int  # media + failures rows found for them
+    duplicates: int  # rows beyond the first for one input
+    losses: int  # inputs with no row at all
+    note: str = ""
+    test: str = ""
+
+
+SCOREBOARD: list[Score] = []
+
+
+def read_rows(out: str | Path, table: str, filesystem: Any = None) -> list[dict]:
+    """Every row of `table` under `out`, whatever the part layout (flat or Hive-partitioned).
+
+    pyarrow skips names starting with `.` or `_`, i.e. the sink's temporary files.
+    """
+    path = f"{str(out).rstrip('/')}/{table}"
+    if filesystem is None:
+        if not Path(path).exists():
+            return []
+    elif not filesystem.exists(path):
+        return []
+    dataset = ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem)
+    return dataset.to_table().to_pylist()
+
+
+def account(
+    scenario: str,
+    expected_uris: Iterable[str],
+    out: str | Path,
+    filesystem: Any = None,
+    note: str = "",
+) -> Score:
+    """Each expected URI must be in exactly one media or failures row; media_ids unique."""
+    expected = {_plain(u) for u in expected_uris}
+    media = read_rows(out, "media", filesystem)
+    failures = read_rows(out, "failures", filesystem)
+    counts = Counter(_plain(row["uri"]) for row in media + failures)
+    media_ids = Counter(row["media_id"] for row in media)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    duplicates += sum(n - 1 for n in media_ids.values() if n > 1)
+    losses = len(expected - set(counts))
+    rows = sum(counts[u] for u in expected)
+    return Score(scenario, len(expected), rows, duplicates, losses, note)
+
+
+def _plain(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def worker_env(bootstrap: str, topic: str, group: str, **settings: Any) -> dict[str, str]:
+    """Environment of a `trapline serve --workers 0` process for a test topic and group."""
+    env = dict(
+        os.environ,
+        TRAPLINE_KAFKA_BOOTSTRAP=bootstrap,
+        TRAPLINE_UPLOADS_TOPIC=topic,
+        TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
+        TRAPLINE_CONSUMER_GROUP=group,
+        TRAPLINE_SESSION_TIMEOUT_MS=str(TEST_SESSION_TIMEOUT_MS),
+        TRAPLINE_SEGMENT_MAX_RECORDS="50",
+        TRAPLINE_SEGMENT_MAX_WAIT_S="0.5",
+        TRAPLINE_METRICS_PORT="0",
+        TRAPLINE_BATCH_SIZE="16",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"TRAPLINE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_worker(
+    env: dict[str, str], out: str | Path, log: Path, preamble: str | None = None
+) -> subprocess.Popen:
+    """A real worker process. `preamble` is Python run before the CLI (to plant a fault in
+    the process itself, e.g. a SIGKILL in the middle of a write). Its log goes to `log`."""
+    serve = ["serve", "--workers", "0", "--out", str(out)]
+    if preamble is None:
+        command = [sys.executable, "-m", "trapline", *serve]
+    else:
+        code = f"{preamble}\nimport sys\nfrom trapline.services.cli import app\nsys.argv = ['trapline', *{serve!r}]\napp()"
+        command = [sys.executable, "-c", code]
+    with log.open("ab") as handle:
+        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop_workers(workers: Iterable[subprocess.Popen], timeout_s: float = 60) -> None:
+    """SIGTERM (drain), then wait; SIGKILL only a worker that does not drain in time."""
+    workers = list(workers)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    workers: Iterable[subprocess.Popen] = (),
+    log: Path | None = None,
+    interval_s: float = 0.5,
+) -> None:
+    """Poll `condition`; fail with the worker log tail on timeout or if a worker died."""
+    workers = list(workers)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for worker in workers:
+            if worker.poll() is not None:
+                raise AssertionError(
+                    f"worker exited {worker.returncode} while waiting for {what}:\n{tail(log)}"
+                )
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{tail(log)}")
+
+
+def tail(log: Path | None, lines: int = 25) -> str:
+    if log is None or not log.exists():
+        return "(no log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def accounted(out: str | Path, filesystem: Any = None) -> int:
+    """media + failures rows so far."""
+    return len(read_rows(out, "media", filesystem)) + len(read_rows(out, "failures", filesystem))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
