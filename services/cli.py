@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from trapline.models.importers.cli import identify_command, import_app
 from trapline.services.settings import DEMO_MODELS, load_settings
 
 app = typer.Typer(help="Camera-trap photos in, species tables out.", no_args_is_help=True)
@@ -220,8 +221,51 @@ def evaluate(
     Console().print_json(json.dumps(report))
 
 
+@app.command("sort")
+def sort_cmd(
+    results: str = typer.Argument(..., help="Results folder or URL written by `trapline run`/`serve`."),
+    into: str = typer.Option(..., "--into", help="Folder or fsspec URL to arrange the photos in."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the photos (the default)."),
+    move: bool = typer.Option(False, "--move", help="Move the photos (the source is removed after the copy is written)."),
+    link: bool = typer.Option(False, "--link", help="Symbolic links to the photos (local folders only)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be done; write nothing."),
+    blur_people: bool = typer.Option(False, "--blur-people", help="With --copy: photos with person detections are written with every person box blurred."),
+) -> None:
+    """Arrange photos in INTO/<label>/<deployment>/ by final label; never overwrites; safe to re-run.
+
+    Final label: the event's label when the photo is in an animal event (a species, or
+    `undefined` below the vote threshold), else the photo's observation type (blank, human,
+    vehicle), else `undefined`. A log of every photo goes to INTO/_sort_logs/. See docs/report.md.
+    """
+    from trapline.services.sort import sort_results
+
+    if copy + move + link > 1:
+        raise typer.BadParameter("choose one of --copy, --move, --link")
+    mode = "move" if move else "link" if link else "copy"
+    try:
+        report = sort_results(results, into, mode, dry_run=dry_run, blur_people=blur_people)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"trapline sort ({mode}{', dry run' if dry_run else ''})", show_header=False)
+    for label, count in sorted(report.folders.items()):
+        table.add_row(label, f"{count}")
+    table.add_row("status", ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())))
+    table.add_row("log", report.log or "(dry run: nothing written)")
+    Console().print(table)
+    for item in report.items:
+        if dry_run:
+            console.print(f"{item.action} {item.source} -> {item.destination}", soft_wrap=True)
+        elif item.status == "failed":
+            console.print(f"[yellow]failed[/yellow] {item.source}: {item.message}")
+    if report.statuses.get("failed"):
+        raise typer.Exit(1)
+
+
 models_app = typer.Typer(help="Model files and the Triton model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+models_app.add_typer(import_app, name="import")  # models/importers/cli.py
+models_app.command("identify")(identify_command)
 
 
 @models_app.command("build-repo")
