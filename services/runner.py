@@ -201,10 +201,14 @@ def write_tables(tables: Tables, out: str, settings: Settings) -> list[str]:
     """Write all four tables, then drop the parts an earlier run of this folder left."""
     sink = ParquetSink(out, settings.output_compression)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    written = {name: sink.write(name, table, run_id) for name, table in tables.as_dict().items()}
-    for name, path in written.items():
-        sink.remove_parts_except(name, {path})
-    return list(written.values())
+    written: list[str] = []
+    for name, table in tables.as_dict().items():
+        paths = sink.write(name, table, run_id)
+        # One path per table, or one per Hive partition once the sink partitions (pipelines/sinks.py).
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        sink.remove_parts_except(name, set(paths))
+        written.extend(paths)
+    return written
 
 
 def _summarise(tables: Tables, summary: RunSummary) -> None:

@@ -1,0 +1,179 @@
+"""Load tests: `python -m load_tests` runs everything and prints the headline ratio last.
+
+    .venv/bin/python -m load_tests                       # default: all, ~5 min on 2 cores
+    .venv/bin/python -m load_tests --mode folder --photos 200 --workers 1,2
+    .venv/bin/python -m load_tests --mode stream --photos 300 --rate 15
+    .venv/bin/python -m load_tests --storage s3://bucket/bench   # photos read from S3 (TRAPLINE_S3_*)
+    .venv/bin/python -m load_tests --gpu                 # also the GPU benchmark (CUDA node)
+
+One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
+classify, write), decode variants, a naive MegaDetector-style loop, `trapline run` with each
+worker count in `--workers` (the scaling figure), and the streaming pipeline (real Tansu broker,
+real `trapline serve` workers) saturated (`--rate 0` phase: throughput) and paced (`--rate`:
+latency and lag). Writes report.json and report.png to `--out` (default
+load_tests/out/<timestamp>/) and names the folder. Only ratios within one run mean anything on
+shared machines: pipeline efficiency = folder photos/s with all cores / ideal photos/s from the
+stage costs (DESIGN.md "Performance"); speed-up = the same photos/s / naive photos/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from load_tests import report as reporting
+from load_tests.folder import run_folder_bench
+from load_tests.photos import DEPLOYMENTS, ensure_photos
+from load_tests.stages import decode_variants, naive_loop, stage_costs
+from load_tests.stream import StreamOptions, run_stream_bench
+from trapline.services.object_store import configure_fsspec
+from trapline.services.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m load_tests",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--mode", choices=("all", "folder", "stream"), default="all")
+    parser.add_argument(
+        "--photos", type=int, default=300, help="photos per folder run and events per stream phase"
+    )
+    parser.add_argument("--size", default="4000x3000", help="photo size WxH (12 MP by default)")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts for the folder runs (scaling figure); the largest is the headline run",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="paced stream phase, events/s (default: 60%% of the saturated phase's throughput)",
+    )
+    parser.add_argument(
+        "--stream-workers",
+        type=int,
+        default=2,
+        help="`trapline serve` processes in the stream phases",
+    )
+    parser.add_argument(
+        "--stage-sample", type=int, default=80, help="photos for the stage-alone costs"
+    )
+    parser.add_argument("--naive-sample", type=int, default=40, help="photos for the naive loop")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="fsspec URL to copy the stream photos to (e.g. s3://bucket/prefix); default: local files",
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="also run the GPU benchmark (needs CUDA torch + torchvision)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("load_tests/out/photos"),
+        help="where generated photos are kept between runs",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default load_tests/out/<timestamp>)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    cores = os.cpu_count() or 1
+    counts = sorted({int(w) for w in args.workers.split(",")})
+    out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
+
+    say(f"photos: {args.photos} of {args.size} (+{DEPLOYMENTS} warm-up) in {args.cache}")
+    paths = ensure_photos(args.cache, args.photos + DEPLOYMENTS, width, height)
+    photos, warmup = paths[: args.photos], paths[args.photos :]
+    uris = [str(p) for p in photos]
+    settings = Settings(
+        workers=max(counts), threads_per_worker=1, batch_size=args.batch_size, metrics_port=0
+    )
+    configure_fsspec(settings)
+
+    say("stages alone, decode variants, naive loop")
+    costs = stage_costs(settings, uris[: args.stage_sample])
+    ideal = min(cores, max(max(counts), 1)) / sum(costs.values())  # workers=0: one process
+    variants = decode_variants(settings, uris[: min(args.stage_sample, 20)])
+    naive = naive_loop(settings, uris[: args.naive_sample], threads=cores)
+
+    result: dict = {
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "host": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "cpu_count": cores,
+        },
+        "photos": args.photos,
+        "size": args.size,
+        "cores": cores,
+        "settings": {
+            "batch_size": settings.batch_size,
+            "decode_min_long_side": settings.decode_min_long_side,
+            "threads_per_worker": 1,
+        },
+        "stage_seconds_per_photo": {k: round(v, 5) for k, v in costs.items()},
+        "ideal_photos_per_second": round(ideal, 3),
+        "decode_variants_seconds_per_photo": {k: round(v, 5) for k, v in variants.items()},
+        "naive_photos_per_second": round(naive, 3),
+        "folder": None,
+        "scaling": [],
+        "stream": {},
+        "pipeline_efficiency": None,
+        "speedup_over_naive": None,
+        "gpu": None,
+    }
+    if args.mode in ("all", "folder"):
+        for count in counts:
+            say(f"folder run, {count} worker(s)")
+            run = run_folder_bench(photos, settings.model_copy(update={"workers": count}))
+            result["scaling"].append(run)
+        result["folder"] = result["scaling"][-1]
+        measured = result["folder"]["photos_per_second_steady"]
+    if args.mode in ("all", "stream"):
+        options = StreamOptions(
+            rate=0, workers=args.stream_workers, batch_size=args.batch_size, storage=args.storage
+        )
+        say(f"stream, saturated: {args.photos} events as fast as they go")
+        result["stream"]["saturated"] = run_stream_bench(photos, warmup, options)
+        rate = args.rate or round(0.6 * result["stream"]["saturated"]["events_per_second"], 1)
+        paced = photos[: max(args.photos // 2, 1)]
+        say(f"stream, paced: {len(paced)} events at {rate}/s")
+        options.rate = rate
+        result["stream"]["paced"] = run_stream_bench(paced, warmup, options)
+        if args.mode == "stream":  # no folder run: the headline is the streaming pipeline's
+            measured = result["stream"]["saturated"]["events_per_second"]
+    result["pipeline_efficiency"] = round(measured / ideal, 3)
+    result["speedup_over_naive"] = round(measured / naive, 2)
+    if args.gpu:
+        from load_tests.gpu import run_gpu_bench
+
+        say("GPU benchmark")
+        result["gpu"] = run_gpu_bench(photos)
+
+    json_path = reporting.write_json(result, out)
+    png_path = reporting.write_png(result, out)
+    say(f"report: {json_path} and {png_path} (folder {out})")
+    for line in reporting.headline(result):
+        print(line, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

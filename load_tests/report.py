@@ -1,0 +1,148 @@
+"""The benchmark's outputs: one JSON with every figure, one PNG to look at, a few printed lines.
+
+The headline (pipeline efficiency, DESIGN.md "Performance") and the speed-up over the naive
+loop are printed last, so a reader of a CI log or a terminal sees them first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# Every top-level field of the JSON, in order; tests check the JSON against this list.
+REPORT_FIELDS = (
+    "started_at", "host", "photos", "size", "cores", "settings", "stage_seconds_per_photo",
+    "ideal_photos_per_second", "decode_variants_seconds_per_photo", "naive_photos_per_second",
+    "folder", "scaling", "stream", "pipeline_efficiency", "speedup_over_naive", "gpu",
+)  # fmt: skip
+FOLDER_FIELDS = (
+    "workers", "photos", "processed", "failed", "photos_per_second_steady",
+    "photos_per_second_overall", "startup_seconds", "wall_seconds", "mean_batch_fill",
+    "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo", "processes",
+    "timeline",
+)  # fmt: skip
+STREAM_FIELDS = (
+    "events", "rate_requested", "workers", "partitions", "segment_max_records",
+    "segment_max_wait_s", "batch_size", "storage", "rows_written", "media_rows",
+    "events_per_second", "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
+    "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",
+    "event_bytes_per_photo", "processes", "timeline", "latency_timeline",
+)  # fmt: skip
+
+
+def rate_series(points: list[list[float]], column: int):
+    """(t, per-second rate of `column`) over a sliding window, from cumulative counts."""
+    if len(points) < 2:
+        return [], []
+    t = np.array([p[0] for p in points], dtype=float)
+    window_s = float(np.clip(t[-1] / 15, 0.5, 5.0))
+    v = np.array([p[column] for p in points], dtype=float)
+    grid = np.arange(window_s, t[-1] + 1e-9, window_s / 4)
+    if not len(grid):
+        return [], []
+    now = np.interp(grid, t, v)
+    before = np.interp(grid - window_s, t, v)
+    return grid.tolist(), ((now - before) / window_s).tolist()
+
+
+def write_json(report: dict, folder: Path) -> Path:
+    path = folder / "report.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return path
+
+
+def write_png(report: dict, out_dir: Path) -> Path:
+    """Throughput and latency over time (folder runs, stream runs), lag, and the stage costs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    ax = axes[0][0]
+    for run in report.get("scaling", []):
+        t, rate = rate_series(run["timeline"], 1)
+        ax.plot(
+            t,
+            rate,
+            label=f"{run['workers']} worker(s): {run['photos_per_second_steady']:.1f}/s steady",
+        )
+    ax.axhline(
+        report["ideal_photos_per_second"], color="grey", ls="--", label="ideal from stage costs"
+    )
+    ax.axhline(report["naive_photos_per_second"], color="red", ls=":", label="naive loop")
+    ax.set(
+        title="Folder mode: throughput over time", xlabel="seconds since start", ylabel="photos/s"
+    )
+    ax.legend(fontsize=8)
+
+    ax, lag_ax = axes[0][1], axes[1][0]
+    for name, run in report.get("stream", {}).items():
+        t, rate = rate_series(run["timeline"], 2)
+        ax.plot(t, rate, label=f"{name}: written/s ({run['events_per_second']:.1f} overall)")
+        t, rate = rate_series(run["timeline"], 1)
+        ax.plot(t, rate, ls=":", label=f"{name}: produced/s")
+        times = [p[0] for p in run["timeline"]]
+        lag_ax.plot(times, [p[1] - p[2] for p in run["timeline"]], label=f"{name}: lag (events)")
+        if run["latency_timeline"]:
+            finish, latency = zip(*run["latency_timeline"])
+            lag_ax.scatter(finish, latency, s=4, alpha=0.5, label=f"{name}: latency (s)")
+    ax.set(
+        title="Stream mode: throughput over time",
+        xlabel="seconds since first event",
+        ylabel="events/s",
+    )
+    ax.legend(fontsize=8)
+    lag_ax.set(
+        title="Stream mode: consumer lag and end-to-end latency",
+        xlabel="seconds since first event",
+        ylabel="events / seconds",
+    )
+    lag_ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    alone = report["stage_seconds_per_photo"]
+    stages = list(alone)
+    x = np.arange(len(stages))
+    ax.bar(x - 0.2, [alone[s] * 1000 for s in stages], 0.4, label="alone, one thread")
+    folder = report.get("folder") or {}
+    inside = folder.get("stage_seconds_per_photo", {})
+    ax.bar(x + 0.2, [inside.get(s, 0) * 1000 for s in stages], 0.4, label="inside the pipeline")
+    ax.set_xticks(x, stages)
+    ax.set(
+        title=f"Stage cost per photo (efficiency {report['pipeline_efficiency']})",
+        ylabel="ms/photo",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "report.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def headline(report: dict) -> list[str]:
+    """The closing lines: details first, the headline ratio and the speed-up last."""
+    lines = []
+    for run in report.get("scaling", []):
+        lines.append(
+            f"folder, {run['workers']} worker(s): {run['photos_per_second_steady']:.2f} photos/s steady"
+        )
+    for name, run in report.get("stream", {}).items():
+        lat = run["latency_seconds"]
+        lines.append(
+            f"stream {name}: {run['events_per_second']:.2f} events/s, latency p50 {lat['p50']} s "
+            f"p95 {lat['p95']} s p99 {lat['p99']} s, max lag {run['lag_max']} events"
+        )
+    lines.append(
+        f"ideal from stage costs: {report['ideal_photos_per_second']:.2f} photos/s; naive loop {report['naive_photos_per_second']:.2f} photos/s"
+    )
+    lines.append(
+        f"pipeline efficiency (headline): {report['pipeline_efficiency']:.3f}   [target >= 0.9]"
+    )
+    lines.append(
+        f"speed-up over the naive MegaDetector-style loop: {report['speedup_over_naive']:.2f}x"
+    )
+    return lines

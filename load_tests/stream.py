@@ -1,0 +1,298 @@
+"""Streaming under load: N upload events at a given rate through a real broker and real workers.
+
+A local Tansu broker, a topic with `partitions` partitions, and `workers` real `trapline serve
+--workers 0` processes (the StreamWorker code, one consumer each). The load generator announces
+photos that are already in storage (local folder, or an fsspec URL such as s3://bucket/prefix
+they are copied to first) at `rate` events/s, stamping `uploaded_at` at the moment of sending.
+
+Measured by the benchmark itself, not read from the broker (Tansu's high watermark is wrong,
+DESIGN.md): lag = events acknowledged by the broker minus rows written (media + failures), over
+time; end-to-end latency = the row's `processed_at` minus the event's `uploaded_at`, per photo.
+The workers' own Prometheus endpoints give batch fill, time per stage and bytes read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from load_tests.folder import folder_size
+from load_tests.procstats import ProcessSampler
+from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.readers import read_table
+from trapline.services import kafka_io
+from trapline.services.local_servers import TansuServer, free_port, start_tansu, stop_process
+
+SESSION_TIMEOUT_MS = 6000  # Tansu assigns a new group after half of it (DESIGN.md)
+
+
+@dataclass
+class StreamOptions:
+    rate: float  # events/s; 0 = as fast as the producer goes (saturates the workers)
+    workers: int = 2
+    partitions: int = 4
+    batch_size: int = 8
+    segment_max_records: int = 64
+    segment_max_wait_s: float = 1.0
+    storage: str | None = None  # fsspec URL the photos are copied to first; None: where they are
+    timeout_s: float = 300.0
+
+
+@dataclass
+class _Produced:
+    uploaded_at: dict[str, datetime] = field(default_factory=dict)  # media_id -> sent at
+    acked: int = 0
+    failed: list[str] = field(default_factory=list)
+    event_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _RowCounter:
+    """Rows written so far (media + failures), reading only the footers of new part files."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.seen: dict[Path, int] = {}
+
+    def count(self) -> int:
+        for table in ("media", "failures"):
+            for part in (self.out / table).rglob("part-*.parquet"):  # flat or Hive folders
+                if part not in self.seen:
+                    self.seen[part] = pq.read_metadata(part).num_rows
+        return sum(self.seen.values())
+
+
+def _events(paths: list[Path], storage: str | None) -> list[tuple[str, str, str]]:
+    """(media_id, uri, deployment) per photo; copies the photos to `storage` first if given."""
+    events = []
+    for path in paths:
+        data = path.read_bytes()
+        media_id = hashlib.sha256(data).hexdigest()
+        uri = f"file://{path.resolve()}"
+        if storage:
+            import fsspec
+
+            uri = f"{storage.rstrip('/')}/{path.parent.name}/{path.name}"
+            with fsspec.open(uri, "wb") as handle:
+                handle.write(data)
+        events.append((media_id, uri, path.parent.name))
+    return events
+
+
+def _start_worker(
+    broker: TansuServer, topic: str, group: str, out: Path, options: StreamOptions, port: int
+):
+    env = dict(
+        os.environ,
+        TRAPLINE_KAFKA_BOOTSTRAP=broker.bootstrap,
+        TRAPLINE_UPLOADS_TOPIC=topic,
+        TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
+        TRAPLINE_CONSUMER_GROUP=group,
+        TRAPLINE_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
+        TRAPLINE_SEGMENT_MAX_RECORDS=str(options.segment_max_records),
+        TRAPLINE_SEGMENT_MAX_WAIT_S=str(options.segment_max_wait_s),
+        TRAPLINE_BATCH_SIZE=str(options.batch_size),
+        TRAPLINE_THREADS_PER_WORKER="1",
+        TRAPLINE_METRICS_PORT=str(port),
+    )
+    command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
+    log = open(out.parent / f"worker-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _produce(producer, topic: str, events, rate: float, produced: _Produced) -> None:
+    """Send `events` paced at `rate`/s (0: unpaced), `uploaded_at` = the moment of sending."""
+    started = time.monotonic()
+    for number, (media_id, uri, deployment) in enumerate(events):
+        if rate:
+            time.sleep(max(0.0, started + number / rate - time.monotonic()))
+        now = datetime.now(timezone.utc)
+        value = encode_upload_event(
+            UploadEvent(
+                uri=uri,
+                deployment_id=deployment,
+                media_id=media_id,
+                sha256=media_id,
+                uploaded_at=now,
+            )
+        )
+        with produced.lock:
+            produced.uploaded_at[media_id] = now
+            produced.event_bytes += len(value)
+
+        def acked(_meta, produced=produced) -> None:
+            with produced.lock:
+                produced.acked += 1
+
+        def failed(error, produced=produced, media_id=media_id) -> None:
+            with produced.lock:
+                produced.failed.append(f"{media_id}: {error}")
+
+        future = producer.send(topic, key=deployment.encode(), value=value)
+        future.add_callback(acked)
+        future.add_errback(failed)
+    producer.flush(timeout=60)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The worker's Prometheus metrics we report, summed over label sets we do not split."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name
+            if sample.name.startswith("trapline_stage_seconds_"):
+                key = f"{sample.name}:{sample.labels.get('stage')}"
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def _wait_rows(counter: _RowCounter, expected: int, deadline: float, workers) -> None:
+    while counter.count() < expected:
+        for process, _ in workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"stream worker exited with status {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{counter.count()} of {expected} rows written before the deadline")
+        time.sleep(0.2)
+
+
+def run_stream_bench(paths: list[Path], warmup: list[Path], options: StreamOptions) -> dict:
+    """Warm up (group joined, models loaded), then `paths` at `options.rate`; figures as a dict."""
+    work = Path(tempfile.mkdtemp(prefix="trapline-bench-stream-"))
+    out = work / "out"
+    out.mkdir()
+    topic = f"bench.uploads.{uuid.uuid4().hex[:8]}"
+    events = _events(paths, options.storage)
+    warm = _events(warmup, options.storage)
+    workers: list = []
+    try:
+        with start_tansu() as broker:
+            kafka_io.ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], options.partitions)
+            ports = [free_port() for _ in range(options.workers)]
+            workers = [_start_worker(broker, topic, "bench", out, options, port) for port in ports]
+            producer = kafka_io.make_producer(broker.bootstrap, client_id="trapline-bench")
+            counter = _RowCounter(out)
+            deadline = time.monotonic() + options.timeout_s
+            warm_produced = _Produced()
+            _produce(producer, topic, warm, 0, warm_produced)
+            _wait_rows(counter, len(warm), deadline, workers)
+
+            produced = _Produced()
+            find = lambda: {f"worker-{p.pid}": p.pid for p, _ in workers}  # noqa: E731
+            timeline: list[tuple[float, int, int]] = []  # (t, acked, processed), measured events
+            base = counter.count()
+            started = time.monotonic()
+            sender = threading.Thread(
+                target=_produce, args=(producer, topic, events, options.rate, produced), daemon=True
+            )
+            with ProcessSampler(find) as sampler:
+                sender.start()
+                while True:
+                    done = counter.count() - base
+                    timeline.append((time.monotonic() - started, produced.acked, done))
+                    if done >= len(events):
+                        break
+                    if produced.failed:
+                        raise RuntimeError(f"events not delivered: {produced.failed[:3]}")
+                    for process, _ in workers:
+                        if process.poll() is not None:
+                            raise RuntimeError(
+                                f"stream worker exited with status {process.returncode}"
+                            )
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"{done} of {len(events)} rows written before the deadline"
+                        )
+                    time.sleep(0.25)
+                sender.join(60)
+            metrics = [_scrape(port) for port in ports]
+            producer.close(timeout=5)
+            for process, _ in workers:
+                process.send_signal(signal.SIGTERM)
+            for process, log in workers:
+                stop_process(process, 30)
+                log.close()
+        return _figures(
+            out, events, produced, timeline, metrics, sampler, options, folder_size(out)
+        )
+    finally:
+        for process, log in workers:
+            stop_process(process, 5)
+            log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _figures(out, events, produced, timeline, metrics, sampler, options, written) -> dict:
+    media = read_table(str(out), "media", columns=["media_id", "processed_at"])
+    processed_at = dict(
+        zip(media.column("media_id").to_pylist(), media.column("processed_at").to_pylist())
+    )
+    latencies, finish = [], []
+    for media_id, _, _ in events:
+        if media_id in processed_at:
+            seconds = (processed_at[media_id] - produced.uploaded_at[media_id]).total_seconds()
+            latencies.append(seconds)
+            finish.append(
+                (processed_at[media_id] - min(produced.uploaded_at.values())).total_seconds()
+            )
+    n = len(events)
+    duration = timeline[-1][0] if timeline else 0.0
+    total = lambda key: sum(m.get(key, 0.0) for m in metrics)  # noqa: E731
+    batches = total("trapline_batch_size_count")
+    stages = sorted(
+        {
+            k.split(":", 1)[1]
+            for m in metrics
+            for k in m
+            if k.startswith("trapline_stage_seconds_sum:")
+        }
+    )
+    pct = lambda q: round(float(np.percentile(latencies, q)), 3) if latencies else None  # noqa: E731
+    order = np.argsort(finish)
+    return {
+        "events": n,
+        "rate_requested": options.rate,
+        "workers": options.workers,
+        "partitions": options.partitions,
+        "segment_max_records": options.segment_max_records,
+        "segment_max_wait_s": options.segment_max_wait_s,
+        "batch_size": options.batch_size,
+        "storage": options.storage or "local",
+        "rows_written": timeline[-1][2] if timeline else 0,
+        "media_rows": len(latencies),
+        "events_per_second": round(n / duration, 3) if duration else 0.0,
+        "latency_seconds": {"p50": pct(50), "p95": pct(95), "p99": pct(99), "max": pct(100)},
+        "lag_max": max((a - p for _, a, p in timeline), default=0),
+        "lag_final": (timeline[-1][1] - timeline[-1][2]) if timeline else 0,
+        "mean_batch_fill": round(total("trapline_batch_size_sum") / batches / options.batch_size, 3)
+        if batches
+        else 0.0,
+        "stage_seconds_per_photo": {
+            s: round(total(f"trapline_stage_seconds_sum:{s}") / n, 5) for s in stages
+        },
+        "bytes_read_per_photo": round(total("trapline_bytes_read_total") / n),
+        "bytes_written_per_photo": round(written / n),
+        "event_bytes_per_photo": round(produced.event_bytes / n),
+        "processes": sampler.summary(),
+        "timeline": [[round(t, 3), acked, done] for t, acked, done in timeline],
+        "latency_timeline": [[round(finish[i], 3), round(latencies[i], 3)] for i in order],
+    }

@@ -1,0 +1,39 @@
+"""`python -m load_tests` on a handful of small photos: every stage of the benchmark runs against
+the real broker and real workers, and the report has every field (no timing assertions: figures
+on shared CI machines are noise; only the benchmark's own in-run ratios mean anything)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from load_tests.__main__ import main
+from load_tests.report import FOLDER_FIELDS, REPORT_FIELDS, STREAM_FIELDS
+
+
+@pytest.mark.slow
+def test_driver_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    main([
+        "--photos", "8", "--size", "640x480", "--workers", "0", "--stage-sample", "4",
+        "--naive-sample", "2", "--stream-workers", "1", "--cache", str(tmp_path / "photos"),
+        "--out", str(out),
+    ])  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert list(report) == list(REPORT_FIELDS)
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
+    assert list(report["folder"]) == list(FOLDER_FIELDS)
+    assert report["folder"]["processed"] == 8 and report["folder"]["failed"] == 0
+    for phase in ("saturated", "paced"):
+        stream = report["stream"][phase]
+        assert list(stream) == list(STREAM_FIELDS)
+        assert stream["media_rows"] == stream["events"]  # every event became a row
+        assert stream["lag_final"] == 0
+        assert stream["latency_seconds"]["p50"] > 0
+        assert stream["processes"], "worker CPU/RSS were sampled"
+    assert set(report["stage_seconds_per_photo"]) == {"read", "decode", "detect", "classify", "write"}
+    assert report["pipeline_efficiency"] > 0 and report["speedup_over_naive"] > 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2].startswith("pipeline efficiency (headline):")
+    assert printed[-1].startswith("speed-up over the naive")
