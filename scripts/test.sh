@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
 scripts/setup_triton.sh            # tritonserver 2.51 (CPU, python backend) in .venv-triton/
 scripts/install_prometheus.sh      # Prometheus + promtool (Debian packages)
+scripts/install_chromium.sh        # chromium (Debian) + playwright-core (npm) for the report page test
 # checkov pins packaging<24, which ray refuses: it gets a venv of its own.
 [[ -x .venv-checkov/bin/checkov ]] || { python3 -m venv .venv-checkov && .venv-checkov/bin/pip install -q checkov==3.3.30; }
 exec .venv/bin/python -m pytest -q "$@"

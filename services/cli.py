@@ -262,6 +262,33 @@ def sort_cmd(
         raise typer.Exit(1)
 
 
+@app.command("report")
+def report_cmd(
+    results: str = typer.Argument(..., help="Results folder or URL written by `trapline run`/`serve`."),
+    out: str = typer.Option("report", "--out", "-o", help="Folder (or fsspec URL) for index.html, photos.csv, photos.xlsx."),
+    deployments: str | None = typer.Option(None, help="Deployments file: each camera's zone (local times of day) and coordinates (the map)."),
+    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the report's counts as JSON."),
+) -> None:
+    """Write a self-contained HTML report (opens offline) and a per-photo spreadsheet. See docs/report.md."""
+    from dataclasses import asdict
+
+    from trapline.pipelines.deployments import DeploymentsError
+
+    try:
+        from trapline.services.report import build_report
+
+        summary = build_report(results, out, deployments)
+    except (ModuleNotFoundError, DeploymentsError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"wrote {summary.html} ({len(summary.plots)} plots), {summary.csv}, {summary.xlsx}: "
+        f"{summary.media} media, {summary.failures} failures"
+    )
+    if json_summary:
+        json_summary.write_text(json.dumps(asdict(summary), indent=2))
+
+
 models_app = typer.Typer(help="Model files and the Triton model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 models_app.add_typer(import_app, name="import")  # models/importers/cli.py

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as ds
 from servers import TEST_SESSION_TIMEOUT_MS
+
+from trapline.pipelines.readers import read_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,32 +40,22 @@ class Score:
 SCOREBOARD: list[Score] = []
 
 
-def read_rows(out: str | Path, table: str, filesystem: Any = None) -> list[dict]:
-    """Every row of `table` under `out`, whatever the part layout (flat or Hive-partitioned).
-
-    pyarrow skips names starting with `.` or `_`, i.e. the sink's temporary files.
-    """
-    path = f"{str(out).rstrip('/')}/{table}"
-    if filesystem is None:
-        if not Path(path).exists():
-            return []
-    elif not filesystem.exists(path):
-        return []
-    dataset = ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem)
-    return dataset.to_table().to_pylist()
+def read_rows(out: str | Path, table: str) -> list[dict]:
+    """Every row of `table` under `out` (a folder or URL), through the project's
+    layout-independent reader: whole folders, bookkeeping files (`.`/`_`) skipped."""
+    return read_table(str(out), table).to_pylist()
 
 
 def account(
     scenario: str,
     expected_uris: Iterable[str],
     out: str | Path,
-    filesystem: Any = None,
     note: str = "",
 ) -> Score:
     """Each expected URI must be in exactly one media or failures row; media_ids unique."""
     expected = {_plain(u) for u in expected_uris}
-    media = read_rows(out, "media", filesystem)
-    failures = read_rows(out, "failures", filesystem)
+    media = read_rows(out, "media")
+    failures = read_rows(out, "failures")
     counts = Counter(_plain(row["uri"]) for row in media + failures)
     media_ids = Counter(row["media_id"] for row in media)
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
@@ -155,9 +146,9 @@ def tail(log: Path | None, lines: int = 25) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def accounted(out: str | Path, filesystem: Any = None) -> int:
+def accounted(out: str | Path) -> int:
     """media + failures rows so far."""
-    return len(read_rows(out, "media", filesystem)) + len(read_rows(out, "failures", filesystem))
+    return len(read_rows(out, "media")) + len(read_rows(out, "failures"))
 
 
 def rss_bytes(pid: int) -> int:
