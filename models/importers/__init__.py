@@ -1,0 +1,4 @@
+"""Importing real MegaDetector and DeepFaune weights: identify, load if trusted, export, check.
+
+Needs the `[import]` extra (torch, onnx); the runtime path never imports this package.
+"""

@@ -1,0 +1,143 @@
+"""`trapline models import ...` and `trapline models identify`: the command-line side.
+
+Exit codes: 2 the file is not what the command imports (or unreadable), 3 the file is a pickle
+and --trust was not given, 4 the ONNX export disagrees with torch beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+import_app = typer.Typer(
+    help="Export a real checkpoint (pickle) to ONNX + sidecar; needs the `import` extra.",
+    no_args_is_help=True,
+)
+
+_TRUST = typer.Option(
+    False, "--trust", help="I trust this file: unpickle it (pickles can run code)."
+)
+_SAMPLES = typer.Option(2, min=1, help="Random batches compared, ONNX vs torch.")
+_TOLERANCE = typer.Option(1e-3, min=0.0, help="Largest score/logit difference accepted.")
+
+
+def _out(path: Path, out: Path | None) -> Path:
+    return out or path.with_suffix(".onnx")
+
+
+def _run(fn, path: Path, out: Path, **kwargs) -> None:
+    try:
+        from trapline.models.importers.identify import CheckpointError
+        from trapline.models.importers.megadetector import TrustRequired
+    except ImportError as error:  # torch missing
+        typer.echo(f"error: importing weights needs the [import] extra ({error}): "
+                   "pip install 'trapline[import]'", err=True)  # fmt: skip
+        raise typer.Exit(2) from None
+    try:
+        result = fn(path, out, **kwargs)
+    except TrustRequired as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+    except CheckpointError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(4 if "not trustworthy" in str(error) else 2) from None
+    parity = result.parity
+    typer.echo(
+        f"wrote {result.onnx_path} and {result.onnx_path.with_suffix('.json').name}: "
+        f"{result.sidecar['name']} {result.sidecar['version']}, input {result.sidecar['input_size']}; "
+        f"ONNX vs torch over {parity.samples} random batches of {parity.batch}: "
+        f"max |diff| {parity.max_abs_diff:.3g}"
+        + (
+            f" (scores {parity.max_abs_diff_scores:.3g}, boxes {parity.max_abs_diff_boxes_px:.3g} px)"
+            if parity.max_abs_diff_scores is not None
+            else ""
+        )  # fmt: skip
+    )
+
+
+@import_app.command("megadetector")
+def import_megadetector_command(
+    checkpoint: Path = typer.Argument(
+        ..., help="MegaDetector .pt (v5a/v5b, or an ultralytics MDv1000/MDv6)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="ONNX file to write (default: next to the .pt)."
+    ),
+    trust: bool = _TRUST,
+    img_size: int | None = typer.Option(None, help="Input side (default: native, 1280 for MDv5)."),
+    name: str | None = typer.Option(None, help="Model name for the result rows."),
+    version: str | None = typer.Option(None, help="Model version for the result rows."),
+    classes: str | None = typer.Option(None, help="Comma-separated category of each class column."),
+    samples: int = _SAMPLES,
+    tolerance: float = _TOLERANCE,
+) -> None:
+    """Identify, load (only with --trust), export to ONNX, check parity, write the sidecar."""
+    from trapline.models.importers.megadetector import ImportOptions, import_megadetector
+
+    options = ImportOptions(
+        trust=trust, img_size=img_size, name=name, version=version, samples=samples,
+        tolerance=tolerance, classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+    )  # fmt: skip
+    _run(import_megadetector, checkpoint, _out(checkpoint, out), options=options)
+
+
+@import_app.command("deepfaune")
+def import_deepfaune_command(
+    checkpoint: Path = typer.Argument(..., help="DeepFaune .pt ({'args', 'state_dict'})."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="ONNX file to write (default: next to the .pt)."
+    ),
+    trust: bool = _TRUST,
+    img_size: int | None = typer.Option(None, help="Input side (default 182, DeepFaune's)."),
+    name: str | None = typer.Option(
+        None, help="Model name for the result rows (default deepfaune)."
+    ),
+    version: str | None = typer.Option(None, help="Model version for the result rows, e.g. 1.3."),
+    heads: int | None = typer.Option(None, help="Attention heads (default width / 64, as DINOv2)."),
+    labels: Path | None = typer.Option(
+        None, help="JSON list of labels in logit order (default: DeepFaune's 38)."
+    ),
+    samples: int = _SAMPLES,
+    tolerance: float = _TOLERANCE,
+) -> None:
+    """Identify, load (only with --trust), export at 182 with pos_embed resampled, check, write sidecar."""
+    from trapline.models.importers.deepfaune import import_deepfaune
+    from trapline.models.importers.megadetector import ImportOptions
+
+    options = ImportOptions(trust=trust, img_size=img_size, name=name, version=version,
+                            samples=samples, tolerance=tolerance)  # fmt: skip
+    names = tuple(json.loads(labels.read_text())) if labels else None
+    _run(
+        import_deepfaune,
+        checkpoint,
+        _out(checkpoint, out),
+        options=options,
+        heads=heads,
+        labels=names,
+    )
+
+
+def identify_command(
+    checkpoint: Path = typer.Argument(..., help="A .pt checkpoint."),
+) -> None:
+    """Say what a checkpoint is, without unpickling it."""
+    try:
+        from trapline.models.importers.identify import CheckpointError, identify
+    except ImportError as error:
+        typer.echo(f"error: needs the [import] extra ({error})", err=True)
+        raise typer.Exit(2) from None
+    try:
+        info = identify(checkpoint)
+    except CheckpointError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({
+        "file": str(info.path), "kind": info.kind, "why": info.reason, "md5": info.md5,
+        "known_release": info.known_name, "known_version": info.known_version,
+        "megadetector_info": info.metadata or None,
+        "modules": sorted(info.modules),
+    }, indent=2))  # fmt: skip
+    if info.kind == "unknown":
+        raise typer.Exit(2)
