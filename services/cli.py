@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from trapline.models.importers.cli import identify_command, import_app
-from trapline.models.importers.cli import identify_command, import_app
+from trapline.services.exports.commands import export_app
 from trapline.services.settings import DEMO_MODELS, load_settings
 
 app = typer.Typer(help="Camera-trap photos in, species tables out.", no_args_is_help=True)
@@ -294,8 +294,8 @@ models_app = typer.Typer(help="Model files and the Triton model repository.", no
 app.add_typer(models_app, name="models")
 models_app.add_typer(import_app, name="import")  # models/importers/cli.py
 models_app.command("identify")(identify_command)
-models_app.add_typer(import_app, name="import")  # models/importers/cli.py
-models_app.command("identify")(identify_command)
+
+app.add_typer(export_app, name="export")  # services/exports/commands.py
 
 
 @models_app.command("build-repo")

@@ -1,0 +1,252 @@
+"""MegaDetector batch output (format 1.6) from the result tables, and reading such a file back.
+
+Timelapse and AddaxAI open this format to review detections, so the file keeps to what
+MegaDetector's own writer and validator (`megadetector/postprocessing/validate_batch_results.py`)
+do: category ids are strings of integers, `conf` is always a float, a processed photo always has
+a `detections` list (empty when blank) and a failed one has a `failure` string with
+`detections: null`, `bbox` is `[x_min, y_min, width, height]` relative to the photo, classifications
+are `[category, probability]` pairs, most probable first. Videos carry `frame_rate` on the file and
+`frame_number` on each detection when the tables have those columns.
+
+Every media row becomes one entry; every failures row becomes one entry too, unless its file
+already has one (a duplicate upload of a processed photo): Timelapse keys its rows by `file`, so
+those are listed in `info.custom_metadata.failures_not_listed` instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from trapline.models.labels import DEEPFAUNE_LABELS, DETECTOR_CLASSES
+from trapline.services.exports.common import (
+    ExportError,
+    Results,
+    common_base,
+    read_results,
+    relative_to,
+    write_text,
+)
+
+FORMAT_VERSION = "1.6"
+DETECTION_CATEGORIES = {str(i + 1): name for i, name in enumerate(DETECTOR_CLASSES)}
+CATEGORY_IDS = {name: key for key, name in DETECTION_CATEGORIES.items()}
+DIGITS = 4  # MegaDetector writes boxes and scores to 4 decimals; more is noise from float32
+
+
+@dataclass
+class MegaDetectorReport:
+    """What the export wrote, for the CLI and the tests."""
+
+    out: str
+    base: str
+    images: int = 0  # entries in `images`
+    processed: int = 0  # entries with a detections list (media rows)
+    failed: int = 0  # entries with a failure (failures rows)
+    detections: int = 0
+    not_listed: list[dict[str, str]] = field(default_factory=list)  # failures of listed files
+
+
+def export_megadetector(
+    results_root: str,
+    out: str,
+    base: str | None = None,
+    detection_threshold: float | None = None,
+    classification_threshold: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> MegaDetectorReport:
+    """Write the MegaDetector JSON of `results_root` to `out` (local path or fsspec URL)."""
+    results = read_results(results_root, storage_options)
+    document, report = megadetector_document(
+        results, base, detection_threshold, classification_threshold
+    )
+    write_text(out, json.dumps(document, indent=1), storage_options)
+    report.out = out
+    return report
+
+
+def megadetector_document(
+    results: Results,
+    base: str | None = None,
+    detection_threshold: float | None = None,
+    classification_threshold: float | None = None,
+) -> tuple[dict[str, Any], MegaDetectorReport]:
+    """The document as a dict. `base`: folder the `file` paths are relative to (default: the
+    deepest folder holding every photo; '' keeps full paths/URLs)."""
+    uris = [row["uri"] for row in results.media] + [row["uri"] for row in results.failures]
+    base = common_base(uris) if base is None else base.rstrip("/")
+    labels = _classification_labels(results)
+    label_ids = {label: str(index) for index, label in enumerate(labels)}
+    by_media = results.observations_by_media()
+    report = MegaDetectorReport(out="", base=base)
+
+    entries: dict[str, dict[str, Any]] = {}
+    for row in results.media:
+        file = relative_to(row["uri"], base)
+        if file in entries:
+            raise ExportError(
+                f"{results.root}: two media rows for {row['uri']} "
+                "(the same file processed twice under different media ids?)"
+            )
+        detections = [_detection(o, label_ids) for o in by_media.get(row["media_id"], [])]
+        entry: dict[str, Any] = {"file": file, "detections": detections}
+        entry["width"], entry["height"] = row["width"], row["height"]
+        if row.get("frame_rate") is not None:  # videos (format >= 1.4 requires it)
+            entry["frame_rate"] = float(row["frame_rate"])
+        if row.get("frames_processed") is not None:
+            entry["frames_processed"] = row["frames_processed"]
+        entries[file] = entry
+        report.processed += 1
+        report.detections += len(detections)
+    for row in results.failures:
+        file = relative_to(row["uri"], base)
+        failure = f"{row['stage']}/{row['kind']}: {row['message']}"
+        if file in entries:
+            report.not_listed.append({"file": file, "failure": failure})
+            continue
+        entries[file] = {"file": file, "failure": failure, "detections": None}
+        report.failed += 1
+
+    images = [entries[file] for file in sorted(entries)]
+    report.images = len(images)
+    document: dict[str, Any] = {
+        "info": _info(results, base, report, detection_threshold, classification_threshold),
+        "detection_categories": dict(DETECTION_CATEGORIES),
+    }
+    if labels:
+        document["classification_categories"] = {label_ids[x]: x for x in labels}
+    document["images"] = images
+    return document, report
+
+
+def _classification_labels(results: Results) -> list[str]:
+    """The classifier's classes in its own order (DeepFaune's), then any others it produced."""
+    seen: set[str] = set()
+    for row in results.observations:
+        seen.update(row.get("top_labels") or ())
+        if row.get("label") and row["label"] != "undefined":
+            seen.add(row["label"])
+    if not seen:
+        return []
+    return list(DEEPFAUNE_LABELS) + sorted(seen - set(DEEPFAUNE_LABELS))
+
+
+def _detection(row: dict[str, Any], label_ids: dict[str, str]) -> dict[str, Any]:
+    detection: dict[str, Any] = {
+        "category": CATEGORY_IDS[row["category"]],
+        "conf": round(float(row["detection_conf"]), DIGITS),
+        "bbox": [
+            round(float(row[name]), DIGITS)
+            for name in ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
+        ],
+    }
+    classes = row.get("top_labels") or []
+    probabilities = row.get("top_probabilities") or []
+    if not classes and row.get("label") not in (None, "undefined"):
+        classes, probabilities = [row["label"]], [row["classification_probability"]]
+    if classes:
+        pairs = sorted(zip(classes, probabilities), key=lambda pair: -pair[1])
+        detection["classifications"] = [
+            [label_ids[label], round(float(p), DIGITS)] for label, p in pairs
+        ]
+    if row.get("frame_number") is not None:
+        detection["frame_number"] = int(row["frame_number"])
+    return detection
+
+
+def _info(
+    results: Results,
+    base: str,
+    report: MegaDetectorReport,
+    detection_threshold: float | None,
+    classification_threshold: float | None,
+) -> dict[str, Any]:
+    def one(column: str) -> str:
+        values = sorted({str(row[column]) for row in results.media})
+        return "+".join(values) if values else "unknown"
+
+    finished = max((row["processed_at"] for row in results.media), default=None)
+    when = (finished or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S")
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "detector": one("detector"),
+        "detection_completion_time": when,
+        "detector_metadata": {"megadetector_version": one("detector_version")},
+        "classifier": f"{one('classifier')}/{one('classifier_version')}",
+        "classification_completion_time": when,
+    }
+    if detection_threshold is not None:
+        # Detections below it were never kept, so it is also the lowest sensible threshold.
+        info["detector_metadata"]["typical_detection_threshold"] = detection_threshold
+        info["detector_metadata"]["conservative_detection_threshold"] = detection_threshold
+    if classification_threshold is not None:
+        info["classifier_metadata"] = {"typical_classification_threshold": classification_threshold}
+    info["custom_metadata"] = {
+        "producer": "trapline",
+        "results": results.root,
+        "base": base,
+        "failures_not_listed": report.not_listed,
+    }
+    return info
+
+
+# ---- reading back ------------------------------------------------------------------------------
+
+
+def load_megadetector(text: str) -> dict[str, Any]:
+    """Parse a MegaDetector batch output file and check it against the format's rules."""
+    document = json.loads(text)
+    problems = format_problems(document)
+    if problems:
+        raise ExportError("not a valid MegaDetector batch output file: " + "; ".join(problems))
+    return document
+
+
+def format_problems(document: Any) -> list[str]:
+    """The format's rules (as MegaDetector's validator applies them), broken ones listed."""
+    if not isinstance(document, dict):
+        return ["the file is not a JSON object"]
+    problems = [
+        f"no {key!r}" for key in ("info", "detection_categories", "images") if key not in document
+    ]
+    if problems:
+        return problems
+    if "format_version" not in document["info"]:
+        problems.append("info has no format_version")
+    for key in ("detection_categories", "classification_categories"):
+        for category, name in document.get(key, {}).items():
+            if not category.isdigit() or not isinstance(name, str):
+                problems.append(
+                    f"{key}: {category!r}: {name!r} is not a string integer id and name"
+                )
+    classes = document.get("classification_categories", {})
+    for image in document["images"]:
+        file = image.get("file")
+        if not isinstance(file, str):
+            problems.append(f"an image entry without a file: {image}")
+            continue
+        if image.get("failure") is not None:
+            if not isinstance(image["failure"], str) or image.get("detections") is not None:
+                problems.append(f"{file}: a failure needs a string and null detections")
+            continue
+        if not isinstance(image.get("detections"), list):
+            problems.append(f"{file}: processed but without a detections list")
+            continue
+        for detection in image["detections"]:
+            if detection.get("category") not in document["detection_categories"]:
+                problems.append(f"{file}: unknown detection category {detection.get('category')!r}")
+            if not isinstance(detection.get("conf"), float):
+                problems.append(f"{file}: conf {detection.get('conf')!r} is not a float")
+            box = detection.get("bbox")
+            if not (isinstance(box, list) and len(box) == 4):
+                problems.append(f"{file}: bbox {box!r} is not [x, y, width, height]")
+            pairs = detection.get("classifications") or []
+            if [p for _, p in pairs] != sorted((p for _, p in pairs), reverse=True):
+                problems.append(f"{file}: classifications are not most probable first")
+            for category, _ in pairs:
+                if category not in classes:
+                    problems.append(f"{file}: unknown classification category {category!r}")
+    return problems

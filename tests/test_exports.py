@@ -1,0 +1,316 @@
+"""Both exports on a real run of the sample photos: a Camtrap DP 1.0.2 package that the official
+schemas accept, MegaDetector JSON that reads back into the tables row for row, and the whole
+chain once more with photos, tables and exports on the real S3 server (Ceph RGW)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from trapline.pipelines.deployments import load_deployments
+from trapline.pipelines.readers import read_table
+from trapline.services import object_store
+from trapline.services.cli import app
+from trapline.services.exports.camtrap_dp import export_camtrap_dp, write_package
+from trapline.services.exports.camtrap_metadata import descriptor, read_metadata
+from trapline.services.exports.camtrap_rows import build_tables
+from trapline.services.exports.camtrap_validate import validate_package
+from trapline.services.exports.common import ExportError, Results, common_base, read_results
+from trapline.services.exports.megadetector import (
+    DETECTION_CATEGORIES,
+    format_problems,
+    load_megadetector,
+    megadetector_document,
+)
+from trapline.services.runner import run_folder
+from trapline.services.settings import Settings
+
+pytest_plugins = ["s3_fixtures"]  # ceph_rgw, s3_settings, s3, s3_bucket
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "examples" / "photos"
+DEPLOYMENTS = ROOT / "examples" / "deployments.csv"
+TOLERANCE = 1e-4  # the JSON keeps 4 decimals, as MegaDetector does
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory) -> str:
+    """The sample photos through the real pipeline (demo models, in-process), once per module."""
+    out = tmp_path_factory.mktemp("results")
+    settings = Settings(workers=0, deployments_file=str(DEPLOYMENTS))
+    summary = run_folder(str(PHOTOS), str(out), settings)
+    assert summary.processed > 30 and summary.failed >= 1  # the sample has a truncated photo
+    return str(out)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+# --- Camtrap DP ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["both", "media", "event"])
+def test_camtrap_dp_package_of_the_sample_passes_the_official_schemas(sample_run, tmp_path, level):
+    report = export_camtrap_dp(sample_run, str(tmp_path), str(DEPLOYMENTS), observation_level=level)
+
+    assert report.validation is not None and report.validation.errors == []
+    assert report.validation.rows_checked == sum(report.rows.values())
+    media = read_table(sample_run, "media").to_pylist()
+    observations = read_table(sample_run, "observations").to_pylist()
+    events = read_table(sample_run, "events").to_pylist()
+    rows = read_csv(tmp_path / "observations.csv")
+    by_level = {name: [r for r in rows if r["observationLevel"] == name] for name in ("media", "event")}  # fmt: skip
+    detected = {o["media_id"] for o in observations}
+    expected_media_level = len(observations) + sum(m["media_id"] not in detected for m in media)
+    assert len(by_level["media"]) == (expected_media_level if level != "event" else 0)
+    assert len(by_level["event"]) == (len(events) if level != "media" else 0)
+    assert {r["mediaID"] for r in read_csv(tmp_path / "media.csv")} == {
+        m["media_id"] for m in media
+    }
+    package = json.loads((tmp_path / "datapackage.json").read_text())
+    assert package["project"]["observationLevel"] == {"both": ["media", "event"]}.get(
+        level, [level]
+    )
+    names = {r["scientificName"] for r in rows if r["scientificName"]}
+    assert names and names == {t["scientificName"] for t in package["taxonomic"]}
+
+
+def test_photos_with_a_person_are_not_public_in_camtrap_dp(sample_run, tmp_path):
+    export_camtrap_dp(sample_run, str(tmp_path), str(DEPLOYMENTS))
+
+    people = {
+        o["media_id"]
+        for o in read_table(sample_run, "observations").to_pylist()
+        if o["category"] == "person"
+    }
+    media = read_csv(tmp_path / "media.csv")
+    assert people, "the sample has photos of people"
+    assert {m["mediaID"] for m in media if m["filePublic"] == "false"} == people
+    human_rows = [r for r in read_csv(tmp_path / "observations.csv") if r["observationType"] == "human"]  # fmt: skip
+    assert {r["mediaID"] for r in human_rows if r["mediaID"]} == people
+
+
+def test_times_are_in_each_cameras_zone_and_a_missing_end_is_taken_from_the_photos(
+    sample_run, tmp_path
+):
+    report = export_camtrap_dp(sample_run, str(tmp_path), str(DEPLOYMENTS))
+
+    deployments = {d["deploymentID"]: d for d in read_csv(tmp_path / "deployments.csv")}
+    assert deployments["deployment-a"]["deploymentEnd"] == "2024-07-01T10:00:00+02:00"
+    last_b = max(m["timestamp"] for m in read_csv(tmp_path / "media.csv") if m["deploymentID"] == "deployment-b")  # fmt: skip
+    assert deployments["deployment-b"]["deploymentEnd"] == last_b  # Europe/Zurich in May: +02:00
+    assert last_b.endswith("+02:00")
+    assert any("deployment-b: no end" in note for note in report.notes)
+
+
+def test_a_photo_without_capture_time_is_left_out_and_listed_and_the_rest_stays_valid(
+    sample_run, tmp_path
+):
+    results = read_results(sample_run)
+    undated = copy.deepcopy(results)
+    victim = undated.media[0]
+    victim["timestamp"] = None
+    tables = build_tables(undated, load_deployments(str(DEPLOYMENTS)))
+    write_package(
+        tmp_path, tables, descriptor(tables, read_metadata(None), ("media", "event"), "x")
+    )
+
+    assert tables.excluded.media == [
+        {"uri": victim["uri"], "reason": "no capture time (timestamp)"}
+    ]
+    assert victim["media_id"] not in {m["mediaID"] for m in tables.media}
+    assert victim["media_id"] not in {o.get("mediaID") for o in tables.observations}
+    assert validate_package(tmp_path).errors == []
+
+
+def test_the_validator_reports_what_the_official_schemas_refuse(sample_run, tmp_path):
+    export_camtrap_dp(sample_run, str(tmp_path), str(DEPLOYMENTS))
+    media = (tmp_path / "media.csv").read_text().splitlines()
+    fields = media[1].split(",")
+    fields[1], fields[3] = "no-such-deployment", "2024-05-03 09:30"  # deploymentID, timestamp
+    (tmp_path / "media.csv").write_text("\n".join([media[0], ",".join(fields), *media[2:]]) + "\n")
+    package = json.loads((tmp_path / "datapackage.json").read_text())
+    del package["project"]
+    package["temporal"]["start"] = "2024-13-40"
+    (tmp_path / "datapackage.json").write_text(json.dumps(package))
+
+    errors = "\n".join(validate_package(tmp_path).errors)
+
+    assert "'project' is a required property" in errors
+    assert "temporal/start" in errors
+    assert "media row 2 timestamp: type-error" in errors
+    assert "foreign-key" in errors and "no-such-deployment" in errors
+
+
+def test_a_deployment_without_coordinates_is_refused_by_name(sample_run, tmp_path):
+    text = DEPLOYMENTS.read_text().replace("46.5012,6.1234", ",")
+    (tmp_path / "deployments.csv").write_text(text)
+    with pytest.raises(ExportError, match=r"no latitude/longitude: deployment-b"):
+        export_camtrap_dp(sample_run, str(tmp_path / "pkg"), str(tmp_path / "deployments.csv"))
+    with pytest.raises(ExportError, match="deployments file"):
+        export_camtrap_dp(sample_run, str(tmp_path / "pkg"), None)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_the_metadata_file_fills_datapackage_and_a_misspelt_key_is_refused(sample_run, tmp_path):
+    metadata = tmp_path / "metadata.yaml"
+    metadata.write_text(
+        "title: Vercors and Jura 2024\n"
+        "contributors:\n  - {title: Jane Doe, email: jane@example.org, role: contact}\n"
+        "licenses:\n  - {name: CC0-1.0, scope: data}\n  - {name: CC-BY-4.0, scope: media}\n"
+        "project: {title: Lynx corridors, samplingDesign: targeted, individualAnimals: false}\n"
+    )
+    report = export_camtrap_dp(sample_run, str(tmp_path / "pkg"), str(DEPLOYMENTS), str(metadata))
+
+    package = json.loads((tmp_path / "pkg" / "datapackage.json").read_text())
+    assert report.validation is not None and report.validation.valid
+    assert report.to_fill_in == []
+    assert package["name"] == "vercors-and-jura-2024"
+    assert package["contributors"][0]["title"] == "Jane Doe"
+    assert package["project"]["samplingDesign"] == "targeted"
+    metadata.write_text("licence: CC0-1.0\n")
+    with pytest.raises(ExportError, match="unknown keys licence"):
+        export_camtrap_dp(sample_run, str(tmp_path / "pkg2"), str(DEPLOYMENTS), str(metadata))
+
+
+# --- MegaDetector JSON -----------------------------------------------------------------------
+
+
+def assert_round_trip(document: dict, root: str, storage_options: dict | None = None) -> None:
+    """Every media row once with its detections, every failure with `failure`, nothing else."""
+    tables = {
+        name: read_table(root, name, storage_options=storage_options).to_pylist()
+        for name in ("media", "observations", "failures")
+    }
+    base = document["info"]["custom_metadata"]["base"]
+    entries = {}
+    for image in document["images"]:
+        uri = f"{base}/{image['file']}" if base else image["file"]
+        assert uri not in entries, f"{uri} listed twice"
+        entries[uri] = image
+    assert set(entries) == {m["uri"] for m in tables["media"]} | {f["uri"] for f in tables["failures"]}  # fmt: skip
+    for failure in tables["failures"]:
+        image = entries[failure["uri"]]
+        assert image["detections"] is None and failure["kind"] in image["failure"]
+    classes = document["classification_categories"]
+    by_media: dict[str, list[dict]] = {}
+    for row in tables["observations"]:
+        by_media.setdefault(row["media_id"], []).append(row)
+    for media in tables["media"]:
+        image = entries[media["uri"]]
+        assert image.get("failure") is None
+        expected = sorted(by_media.get(media["media_id"], []), key=lambda o: o["observation_id"])
+        assert len(image["detections"]) == len(expected)
+        for detection, row in zip(image["detections"], sorted(expected, key=lambda o: int(o["observation_id"].rsplit("-", 1)[1]))):  # fmt: skip
+            assert DETECTION_CATEGORIES[detection["category"]] == row["category"]
+            assert detection["conf"] == pytest.approx(row["detection_conf"], abs=TOLERANCE)
+            box = [row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"]]
+            assert detection["bbox"] == pytest.approx(box, abs=TOLERANCE)
+            pairs = detection.get("classifications", [])
+            assert [classes[c] for c, _ in pairs] == (row["top_labels"] or [])
+            assert [p for _, p in pairs] == pytest.approx(row["top_probabilities"] or [], abs=TOLERANCE)  # fmt: skip
+
+
+def test_megadetector_json_reads_back_into_the_tables_row_for_row(sample_run, tmp_path):
+    out = tmp_path / "md.json"
+    result = CliRunner().invoke(app, ["export", "megadetector", sample_run, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    document = load_megadetector(out.read_text())  # raises on any broken format rule
+    assert document["info"]["format_version"] == "1.6"
+    assert document["info"]["custom_metadata"]["base"] == str(PHOTOS)
+    assert {image["file"].split("/")[0] for image in document["images"]} == {"deployment-a", "deployment-b"}  # fmt: skip
+    assert any(d.get("classifications") for i in document["images"] for d in i["detections"] or [])
+    assert_round_trip(document, sample_run)
+
+
+def test_megadetector_checks_catch_broken_entries():
+    broken = {
+        "info": {"format_version": "1.6"},
+        "detection_categories": {"1": "animal"},
+        "classification_categories": {"0": "fox"},
+        "images": [
+            {"file": "a.jpg", "detections": [{"category": "1", "conf": 1, "bbox": [0, 0, 1, 1]}]},
+            {"file": "b.jpg", "failure": "decode/corrupt", "detections": []},
+            {"file": "c.jpg"},
+            {"file": "d.jpg", "detections": [{"category": "1", "conf": 0.5, "bbox": [0, 0, 1, 1],
+                                              "classifications": [["0", 0.1], ["7", 0.9]]}]},
+        ],
+    }  # fmt: skip
+    problems = "\n".join(format_problems(broken))
+    assert "a.jpg: conf 1 is not a float" in problems
+    assert "b.jpg: a failure needs a string and null detections" in problems
+    assert "c.jpg: processed but without a detections list" in problems
+    assert "d.jpg: classifications are not most probable first" in problems
+    assert "d.jpg: unknown classification category '7'" in problems
+
+
+def test_a_failure_of_an_already_listed_file_is_kept_in_custom_metadata(sample_run):
+    results = read_results(sample_run)
+    repeat = dict(results.failures[0], uri=results.media[0]["uri"], kind="duplicate")
+    doubled = Results(results.root, results.media, results.observations, results.events, [*results.failures, repeat])  # fmt: skip
+    document, report = megadetector_document(doubled)
+
+    files = [image["file"] for image in document["images"]]
+    assert len(files) == len(set(files)) == len(results.media) + len(results.failures)
+    assert [item["file"] for item in report.not_listed] == [results.media[0]["uri"].split("photos/", 1)[1]]  # fmt: skip
+    assert document["info"]["custom_metadata"]["failures_not_listed"] == report.not_listed
+    assert common_base(["s3://b/x/1.jpg", "s3://b/y/2.jpg"]) == "s3://b"
+    assert common_base(["s3://b/1.jpg", "/data/2.jpg"]) == ""
+
+
+# --- S3 end to end ---------------------------------------------------------------------------
+
+
+def test_s3_photos_to_s3_tables_to_both_exports_through_the_cli(
+    s3, s3_bucket, s3_settings, tmp_path
+):
+    bucket = s3_bucket("exports")
+    for photo in sorted(PHOTOS.rglob("*.jpg")):
+        s3.put_file(str(photo), f"{bucket}/card/{photo.relative_to(PHOTOS).as_posix()}")
+    s3.put_file(str(DEPLOYMENTS), f"{bucket}/config/deployments.csv")
+    deployments = f"s3://{bucket}/config/deployments.csv"
+    results = f"s3://{bucket}/results"
+    summary = run_folder(
+        f"s3://{bucket}/card",
+        results,
+        Settings(workers=0, deployments_file=deployments, **vars(s3_settings)),  # fmt: skip
+    )
+    assert summary.processed + summary.failed == summary.files == len(list(PHOTOS.rglob("*.jpg")))
+
+    env = {  # the CLI reads its S3 options from the environment, as in production
+        "TRAPLINE_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+        "TRAPLINE_S3_REGION": s3_settings.s3_region,
+        "TRAPLINE_S3_ACCESS_KEY_ID": s3_settings.s3_access_key_id,
+        "TRAPLINE_S3_SECRET_ACCESS_KEY": s3_settings.s3_secret_access_key,
+    }
+    runner = CliRunner()
+    package_url = f"s3://{bucket}/exports/camtrap-dp"
+    camtrap = runner.invoke(app, ["export", "camtrap-dp", results, "--deployments", deployments, "--out", package_url], env=env)  # fmt: skip
+    assert camtrap.exit_code == 0, camtrap.output
+    md = runner.invoke(app, ["export", "megadetector", results, "--out", f"s3://{bucket}/exports/md.json"], env=env)  # fmt: skip
+    assert md.exit_code == 0, md.output
+
+    local = tmp_path / "pkg"
+    local.mkdir()
+    for name in ("datapackage.json", "deployments.csv", "media.csv", "observations.csv"):
+        s3.get_file(f"{bucket}/exports/camtrap-dp/{name}", str(local / name))
+    assert validate_package(local).errors == []
+    media = read_csv(local / "media.csv")
+    assert len(media) == summary.processed
+    assert all(m["filePath"].startswith(f"s3://{bucket}/card/deployment-") for m in media)
+    options = object_store.storage_options_for(results, s3_settings)
+    observations = read_table(results, "observations", storage_options=options).to_pylist()
+    people = {o["media_id"] for o in observations if o["category"] == "person"}
+    assert people and {m["mediaID"] for m in media if m["filePublic"] == "false"} == people
+    document = load_megadetector(s3.cat(f"{bucket}/exports/md.json").decode())
+    assert document["info"]["custom_metadata"]["base"] == f"s3://{bucket}/card"
+    assert_round_trip(document, results, options)
+    shutil.rmtree(local)
