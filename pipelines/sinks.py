@@ -1,14 +1,20 @@
-"""Parquet sink: each table is a folder of part files that pandas, Polars and DuckDB read as one.
+"""Parquet sink: each table is a Hive-partitioned folder that pandas, Polars, DuckDB, Spark and R read.
 
-A part appears under its final name only when complete (written to a hidden temporary name,
-then renamed), so a reader never sees half a file. Folder runs replace their own previous
-parts after the new ones are in place: a re-run of the same photos leaves one copy of each row.
+Layout: `TABLE/deployment=<id>/date=<YYYY-MM-DD>/part-<name>.parquet`, so a reader that wants one
+camera or one season opens only those folders (`failures` has no date level: a failure has no
+capture time). The date is the capture date in UTC; rows without a capture time go to
+`date=unknown` (failures without a deployment to `deployment=unknown`). The partition folders repeat columns
+that are also in the files (`deployment_id`, `timestamp`), under other names, so readers that
+merge the two never meet a clash.
 
-The service mode needs more: `create` writes a part only if no part of that name exists, in one
-atomic step (a hard link on local disks; S3's conditional `If-None-Match: *` put, through
-fsspec's exclusive `xb` mode, elsewhere). A part's name says where its batch starts, so of two
-workers writing the same batch (a zombie that lost its partition, a replay after a crash) exactly
-one wins, and the loser learns what the winner covered from the part's metadata.
+A file appears under its final name only when complete, so a reader never sees half a file:
+- `write` (folder runs) writes to a hidden temporary name, then renames; `replace` then removes
+  the run's previous files, so re-running the same photos leaves one copy of each row;
+- `create` (service mode) writes a file only if none of that name exists, in one atomic step
+  (a hard link on local disks; S3's conditional `If-None-Match: *` put, through fsspec's
+  exclusive `xb` mode, elsewhere). Which files make a segment, and when it is complete, is
+  the segment log's business (`pipelines/segment_log.py`).
+Names that start with `_` or `.` are bookkeeping; every Parquet reader skips them.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import os
 import posixpath
 import time
 import uuid
+from collections import defaultdict
 from typing import Any
+from urllib.parse import quote
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +37,36 @@ from fsspec.implementations.local import LocalFileSystem
 from trapline.pipelines.tables import SCHEMA_VERSION
 
 PART_PREFIX = "part-"
+# Not Hive's `__HIVE_DEFAULT_PARTITION__`: pyarrow reads that as null, and pandas then fails
+# ("Cannot yet unify dictionaries with nulls") on a table that mixes it with dated folders.
+NULL_PARTITION = "unknown"
+# Partition folders per table: (folder key, column). The date comes from a timestamp column.
+PARTITIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "media": (("deployment", "deployment_id"), ("date", "timestamp")),
+    "observations": (("deployment", "deployment_id"), ("date", "timestamp")),
+    "events": (("deployment", "deployment_id"), ("date", "start")),
+    "failures": (("deployment", "deployment_id"),),
+}
+
+
+def partition_value(value: Any) -> str:
+    """A folder-safe partition value: dates as YYYY-MM-DD, odd characters %-encoded (as Hive)."""
+    if value is None or value == "":
+        return NULL_PARTITION
+    if hasattr(value, "date"):
+        return value.date().isoformat()
+    return quote(str(value), safe="-_.~")
+
+
+def split_partitions(table: str, data: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The rows of `data` grouped by partition folder (relative, e.g. `deployment=a/date=...`)."""
+    keys = PARTITIONS[table]
+    columns = [data.column(column).to_pylist() for _, column in keys]
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for index, values in enumerate(zip(*columns)):
+        folder = "/".join(f"{key}={partition_value(v)}" for (key, _), v in zip(keys, values))
+        rows_of[folder].append(index)
+    return [(folder, data.take(rows)) for folder, rows in sorted(rows_of.items())]
 
 
 class ParquetSink:
@@ -40,50 +78,53 @@ class ParquetSink:
     def table_dir(self, table: str) -> str:
         return posixpath.join(self.root, table)
 
-    def write(self, table: str, data: pa.Table, part: str) -> str:
-        """Write one part atomically; returns its path."""
-        folder = self.table_dir(table)
-        self.fs.makedirs(folder, exist_ok=True)
-        final = posixpath.join(folder, f"{PART_PREFIX}{part}.parquet")
-        temporary = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}.parquet")
-        metadata = dict(data.schema.metadata or {})
-        metadata.update({b"trapline.table": table.encode(), b"trapline.schema_version": SCHEMA_VERSION.encode()})
-        data = data.replace_schema_metadata(metadata)
-        with self.fs.open(temporary, "wb") as handle:
-            pq.write_table(data, handle, compression=self.compression)
-        self.fs.mv(temporary, final)
-        return final
+    def write(self, table: str, data: pa.Table, part: str) -> list[str]:
+        """Write `data` as one file per partition, each atomically; returns their paths.
 
-    def create(self, table: str, data: pa.Table, part: str, metadata: dict[str, str]) -> bool:
-        """Write `part` only if it does not exist yet, atomically; False if it already existed."""
-        folder = self.table_dir(table)
-        self.fs.makedirs(folder, exist_ok=True)
-        final = posixpath.join(folder, f"{PART_PREFIX}{part}.parquet")
-        merged = dict(data.schema.metadata or {})
-        merged.update({b"trapline.table": table.encode(), b"trapline.schema_version": SCHEMA_VERSION.encode()})
-        merged.update({f"trapline.{k}".encode(): v.encode() for k, v in metadata.items()})
-        data = data.replace_schema_metadata(merged)
-        if isinstance(self.fs, LocalFileSystem):
-            temporary = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}.parquet")
-            pq.write_table(data, temporary, compression=self.compression)
-            try:
-                with open(temporary, "rb+") as handle:
-                    os.fsync(handle.fileno())  # durable before it becomes visible
-                os.link(temporary, final)  # fails if `final` exists: create-if-absent, atomic
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(temporary)
-            return True
-        buffer = io.BytesIO()
-        pq.write_table(data, buffer, compression=self.compression)
-        return put_if_absent(self.fs, final, buffer.getvalue())
+        An empty table still gets one (empty) file, so every table's folder exists and readers
+        that need a file to learn the schema find one.
+        """
+        groups = split_partitions(table, data) or [(self._null_folder(table), data)]
+        paths = []
+        for folder, rows in groups:
+            directory = posixpath.join(self.table_dir(table), folder)
+            self.fs.makedirs(directory, exist_ok=True)
+            final = posixpath.join(directory, f"{PART_PREFIX}{part}.parquet")
+            temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
+            with self.fs.open(temporary, "wb") as handle:
+                pq.write_table(self._tagged(table, rows, {}), handle, compression=self.compression)
+            self.fs.mv(temporary, final)
+            paths.append(final)
+        return paths
 
-    def part_metadata(self, table: str, part: str) -> dict[str, str] | None:
-        """The `trapline.*` metadata of a part, or None if it does not exist."""
-        path = posixpath.join(self.table_dir(table), f"{PART_PREFIX}{part}.parquet")
+    def replace(self, table: str, data: pa.Table, part: str) -> list[str]:
+        """Write `data`, then remove every other part file of `table`: a folder run's re-run."""
+        written = self.write(table, data, part)
+        self.remove_parts_except(table, set(written))
+        return written
+
+    def create(self, table: str, data: pa.Table, part: str, metadata: dict[str, str]) -> list[str]:
+        """Create one file per partition only where absent; returns the files' relative paths.
+
+        A file that already exists is left as it is (the segment log guarantees that a name
+        always holds the same offsets, so it holds the same rows).
+        """
+        names = []
+        for folder, rows in split_partitions(table, data):
+            directory = posixpath.join(self.table_dir(table), folder)
+            self.fs.makedirs(directory, exist_ok=True)
+            name = posixpath.join(table, folder, f"{PART_PREFIX}{part}.parquet")
+            buffer = io.BytesIO()
+            tagged = self._tagged(table, rows, metadata)
+            pq.write_table(tagged, buffer, compression=self.compression)
+            create_if_absent(self.fs, posixpath.join(self.root, name), buffer.getvalue())
+            names.append(name)
+        return names
+
+    def file_metadata(self, path: str) -> dict[str, str] | None:
+        """The `trapline.*` metadata of a part file (path relative to the root), None if absent."""
         try:
-            with self.fs.open(path, "rb") as handle:
+            with self.fs.open(posixpath.join(self.root, path), "rb") as handle:
                 raw = pq.read_schema(handle).metadata or {}
         except FileNotFoundError:
             return None
@@ -93,36 +134,55 @@ class ParquetSink:
             if k.startswith(b"trapline.")
         }
 
-    def part_names(self, table: str, prefix: str) -> list[str]:
-        """Names (without `part-` and `.parquet`) of the parts of `table` starting with `prefix`."""
+    def part_files(self, table: str) -> list[str]:
+        """Every visible part file of `table` (absolute paths), in every partition folder."""
         folder = self.table_dir(table)
         if not self.fs.exists(folder):
             return []
-        names = []
-        for path in self.fs.ls(folder, detail=False):
-            base = posixpath.basename(path)
-            if base.startswith(PART_PREFIX + prefix) and base.endswith(".parquet"):
-                names.append(base[len(PART_PREFIX) : -len(".parquet")])
-        return sorted(names)
-
-    def read_column(self, table: str, part: str, column: str) -> list:
-        path = posixpath.join(self.table_dir(table), f"{PART_PREFIX}{part}.parquet")
-        with self.fs.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=[column]).column(column).to_pylist()
+        return sorted(
+            path
+            for path in self.fs.find(folder)
+            if posixpath.basename(path).startswith(PART_PREFIX)
+            and not any(p.startswith(("_", ".")) for p in path[len(folder) :].split("/"))
+        )
 
     def remove_parts_except(self, table: str, keep: set[str]) -> int:
         """Delete part files of `table` whose path is not in `keep`; returns how many."""
-        folder = self.table_dir(table)
-        if not self.fs.exists(folder):
-            return 0
-        stale = [
-            path
-            for path in self.fs.ls(folder, detail=False)
-            if posixpath.basename(path).startswith(PART_PREFIX) and path not in keep
-        ]
+        stale = [path for path in self.part_files(table) if path not in keep]
         for path in stale:
             self.fs.rm(path)
         return len(stale)
+
+    def _null_folder(self, table: str) -> str:
+        return "/".join(f"{key}={NULL_PARTITION}" for key, _ in PARTITIONS[table])
+
+    @staticmethod
+    def _tagged(table: str, data: pa.Table, metadata: dict[str, str]) -> pa.Table:
+        merged = dict(data.schema.metadata or {})
+        merged.update(
+            {b"trapline.table": table.encode(), b"trapline.schema_version": SCHEMA_VERSION.encode()}
+        )
+        merged.update({f"trapline.{k}".encode(): v.encode() for k, v in metadata.items()})
+        return data.replace_schema_metadata(merged)
+
+
+def create_if_absent(fs: Any, path: str, data: bytes) -> bool:
+    """Write `path` only if nothing of that name exists, atomically; False if something did."""
+    if isinstance(fs, LocalFileSystem):
+        directory = posixpath.dirname(path)
+        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # durable before it becomes visible
+        try:
+            os.link(temporary, path)  # fails if `path` exists: create-if-absent, atomic
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
+        return True
+    return put_if_absent(fs, path, data)
 
 
 # One PutObject takes at most 5 GiB (larger writes need a multipart upload, see put_if_absent).

@@ -5,18 +5,14 @@ into a *segment* (contiguous offsets), and when the segment is due (`segment_max
 `segment_max_wait_s`) it runs the pipeline on it, sends refused inputs to the dead-letter topic,
 writes the four tables, and only then commits the partition's offset.
 
-Exactly once, against crashes and zombies, rests on the store, not on Kafka:
-- a segment's parts are named `TOPIC-PARTITION-FIRSTOFFSET` and created only if absent
-  (`ParquetSink.create`); each records its last offset in its metadata;
-- the `media` part is written last: it is the segment's commit record. On assignment a worker
-  resumes after the last offset the partition's `media` parts cover, whatever Kafka's committed
-  offset says (a crash between write and commit loses nothing and duplicates nothing);
-- parts of the other tables left by a worker that died before its `media` part (orphans) fix
-  where the replayed segment must end, so the replay produces the same parts and completes them;
-- a worker that finds its first part already written by someone else with another end (a zombie
-  that lost the partition, or the new owner) discards its segment and seeks past the winner's end;
-- `media_id`s already in the partition's `media` parts are refused as duplicates (the message
-  key is the deployment, so a photo's repeats land in the same partition).
+Exactly once, against crashes and zombies, rests on the store, not on Kafka: the segment log
+(`pipelines/segment_log.py`) claims each segment's range before processing, the table files are
+created only if absent, and a commit record is written once they are all durable. On assignment
+a worker resumes after the partition's last commit, whatever Kafka's committed offset says, and
+replays a claimed but uncommitted range exactly (a crash between write and commit loses nothing
+and duplicates nothing; a zombie that lost the partition adopts the range its successor
+claimed). `media_id`s in the partition's commits are refused as duplicates (the message key is
+the deployment, so a photo's repeats land in the same partition).
 Events (sequences) are grouped within a segment; a burst cut by a segment boundary becomes two
 events until the tables are compacted.
 """
@@ -35,6 +31,7 @@ from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.batching import batches
 from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline, Tables, assemble
+from trapline.pipelines.segment_log import Commit, SegmentLog, part_name
 from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.types import Failure, MediaResult
 from trapline.services import kafka_io, metrics
@@ -48,19 +45,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_DELAY_S = 1.0  # model backend down: first wait before retrying a segment
 MAX_RETRY_DELAY_S = 60.0
 LAG_INTERVAL_S = 15.0  # how often consumer lag is read from the broker
-WRITE_ORDER = ("observations", "events", "failures", "media")  # media last: the commit record
-
-
-def part_prefix(topic: str, partition: int) -> str:
-    return f"{topic}-{partition:05d}-"
-
-
-def part_name(topic: str, partition: int, first_offset: int) -> str:
-    return f"{part_prefix(topic, partition)}{first_offset:020d}"
-
-
-def _first_offset(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
+WRITE_ORDER = ("observations", "events", "failures", "media")
 
 
 @dataclass
@@ -70,7 +55,7 @@ class Segment:
     first: int  # first offset not yet in storage
     records: list[Any] = field(default_factory=list)
     opened_at: float = 0.0
-    forced_end: int | None = None  # an orphan part says the segment ends here
+    forced_end: int | None = None  # a claim says the segment ends here
     seen: set[str] = field(default_factory=set)  # media_ids already written for this partition
 
 
@@ -81,7 +66,7 @@ class WorkerStats:
     failure_rows: int = 0
     dead_letters: int = 0
     segments: int = 0
-    discarded_segments: int = 0
+    adopted_claims: int = 0  # segments whose range someone else had claimed first
 
 
 class StreamWorker(kafka_io.RebalanceListener):
@@ -95,6 +80,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         self.settings = settings
         self.pipeline = pipeline
         self.sink = ParquetSink(out, settings.output_compression)
+        self.log = SegmentLog(self.sink.fs, self.sink.root)
         self.clock = clock
         self.models = pipeline.model_names
         self.labels = pipeline.classifier.spec.labels
@@ -156,7 +142,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         """For /readyz: can this worker reach its broker, its storage and its models?"""
         checks = {"models": self.pipeline is not None}
         try:
-            kafka_io.list_topics(self.settings.kafka_bootstrap, timeout_s=3, **self.settings.kafka_security())
+            kafka_io.list_topics(
+                self.settings.kafka_bootstrap, timeout_s=3, **self.settings.kafka_security()
+            )
             checks["broker"] = True
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             checks["broker"] = False
@@ -192,40 +180,40 @@ class StreamWorker(kafka_io.RebalanceListener):
             self._revoked.difference_update(assigned)
 
     def _apply_rebalance(self) -> None:
-        """Drop revoked partitions' unwritten records; resume assigned ones from storage.
+        """Write what revoked partitions gathered; resume assigned ones from storage.
 
-        Dropping is safe: the next owner resumes from what storage holds, so the records are
-        processed again there (at most one segment of repeated work), never lost or doubled.
+        A revoked partition may already be someone else's, so its last segment is written the
+        way a zombie's would be: under the segment log's claim (ours, or the new owner's range if
+        they claimed first), without a Kafka commit, which the group would refuse anyway.
         """
         with self._rebalance_lock:
             revoked, self._revoked = self._revoked, set()
             assigned, self._assigned = self._assigned, set()
         for tp in revoked:
-            self.segments.pop(tp, None)
+            if tp in self.segments:
+                self._flush(tp, owned=False)
+                self.segments.pop(tp, None)
         for tp in assigned:
             self.segments[tp] = self._restore(tp)
             self.consumer.seek(tp, self.segments[tp].first)
 
     def _restore(self, tp: TopicPartition) -> Segment:
-        """Where this partition resumes, from what storage holds (not from Kafka's commit)."""
-        prefix = part_prefix(tp.topic, tp.partition)
-        written = self.sink.part_names("media", prefix)
-        first, seen = 0, set()
-        for name in written:
-            metadata = self.sink.part_metadata("media", name) or {}
-            first = max(first, int(metadata.get("last_offset", _first_offset(name))) + 1)
-            seen.update(self.sink.read_column("media", name, "media_id"))
-        if not written:
-            committed = self.consumer.committed(tp)
-            first = committed or 0
+        """Where this partition resumes, from the segment log (not from Kafka's commit)."""
+        self.sink.fs.invalidate_cache()  # listings cached by this process may be stale
+        commits = self.log.commits(tp.topic, tp.partition)
+        if commits:
+            first = commits[-1].last_offset + 1
+        else:
+            first = self.consumer.committed(tp) or 0
+        seen = {media_id for commit in commits for media_id in commit.media_ids}
         segment = Segment(first=first, seen=seen)
-        for table in WRITE_ORDER[:-1]:  # an orphan: the next segment's parts, without its media
-            later = [n for n in self.sink.part_names(table, prefix) if _first_offset(n) >= first]
-            if later:
-                metadata = self.sink.part_metadata(table, later[0]) or {}
-                segment.forced_end = int(metadata.get("last_offset", _first_offset(later[0])))
-                break
-        log.info("partition %s resumes at offset %d (%d media ids known)", tp, first, len(seen))
+        segment.forced_end = self.log.open_claim(tp.topic, tp.partition, first)
+        if segment.forced_end is not None:  # claimed, never committed: replay that exact range
+            self.stats.adopted_claims += 1
+        log.info(
+            "partition %s resumes at offset %d (%d media ids known, claim to %s)",
+            tp, first, len(seen), segment.forced_end,
+        )  # fmt: skip
         return segment
 
     # -- segments ---------------------------------------------------------------------------
@@ -239,6 +227,9 @@ class StreamWorker(kafka_io.RebalanceListener):
                 segment.records and record.offset <= segment.records[-1].offset
             ):
                 continue  # already written, or already gathered (a replay after a seek)
+            if segment.forced_end is not None and record.offset > segment.forced_end:
+                self._flush(tp)  # the claimed range ends before this record (offsets may skip)
+                segment = self.segments[tp]
             if not segment.records:
                 segment.opened_at = self.clock()
             segment.records.append(record)
@@ -259,19 +250,35 @@ class StreamWorker(kafka_io.RebalanceListener):
             or waited >= self.settings.segment_max_wait_s
         )
 
-    def _flush(self, tp: TopicPartition) -> None:
+    def _flush(self, tp: TopicPartition, owned: bool = True) -> None:
+        """Claim, process, write, commit one segment; `owned=False` for a revoked partition."""
         segment = self.segments[tp]
         if not segment.records:
             return
-        records, segment.records = segment.records, []
-        first, last = records[0].offset, records[-1].offset
+        first, last = segment.records[0].offset, segment.records[-1].offset
+        claimed = self.log.claim(tp.topic, tp.partition, first, last)
+        if claimed > last:  # someone claimed a longer range: gather up to its end first
+            if owned:
+                segment.forced_end = claimed
+                self.stats.adopted_claims += 1
+            return
+        if claimed < last:
+            self.stats.adopted_claims += 1
+        records = [r for r in segment.records if r.offset <= claimed]
+        segment.records = [r for r in segment.records if r.offset > claimed]
+        last = claimed
         by_source = {record_source(r.topic, r.partition, r.offset): r for r in records}
 
         try:
             results, failures = self._process(records)
         except BackendUnavailable as error:
             # Nothing written, nothing committed: put the records back and try again later.
-            log.warning("%s: model backend unavailable (%s); retrying in %.0f s", tp, error, self.retry_delay_s)
+            log.warning(
+                "%s: model backend unavailable (%s); retrying in %.0f s",
+                tp,
+                error,
+                self.retry_delay_s,
+            )
             segment.records = records + segment.records
             segment.opened_at = self.clock() + self.retry_delay_s - self.settings.segment_max_wait_s
             metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
@@ -290,20 +297,19 @@ class StreamWorker(kafka_io.RebalanceListener):
         name = part_name(tp.topic, tp.partition, first)
         metadata = {"first_offset": str(first), "last_offset": str(last)}
         write_started = time.perf_counter()
+        files = []
         for table in WRITE_ORDER:
-            if not self.sink.create(table, tables.as_dict()[table], name, metadata):
-                winner = int((self.sink.part_metadata(table, name) or {}).get("last_offset", last))
-                if winner != last:
-                    self._lost_race(tp, segment, winner)
-                    return
-                # Same segment written before (a replay of an orphan): keep the existing part.
+            files += self.sink.create(table, tables.as_dict()[table], name, metadata)
+        self._dead_letter(tables.failed, by_source)  # before the commit: a replay resends
+        media_ids = tables.media.column("media_id").to_pylist()
+        self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids))
         metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - write_started)
-        self._dead_letter(tables.failed, by_source)
-        kafka_io.commit_offset(self.consumer, tp, last + 1)
+        if owned:
+            kafka_io.commit_offset(self.consumer, tp, last + 1)
         self._observe_written(tables, by_source)
         segment.first = last + 1
         segment.forced_end = None
-        segment.seen.update(result.media_id for result in fresh)
+        segment.seen.update(media_ids)
         self.stats.segments += 1
         self.stats.media_rows += tables.media.num_rows
         self.stats.failure_rows += tables.failures.num_rows
@@ -312,7 +318,12 @@ class StreamWorker(kafka_io.RebalanceListener):
         metrics.SEGMENTS_WRITTEN.inc()
         metrics.observe_tables(
             tables.media.column("observation_type").to_pylist(),
-            list(zip(tables.failures.column("stage").to_pylist(), tables.failures.column("kind").to_pylist())),
+            list(
+                zip(
+                    tables.failures.column("stage").to_pylist(),
+                    tables.failures.column("kind").to_pylist(),
+                )
+            ),
         )
         now = datetime.now(timezone.utc)
         for source in tables.media.column("source").to_pylist():
@@ -331,16 +342,12 @@ class StreamWorker(kafka_io.RebalanceListener):
         metrics.publish_lag(
             metrics.consumer_lag(
                 {(tp.topic, tp.partition): end for tp, end in ends.items()},
-                {(tp.topic, tp.partition): seg.first + len(seg.records) for tp, seg in self.segments.items()},
+                {
+                    (tp.topic, tp.partition): seg.first + len(seg.records)
+                    for tp, seg in self.segments.items()
+                },
             )
         )
-
-    def _lost_race(self, tp: TopicPartition, segment: Segment, winner_last: int) -> None:
-        """Someone else wrote this segment with another end: drop ours, go on after theirs."""
-        log.warning("%s: segment at %d already written up to %d; discarding ours", tp, segment.first, winner_last)
-        self.stats.discarded_segments += 1
-        self.segments[tp] = self._restore(tp)
-        self.consumer.seek(tp, self.segments[tp].first)
 
     def _process(self, records: list[Any]) -> tuple[list[MediaResult], list[Failure]]:
         """Parse the events, run the stages in model-sized batches."""

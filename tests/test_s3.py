@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -19,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from trapline.pipelines.sinks import ParquetSink, put_if_absent
+from trapline.pipelines.segment_log import Commit, SegmentLog
+from trapline.pipelines.sinks import ParquetSink, create_if_absent, put_if_absent
 from trapline.pipelines.source import list_media, read_bytes
 from trapline.pipelines.types import StageError
 from trapline.services import object_store
@@ -33,7 +35,10 @@ MB = 2**20
 
 
 def tagged_table(writer: str, rows: int = 3) -> pa.Table:
-    return pa.table({"media_id": [f"{writer}-{i}" for i in range(rows)], "writer": [writer] * rows})
+    return pa.table({
+        "media_id": [f"{writer}-{i}" for i in range(rows)], "writer": [writer] * rows,
+        "deployment_id": ["cam 1"] * rows, "timestamp": pa.array([None] * rows, pa.timestamp("us", "UTC")),
+    })  # fmt: skip
 
 
 # --- options: no server needed ---------------------------------------------------------------
@@ -140,20 +145,23 @@ def test_read_bytes_refuses_an_object_above_the_size_limit(s3, s3_bucket):
 # --- sink --------------------------------------------------------------------------------------
 
 
-def test_sink_write_leaves_one_part_that_pandas_and_pyarrow_read_back_from_s3(
+def test_sink_write_leaves_hive_partitioned_parts_that_pandas_and_pyarrow_read_back_from_s3(
     s3, s3_bucket, s3_settings, ceph_rgw, monkeypatch
 ):
     out = f"s3://{s3_bucket('results')}/results"
     sink = ParquetSink(out)
-    path = sink.write("media", tagged_table("w1"), "run-1")
+    [path] = sink.write("media", tagged_table("w1"), "run-1")
 
-    assert [Path(p).name for p in s3.ls(f"{out}/media", refresh=True)] == [
+    leaf = f"{out}/media/deployment=cam%201/date=unknown"
+    assert [Path(p).name for p in s3.ls(leaf, refresh=True)] == [
         "part-run-1.parquet"
     ]  # no temp left
-    assert path.endswith("media/part-run-1.parquet")
+    assert path == f"{leaf}/part-run-1.parquet".removeprefix("s3://")
     # pandas (pyarrow engine) uses fsspec only when given storage_options, else pyarrow's S3
     options = object_store.storage_options_for(out, s3_settings)
-    assert pd.read_parquet(f"{out}/media", storage_options=options)["writer"].tolist() == ["w1"] * 3
+    frame = pd.read_parquet(f"{out}/media", storage_options=options)
+    assert frame["writer"].tolist() == ["w1"] * 3
+    assert frame["deployment"].astype(str).tolist() == ["cam 1"] * 3  # the folder, %-decoded
     # pyarrow's own S3 client needs the checksum variables against RGW (set by configure_fsspec)
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
@@ -166,50 +174,33 @@ def test_sink_write_leaves_one_part_that_pandas_and_pyarrow_read_back_from_s3(
     assert table.schema.metadata[b"trapline.table"] == b"media"
 
 
-def _create(sink: ParquetSink, writer: str, part: str) -> bool:
-    try:
-        return sink.create(
-            "media", tagged_table(writer), part, {"writer": writer, "last_offset": "41"}
-        )
-    except OSError as error:
-        pytest.fail(_CREATE_RAISED.format(error=error))
-
-
 _CREATE_RAISED = (
-    "ParquetSink.create raised {error!r} for an existing part instead of returning False: RGW "
+    "create_if_absent raised {error!r} for an existing object instead of returning False: RGW "
     "16.2 answers 412 without <Condition>, which s3fs does not map to FileExistsError; "
-    "sinks.create should use object_store.put_if_absent (or is_precondition_failed)"
+    "it should use sinks.put_if_absent (or is_precondition_failed)"
 )
 
 
-def test_sink_create_of_an_existing_part_returns_false_and_keeps_the_first_content(s3, s3_bucket):
-    sink = ParquetSink(f"s3://{s3_bucket('results')}/results")
-    assert _create(sink, "first", "p0-000000000000") is True
-    assert _create(sink, "second", "p0-000000000000") is False
-    assert sink.part_metadata("media", "p0-000000000000")["writer"] == "first"
-    assert sink.read_column("media", "p0-000000000000", "writer") == ["first"] * 3
-
-
-def _race(
-    sink: ParquetSink, name: str, writer: str, start: threading.Barrier, outcome: dict
-) -> None:
+def _race(path: str, writer: str, start: threading.Barrier, outcome: dict) -> None:
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)  # a client of its own, as a worker has
     start.wait()  # all writers send their PutObject at the same moment
     try:
-        outcome[writer] = sink.create("media", tagged_table(writer), name, {"writer": writer})
+        outcome[writer] = create_if_absent(fs, path, writer.encode())
     except BaseException as error:  # reported by the test, from its own thread
         outcome[writer] = error
 
 
-def test_of_racing_creates_of_one_part_exactly_one_wins_and_its_content_stays(s3, s3_bucket):
+def test_of_racing_creates_of_one_object_exactly_one_wins_and_its_content_stays(s3, s3_bucket):
     """The conditional put is real: writers released together, per name one True, and the
-    stored part is the winner's (a check-then-put would let several 'win' and overwrite)."""
-    sink = ParquetSink(f"s3://{s3_bucket('results')}/results")
-    writers, names = 4, [f"p1-{i:012d}" for i in range(8)]
-    for name in names:
+    stored object is the winner's (a check-then-put would let several 'win' and overwrite)."""
+    bucket = s3_bucket("results")
+    writers = 4
+    for index in range(6):
+        path = f"{bucket}/_segments/t/00000/{index:020d}.claim.json"
         start = threading.Barrier(writers)
         outcome: dict[str, bool | BaseException] = {}
         threads = [
-            threading.Thread(target=_race, args=(sink, name, f"w{i}", start, outcome))
+            threading.Thread(target=_race, args=(path, f"w{i}", start, outcome))
             for i in range(writers)
         ]
         for thread in threads:
@@ -221,8 +212,17 @@ def test_of_racing_creates_of_one_part_exactly_one_wins_and_its_content_stays(s3
             pytest.fail(_CREATE_RAISED.format(error=errors[0]))
         winners = [writer for writer, won in outcome.items() if won is True]
         assert len(outcome) == writers and len(winners) == 1, outcome
-        assert sink.part_metadata("media", name)["writer"] == winners[0]
-        assert sink.read_column("media", name, "writer") == [winners[0]] * 3
+        assert s3.cat(path) == winners[0].encode()
+
+
+def test_segment_log_on_s3_fixes_a_range_for_the_first_claimer_only(s3, s3_bucket):
+    log = SegmentLog(s3, f"{s3_bucket('results')}/results")
+    assert log.claim("uploads", 3, 100, 149) == 149
+    assert log.claim("uploads", 3, 100, 180) == 149  # a zombie adopts the first claim
+    assert log.open_claim("uploads", 3, 100) == 149
+    assert log.commit("uploads", 3, Commit(100, 149, ["media/x.parquet"], ["m1"]))
+    assert not log.commit("uploads", 3, Commit(100, 149, ["media/y.parquet"], ["m2"]))
+    assert log.commits("uploads", 3) == [Commit(100, 149, ["media/x.parquet"], ["m1"])]
 
 
 def test_put_if_absent_stays_conditional_for_payloads_above_the_upload_block_size(s3, s3_bucket):
@@ -311,7 +311,10 @@ def test_keys_never_appear_in_masked_output_or_logs(ceph_rgw, s3_settings, s3, s
     options = object_store.configure_fsspec(s3_settings)
     sink = ParquetSink(f"s3://{s3_bucket('results')}/results")
     sink.write("media", tagged_table("w"), "run-1")
-    assert sink.read_column("media", "run-1", "writer") == ["w"] * 3
+    assert (
+        sink.file_metadata(sink.part_files("media")[0].removeprefix(sink.root + "/"))["table"]
+        == "media"
+    )
 
     shown = f"{options.masked()} {options!r} {options!s} {caplog.text}"
     assert "object storage" in caplog.text  # the start-up echo happened

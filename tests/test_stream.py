@@ -8,11 +8,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.readers import read_table
+from trapline.pipelines.segment_log import SegmentLog
+from trapline.pipelines.sinks import ParquetSink
 from trapline.services import kafka_io
 from trapline.services.runner import build_pipeline
 from trapline.services.settings import Settings
@@ -43,8 +45,7 @@ def run_worker(settings: Settings, out: Path, **kwargs) -> StreamWorker:
 
 
 def rows(out: Path, table: str) -> list[dict]:
-    folder = out / table
-    return pq.read_table(folder).to_pylist() if folder.exists() and any(folder.iterdir()) else []
+    return read_table(str(out), table).to_pylist()
 
 
 @pytest.fixture
@@ -61,13 +62,17 @@ def send_raw(tansu, topic: str, *values: bytes, key: bytes = b"cam-b") -> None:
     producer.close()
 
 
-def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(tansu, kafka_topic, card, tmp_path):
+def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(
+    tansu, kafka_topic, card, tmp_path
+):
     topic = kafka_topic("uploads", partitions=2)
     report = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b")
     photos = report.submitted
     send_raw(tansu, topic, b"{not json", b'{"schema": "trapline.upload/9"}')
     first_photo = sorted(p for p in card.glob("*.jpg") if p.name != "corrupt.jpg")[0]
-    again = encode_upload_event(UploadEvent(uri=first_photo.resolve().as_uri(), deployment_id="cam-b"))
+    again = encode_upload_event(
+        UploadEvent(uri=first_photo.resolve().as_uri(), deployment_id="cam-b")
+    )
     send_raw(tansu, topic, again)  # the same bytes announced twice: one media row only
 
     settings = settings_for(tansu, topic, "g-exactly-once")
@@ -75,8 +80,12 @@ def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(t
 
     media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
     kinds = sorted(f["kind"] for f in failures)
-    assert len(media) == len({m["media_id"] for m in media}) == photos - 1  # all but the corrupt one
-    assert kinds == sorted(["malformed_json", "unknown_schema", "duplicate", kinds_of_corrupt(failures)])
+    assert (
+        len(media) == len({m["media_id"] for m in media}) == photos - 1
+    )  # all but the corrupt one
+    assert kinds == sorted(
+        ["malformed_json", "unknown_schema", "duplicate", kinds_of_corrupt(failures)]
+    )
     assert worker.stats.records == photos + 3
     dlq = kafka_io.read_topic(tansu.bootstrap, f"{topic}.dlq", 4, timeout_s=10)
     reasons = sorted(kafka_io.DeadLetterRecord.from_record(r).kind for r in dlq)
@@ -89,7 +98,9 @@ def kinds_of_corrupt(failures: list[dict]) -> str:
     return corrupt["kind"]
 
 
-def test_a_crash_between_write_and_commit_duplicates_nothing(tansu, kafka_topic, card, tmp_path, monkeypatch):
+def test_a_crash_between_write_and_commit_duplicates_nothing(
+    tansu, kafka_topic, card, tmp_path, monkeypatch
+):
     topic = kafka_topic("uploads", partitions=1)
     submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
     settings = settings_for(tansu, topic, "g-crash", segment_max_records=4)
@@ -111,7 +122,9 @@ def test_a_crash_between_write_and_commit_duplicates_nothing(tansu, kafka_topic,
     assert not [f for f in failures if f["kind"] == "duplicate"]
 
 
-def test_orphan_parts_of_a_half_written_segment_are_completed_not_duplicated(tansu, kafka_topic, card, tmp_path, monkeypatch):
+def test_orphan_parts_of_a_half_written_segment_are_completed_not_duplicated(
+    tansu, kafka_topic, card, tmp_path, monkeypatch
+):
     topic = kafka_topic("uploads", partitions=1)
     submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
     settings = settings_for(tansu, topic, "g-orphan", segment_max_records=5)
@@ -130,9 +143,33 @@ def test_orphan_parts_of_a_half_written_segment_are_completed_not_duplicated(tan
     assert rows(tmp_path / "out", "observations") and not rows(tmp_path / "out", "media")
     monkeypatch.undo()
 
-    run_worker(settings, tmp_path / "out", )
+    run_worker(
+        settings,
+        tmp_path / "out",
+    )
     media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
     observations = rows(tmp_path / "out", "observations")
     assert len(media) + len(failures) == submitted
     assert len({o["observation_id"] for o in observations}) == len(observations)
     assert {o["media_id"] for o in observations} <= {m["media_id"] for m in media}
+
+
+def test_a_range_claimed_by_another_worker_is_adopted_exactly(tansu, kafka_topic, card, tmp_path):
+    """A zombie (or a crashed worker) claimed offsets 0-2 first: whoever comes next writes that
+    segment with exactly that range, then goes on with its own segments."""
+    topic = kafka_topic("uploads", partitions=1)
+    submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
+    out = tmp_path / "out"
+    sink = ParquetSink(str(out))
+    log = SegmentLog(sink.fs, sink.root)
+    assert log.claim(topic, 0, 0, 2) == 2
+
+    worker = run_worker(settings_for(tansu, topic, "g-claim", segment_max_records=5), out)
+
+    commits = log.commits(topic, 0)
+    assert [(c.first_offset, c.last_offset) for c in commits][0] == (0, 2)
+    assert commits[-1].last_offset == submitted - 1
+    media, failures = rows(out, "media"), rows(out, "failures")
+    assert len(media) + len(failures) == submitted
+    assert len({m["media_id"] for m in media}) == len(media)
+    assert worker.stats.adopted_claims == 1

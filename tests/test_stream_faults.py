@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.readers import read_table
 from trapline.services import kafka_io
 from trapline.services.submit import submit_folder
 
@@ -58,21 +58,25 @@ def start_worker(tansu, topic: str, group: str, out: Path) -> subprocess.Popen:
 
 
 def table_rows(out: Path, table: str) -> list[dict]:
-    folder = out / table
-    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    return [row for part in parts for row in pq.read_table(part).to_pylist()]
+    return read_table(str(out), table).to_pylist()
 
 
-def wait_for_rows(out: Path, expected: int, timeout_s: float, workers: list[subprocess.Popen]) -> None:
+def wait_for_rows(
+    out: Path, expected: int, timeout_s: float, workers: list[subprocess.Popen]
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if len(table_rows(out, "media")) + len(table_rows(out, "failures")) >= expected:
             return
         for worker in workers:
             if worker.poll() is not None:
-                raise AssertionError(f"worker exited {worker.returncode}: {worker.stderr.read().decode()[-2000:]}")
+                raise AssertionError(
+                    f"worker exited {worker.returncode}: {worker.stderr.read().decode()[-2000:]}"
+                )
         time.sleep(0.5)
-    raise AssertionError(f"timed out: {len(table_rows(out, 'media'))} media, {len(table_rows(out, 'failures'))} failures, expected {expected}")
+    raise AssertionError(
+        f"timed out: {len(table_rows(out, 'media'))} media, {len(table_rows(out, 'failures'))} failures, expected {expected}"
+    )
 
 
 def stop(workers: list[subprocess.Popen]) -> None:
@@ -89,7 +93,9 @@ def send(tansu, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     producer.close()
 
 
-def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(tansu, kafka_topic, tmp_path):
+def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(
+    tansu, kafka_topic, tmp_path
+):
     topic = kafka_topic("uploads", partitions=4)
     photos = make_photos(tmp_path / "card", 955, deployments=8)
     corrupt = photos[:5]
@@ -97,13 +103,24 @@ def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(tansu
         path.write_bytes(path.read_bytes()[:200])
     good = photos[5:]
     assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 955
-    extra = [(b"dep-1", b'{"schema": "trapline.upload/1", "media_id": ' + str(i).encode()) for i in range(20)]
+    extra = [
+        (b"dep-1", b'{"schema": "trapline.upload/1", "media_id": ' + str(i).encode())
+        for i in range(20)
+    ]
     extra += [
-        (b"dep-0", encode_upload_event(UploadEvent(uri=(tmp_path / f"gone-{i}.jpg").as_uri(), deployment_id="dep-0")))
+        (
+            b"dep-0",
+            encode_upload_event(
+                UploadEvent(uri=(tmp_path / f"gone-{i}.jpg").as_uri(), deployment_id="dep-0")
+            ),
+        )
         for i in range(5)
     ]
     extra += [
-        (p.parent.name.encode(), encode_upload_event(UploadEvent(uri=p.as_uri(), deployment_id=p.parent.name)))
+        (
+            p.parent.name.encode(),
+            encode_upload_event(UploadEvent(uri=p.as_uri(), deployment_id=p.parent.name)),
+        )
         for p in good[:20]
     ]
     send(tansu, topic, extra)
@@ -127,7 +144,9 @@ def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(tansu
 
 
 @pytest.mark.parametrize("seed", [1])
-def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tansu, kafka_topic, tmp_path, seed):
+def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
+    tansu, kafka_topic, tmp_path, seed
+):
     topic = kafka_topic("uploads", partitions=2)
     make_photos(tmp_path / "card", 400, deployments=4, seed=seed)
     assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 400

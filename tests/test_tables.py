@@ -1,6 +1,7 @@
 """Tables: schemas hold, files are complete Parquet that pandas, Polars and DuckDB read."""
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
+from trapline.pipelines.readers import read_table
 from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.tables import TABLES, ModelNames
 from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
@@ -20,7 +22,9 @@ MODELS = ModelNames("det", "1", "cls", "2")
 
 def result(media_id: str, when: datetime | None, *detections: Detection) -> MediaResult:
     ref = MediaRef(uri=f"/photos/d1/{media_id}.jpg", deployment_id="d1")
-    return MediaResult(ref, media_id, media_id * 4, 4000, 3000, when, "Make", "Model", 123, list(detections))
+    return MediaResult(
+        ref, media_id, media_id * 4, 4000, 3000, when, "Make", "Model", 123, list(detections)
+    )
 
 
 def fox() -> Detection:
@@ -50,38 +54,64 @@ def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
     kinds = sorted(tables.failures.column("kind").to_pylist())
     assert kinds == ["duplicate", "truncated"]
     observation = tables.observations.to_pylist()[0]
-    assert observation["scientific_name"] == "Vulpes vulpes" and observation["classified_by"] == "cls/2"
+    assert (
+        observation["scientific_name"] == "Vulpes vulpes"
+        and observation["classified_by"] == "cls/2"
+    )
 
 
-def test_parts_are_readable_by_pandas_polars_and_duckdb_and_carry_the_schema_version(tmp_path):
-    tables = assemble([result("a", None, fox())], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+def test_parts_are_hive_partitioned_and_readable_by_pandas_polars_and_duckdb(tmp_path):
+    when = datetime(2024, 6, 1, 22, 0, 0)
+    tables = assemble(
+        [result("a", when, fox()), result("b", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS
+    )
     sink = ParquetSink(str(tmp_path))
-    path = sink.write("observations", tables.observations, "run1")
-    assert pq.read_schema(path).metadata[b"trapline.schema_version"] == b"1"
-    assert len(pd.read_parquet(tmp_path / "observations")) == 1
-    assert pl.read_parquet(str(tmp_path / "observations" / "*.parquet")).height == 1
-    rows = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/observations/*.parquet')")
-    assert rows.fetchall() == [(1,)]
-    assert not list((tmp_path / "observations").glob(".tmp-*"))
+    paths = sink.write("media", tables.media, "run1")
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
+        "media/deployment=d1/date=2024-06-01/part-run1.parquet",
+        "media/deployment=d1/date=unknown/part-run1.parquet",
+    ]
+    assert pq.read_schema(paths[0]).metadata[b"trapline.schema_version"] == b"1"
+    assert sorted(pd.read_parquet(tmp_path / "media")["media_id"]) == ["a", "b"]
+    assert (
+        pl.read_parquet(str(tmp_path / "media" / "**" / "*.parquet"), hive_partitioning=True).height
+        == 2
+    )
+    rows = duckdb.sql(
+        f"select date, count(*) from read_parquet('{tmp_path}/media/*/*/*.parquet', hive_partitioning=true)"
+        " group by date order by date"
+    )
+    assert rows.fetchall() == [("2024-06-01", 1), ("unknown", 1)]
+    assert read_table(str(tmp_path), "media").num_rows == 2
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_an_empty_table_still_leaves_one_readable_file(tmp_path):
+    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    ParquetSink(str(tmp_path)).write("failures", tables.failures, "run1")
+    assert len(pd.read_parquet(tmp_path / "failures")) == 0
 
 
 def test_a_rerun_replaces_the_previous_parts(tmp_path):
     tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
     sink = ParquetSink(str(tmp_path))
     first = sink.write("media", tables.media, "run1")
-    second = sink.write("media", tables.media, "run2")
-    assert sink.remove_parts_except("media", {second}) == 1
-    assert [p.name for p in (tmp_path / "media").iterdir()] == ["part-run2.parquet"]
+    second = sink.replace("media", tables.media, "run2")
+    assert [Path(p).name for p in sink.part_files("media")] == ["part-run2.parquet"]
     assert first != second
 
 
-def test_create_writes_a_part_only_once_and_keeps_the_winners_metadata(tmp_path):
+def test_create_writes_each_partition_file_only_once(tmp_path):
     tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
     sink = ParquetSink(str(tmp_path))
-    assert sink.create("media", tables.media, "t-00000-00000000000000000010", {"last_offset": "19"})
-    assert not sink.create("media", tables.media, "t-00000-00000000000000000010", {"last_offset": "25"})
-    assert sink.part_metadata("media", "t-00000-00000000000000000010")["last_offset"] == "19"
-    assert sink.part_metadata("media", "t-00000-00000000000000000099") is None
-    assert sink.part_names("media", "t-00000-") == ["t-00000-00000000000000000010"]
-    assert sink.read_column("media", "t-00000-00000000000000000010", "media_id") == ["a"]
-    assert not list((tmp_path / "media").glob(".tmp-*"))
+    [name] = sink.create(
+        "media", tables.media, "t-00000-00000000000000000010", {"last_offset": "19"}
+    )
+    again = assemble([result("z", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    assert sink.create(
+        "media", again.media, "t-00000-00000000000000000010", {"last_offset": "19"}
+    ) == [name]
+    assert sink.file_metadata(name)["last_offset"] == "19"
+    assert read_table(str(tmp_path), "media", columns=["media_id"]).column(0).to_pylist() == ["a"]
+    assert sink.file_metadata("media/nope.parquet") is None
+    assert not list(tmp_path.rglob(".tmp-*"))
