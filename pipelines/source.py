@@ -8,11 +8,13 @@ card dumps are usually arranged), or the root's own name for photos directly in 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fsspec
 
 from trapline.pipelines.types import Failure, MediaRef, StageError
+from trapline.pipelines.uri_safety import check_uri
 
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
@@ -59,8 +61,10 @@ def list_media(root: str) -> Listing:
     return listing
 
 
-def read_bytes(uri: str, max_bytes: int) -> bytes:
-    """The object's bytes, refusing missing objects and files above `max_bytes`."""
+def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> bytes:
+    """The object's bytes, refusing URIs outside the storage roots (`uri_safety`; default:
+    this process's configured roots), missing objects and files above `max_bytes`."""
+    check_uri(uri, roots)
     try:
         with fsspec.open(uri, "rb") as handle:
             data = handle.read(max_bytes + 1)
