@@ -91,9 +91,8 @@ def test_every_photo_lands_in_exactly_one_folder_matching_its_label(sample, tmp_
         assert len(placed) == 1, f"{uri} is in {placed}"
         assert placed[0].parent.parent.name == folder
         assert placed[0].read_bytes() == source.read_bytes()
-    assert {"blank", "human", "vehicle", "undefined", "fox", "red_deer"} <= {
-        p.name for p in into.iterdir()
-    }
+    assert {p.name for p in into.iterdir()} - {LOG_FOLDER} == set(expected.values())
+    assert {"blank", "human", "vehicle"} <= set(expected.values())  # the sample has all three
     log = Path(report.log).read_text().splitlines()
     assert len(log) == 1 + len(expected) and log[0].startswith("media_id,label,action,status")
 
