@@ -2,7 +2,8 @@
 
     read -> decode (+EXIF) -> letterbox + detect + NMS -> square crops + classify -> results
     ... all batches done ...
-    dedupe -> timestamps -> sequences + event votes -> media / observations / events / failures
+    dedupe -> timestamps -> static boxes -> sequences + event votes
+    -> geofence, roll-up, smoothing -> media / observations / events / failures
 
 `PhotoPipeline.process` is what every worker runs on a batch (a Ray actor in folder runs, a
 Kafka consumer actor in service mode); `assemble` turns all results into tables. Errors are
@@ -23,6 +24,7 @@ from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import detect_frames
+from trapline.pipelines.postprocess import PostprocessOptions, apply_postprocessing, find_static
 from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.tables import (
@@ -188,7 +190,7 @@ def assemble(
     models: ModelNames,
     labels: tuple[str, ...],
 ) -> Tables:
-    """Dedupe, place in time, group into events and build the four tables."""
+    """Dedupe, place in time, flag static boxes, group into events, post-process, build tables."""
     unique: dict[str, MediaResult] = {}
     failures = list(failures)
     for result in results:
@@ -210,14 +212,25 @@ def assemble(
     options = SequenceOptions(
         gap_seconds=settings.sequence_gap_s, threshold=settings.sequence_threshold
     )
+    post = PostprocessOptions.from_settings(settings)
+    static = find_static(
+        [(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, *_ in placed], post
+    )
     events = build_events(
-        [SequenceItem(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, *_ in placed],
+        [
+            SequenceItem(r.media_id, r.ref.deployment_id, ts, static.kept(r.media_id, r.detections))
+            for r, ts, *_ in placed
+        ],
         labels,
         options,
     )
+    decisions = apply_postprocessing(
+        [r for r, *_ in placed], events, static, deployments, labels, post
+    )
     event_of: dict[str, Event] = {m: e for e in events for m in e.media_ids}
     rows = [
-        PlacedMedia(r, ts, source, issue, event_of[r.media_id]) for r, ts, source, issue in placed
+        PlacedMedia(r, ts, source, issue, event_of[r.media_id], decisions[r.media_id])
+        for r, ts, source, issue in placed
     ]
     processed_at = datetime.now(timezone.utc)
     return Tables(

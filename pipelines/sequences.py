@@ -49,6 +49,12 @@ class Event:
     probability: float | None = None
     classified_frames: int = 0  # frames whose logits went into the vote
     extra: dict = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # the vote over all classes, for roll-up/geofence
+    vote_label: str | None = None  # the vote's own answer, before post-processing
+    label_source: str | None = None  # sequence | rollup | geofence (pipelines/postprocess)
+    rule: str | None = None  # the roll-up or geofence rule that changed `label`, if any
+    scientific_name: str | None = None  # of the final `label`; None: look `label` up
+    taxon_rank: str | None = None
 
 
 def media_observation_type(detections: list[Detection]) -> str:
@@ -128,6 +134,8 @@ def label_event(
             event.probability = round(float(probabilities[best]), 4)
             event.label = labels[best] if event.probability >= options.threshold else UNDEFINED
             event.classified_frames = len(frame_logits)
+            event.probabilities = probabilities
+            event.vote_label, event.label_source = event.label, "sequence"
     elif person_frames or vehicle_frames:
         event.observation_type = "human" if person_frames >= vehicle_frames else "vehicle"
     return event
@@ -136,4 +144,6 @@ def label_event(
 def build_events(
     items: list[SequenceItem], labels: tuple[str, ...], options: SequenceOptions
 ) -> list[Event]:
-    return [label_event(group, labels, options) for group in group_sequences(items, options.gap_seconds)]
+    return [
+        label_event(group, labels, options) for group in group_sequences(items, options.gap_seconds)
+    ]

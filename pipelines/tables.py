@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from trapline.models.labels import SCIENTIFIC_NAMES
+from trapline.pipelines.postprocess.decision import Decision
 from trapline.pipelines.sequences import Event, media_observation_type
 from trapline.pipelines.types import Failure, MediaResult
 
@@ -42,6 +43,7 @@ MEDIA = pa.schema([
     _field("animal_count", pa.int16(), "Animal detections kept in this photo.", False),
     _field("person_count", pa.int16(), "Person detections kept in this photo.", False),
     _field("vehicle_count", pa.int16(), "Vehicle detections kept in this photo.", False),
+    _field("static_count", pa.int16(), "Detections flagged static (repeat detections of scenery), left out of the counts above and of observation_type.", False),
     _field("file_public", pa.bool_(), "False when a person was detected: the photo must not be published (Camtrap DP filePublic).", False),
     _field("event_id", pa.string(), "Sequence (event) this photo belongs to; see the events table.", False),
     _field("event_label", pa.string(), "The event's label (sequence-level vote); null unless an animal event.", True),
@@ -65,12 +67,19 @@ OBSERVATIONS = pa.schema([
     _field("bbox_y", pa.float32(), "Box top edge, relative to photo height.", False),
     _field("bbox_width", pa.float32(), "Box width, relative to photo width.", False),
     _field("bbox_height", pa.float32(), "Box height, relative to photo height.", False),
-    _field("label", pa.string(), "Classifier label of this box, 'undefined' below the threshold; null for people, vehicles and unclassified boxes."),
+    _field("label", pa.string(), "Final label of this box after post-processing (docs/postprocessing.md): a classifier label, a higher taxon's scientific name after roll-up or geofencing (e.g. 'Cervidae'), or 'undefined'; null for people, vehicles, unclassified and static boxes."),
     _field("scientific_name", pa.string(), "Scientific name of `label` (Camtrap DP scientificName)."),
+    _field("taxon_rank", pa.string(), "Rank of `scientific_name`: species | genus | family | order | class (Camtrap DP taxonRank)."),
+    _field("label_source", pa.string(), "Where `label` came from: classifier | image (photo smoothing) | sequence (event vote) | rollup | geofence; null when no label."),
+    _field("rule", pa.string(), "The post-processing rule that changed the label, in words (e.g. 'geofence: Rangifer tarandus allowed only in ...'); null if none did."),
+    _field("label_probability", pa.float32(), "Probability of `label`: the classifier's, the event vote's, or the summed probability of a rolled-up taxon."),
+    _field("classifier_label", pa.string(), "The classifier's own answer for this box before post-processing, 'undefined' below the threshold."),
     _field("classification_probability", pa.float32(), "Softmax probability of the top class, 0-1."),
     _field("top_labels", pa.list_(pa.string()), "Top-k labels, most probable first."),
     _field("top_probabilities", pa.list_(pa.float32()), "Their probabilities."),
     _field("classified_by", pa.string(), "Classifier name/version; null when not classified."),
+    _field("is_static", pa.bool_(), "True: a repeat detection at one place across many photos and a long span (scenery); excluded from labels, counts and the event vote. Review with `trapline postprocess-report`.", False),
+    _field("static_group", pa.string(), "The static place this box belongs to (same id for all its boxes); null if not static."),
 ])  # fmt: skip
 
 EVENTS = pa.schema([
@@ -82,7 +91,11 @@ EVENTS = pa.schema([
     _field("observation_type", pa.string(), "animal | human | vehicle | blank, by DeepFaune's sequence rules.", False),
     _field("label", pa.string(), "Sequence-level species vote, 'undefined' below the threshold."),
     _field("scientific_name", pa.string(), "Scientific name of `label`."),
-    _field("probability", pa.float32(), "Probability of the voted class after temperature scaling."),
+    _field("taxon_rank", pa.string(), "Rank of `scientific_name`: species | genus | family | order | class."),
+    _field("label_source", pa.string(), "sequence (the vote) | rollup | geofence: what decided `label`."),
+    _field("rule", pa.string(), "The roll-up or geofence rule that changed the vote's label, in words; null if none."),
+    _field("vote_label", pa.string(), "The vote's own label before roll-up and geofencing."),
+    _field("probability", pa.float32(), "Probability of `label`: the voted class after temperature scaling, or the summed probability of a rolled-up taxon."),
     _field("classified_frames", pa.int32(), "Frames whose logits entered the vote.", False),
 ])  # fmt: skip
 
@@ -115,6 +128,17 @@ class PlacedMedia:
     timestamp_source: str  # event | exif | none
     timestamp_issue: str | None
     event: Event
+    decisions: list[Decision] | None = None  # one per detection (postprocess); None: raw labels
+
+    def box_decisions(self) -> list[Decision]:
+        """The post-processing decisions, or the classifier's raw answers when there are none."""
+        if self.decisions is not None:
+            return self.decisions
+        return [
+            Decision(d.label, d.probability, "classifier" if d.label else None,
+                     scientific_name=SCIENTIFIC_NAMES.get(d.label or ""))
+            for d in self.result.detections
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,10 +155,9 @@ def media_table(
     rows = []
     for p in placed:
         result, event = p.result, p.event
-        counts = {
-            c: sum(d.category == c for d in result.detections)
-            for c in ("animal", "person", "vehicle")
-        }
+        static = [decision.is_static for decision in p.box_decisions()]
+        kept = [d for d, is_static in zip(result.detections, static) if not is_static]
+        counts = {c: sum(d.category == c for d in kept) for c in ("animal", "person", "vehicle")}
         rows.append({
             "media_id": result.media_id, "deployment_id": result.ref.deployment_id,
             "uri": result.ref.uri, "timestamp": p.timestamp, "timestamp_source": p.timestamp_source,
@@ -142,9 +165,10 @@ def media_table(
             "sha256": result.sha256, "width": result.width, "height": result.height,
             "byte_size": result.byte_size, "camera_make": result.camera_make,
             "camera_model": result.camera_model,
-            "observation_type": media_observation_type(result.detections),
+            "observation_type": media_observation_type(kept),
             "animal_count": counts["animal"], "person_count": counts["person"],
-            "vehicle_count": counts["vehicle"], "file_public": counts["person"] == 0,
+            "vehicle_count": counts["vehicle"], "static_count": sum(static),
+            "file_public": counts["person"] == 0,
             "event_id": event.event_id,
             "event_label": event.label, "detector": models.detector,
             "detector_version": models.detector_version, "classifier": models.classifier,
@@ -159,17 +183,20 @@ def observations_table(placed: Iterable[PlacedMedia], models: ModelNames) -> pa.
     rows = []
     for p in placed:
         result, event, timestamp = p.result, p.event, p.timestamp
-        for index, d in enumerate(result.detections):
+        for index, (d, final) in enumerate(zip(result.detections, p.box_decisions())):
             rows.append({
                 "observation_id": f"{result.media_id}-{index}", "media_id": result.media_id,
                 "deployment_id": result.ref.deployment_id, "event_id": event.event_id,
                 "timestamp": timestamp, "category": d.category, "detection_conf": d.confidence,
                 "bbox_x": d.bbox[0], "bbox_y": d.bbox[1], "bbox_width": d.bbox[2],
-                "bbox_height": d.bbox[3], "label": d.label,
-                "scientific_name": SCIENTIFIC_NAMES.get(d.label or ""),
+                "bbox_height": d.bbox[3], "label": final.label,
+                "scientific_name": final.scientific_name, "taxon_rank": final.taxon_rank,
+                "label_source": final.source, "rule": final.rule,
+                "label_probability": final.probability, "classifier_label": d.label,
                 "classification_probability": d.probability,
                 "top_labels": d.top_labels or None, "top_probabilities": d.top_probabilities or None,
                 "classified_by": classified_by if d.label is not None else None,
+                "is_static": final.is_static, "static_group": final.static_group,
             })  # fmt: skip
     return pa.Table.from_pylist(rows, schema=OBSERVATIONS)
 
@@ -184,7 +211,11 @@ def events_table(events: Iterable[Event]) -> pa.Table:
             "media_count": len(e.media_ids),
             "observation_type": e.observation_type,
             "label": e.label,
-            "scientific_name": SCIENTIFIC_NAMES.get(e.label or ""),
+            "scientific_name": e.scientific_name or SCIENTIFIC_NAMES.get(e.label or ""),
+            "taxon_rank": e.taxon_rank,
+            "label_source": e.label_source,
+            "rule": e.rule,
+            "vote_label": e.vote_label,
             "probability": e.probability,
             "classified_frames": e.classified_frames,
         }  # fmt: skip

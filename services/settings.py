@@ -124,6 +124,82 @@ class Settings(BaseSettings):
         description="Deployments (CSV, YAML, JSON or a folder of them; path or URL): each camera's UTC offset or IANA zone, coordinates, country, period. See pipelines/deployments.py.",
     )
 
+    # Post-processing (docs/postprocessing.md); per program: one YAML settings file each
+    postprocess_enabled: bool = Field(
+        True,
+        description="Master switch: false keeps every label as the classifier gave it (no static flags, roll-up, geofence or smoothing).",
+    )
+    static_enabled: bool = Field(
+        True,
+        description="Flag repeat detections (a box at one place in many photos over a long span) as static: kept in observations, left out of labels, counts and the event vote.",
+    )
+    static_iou: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Boxes overlapping this much are the same place (MegaDetector RDE iouThreshold).",
+    )
+    static_min_count: int = Field(
+        20,
+        ge=2,
+        description="Photos of one deployment with a box at one place before it is static (RDE occurrenceThreshold).",
+    )
+    static_min_span_h: float = Field(
+        24.0,
+        ge=0,
+        description="... and hours between the first and last of them (an animal moves on, a rock does not).",
+    )
+    static_max_area: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Boxes larger than this fraction of the photo are never static (RDE maxSuspiciousDetectionSize).",
+    )
+    static_min_confidence: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Boxes below this detector score are not considered static (RDE confidenceMin).",
+    )
+    rollup_enabled: bool = Field(
+        True,
+        description="Roll 'undefined' predictions up to a common ancestor (red deer 0.45 + roe deer 0.40 -> Cervidae).",
+    )
+    rollup_threshold: float = Field(
+        0.8, ge=0, le=1, description="Summed probability an ancestor needs to be the label."
+    )
+    rollup_ranks: list[Literal["genus", "family", "order", "class"]] = Field(
+        ["genus", "family", "order", "class"], description="Ranks tried for the roll-up, in order."
+    )
+    geofence_enabled: bool = Field(
+        True,
+        description="Species blocked in the deployment's country roll up to their nearest allowed ancestor.",
+    )
+    geofence_file: str | None = Field(
+        None,
+        description="Allow/block rules per taxon and country (CSV, see pipelines/postprocess/geofence.csv, the default).",
+    )
+    geofence_from_coordinates: bool = Field(
+        True,
+        description="Deployments without a country get the one at their coordinates (offline, coarse near borders).",
+    )
+    postprocess_smooth_image: bool = Field(
+        True,
+        description="Relabel a photo's odd boxes with its dominant class (MegaDetector image-level smoothing).",
+    )
+    postprocess_smooth_sequence: bool = Field(
+        True,
+        description="Give the event vote's label to its boxes (DeepFaune), keeping second animals.",
+    )
+    postprocess_min_dominant: int = Field(
+        2, ge=1, description="Confident boxes a photo's dominant class needs to relabel the others."
+    )
+    postprocess_max_nondominant: int = Field(
+        1,
+        ge=0,
+        description="A class with more confident boxes than this in a photo or event is a second animal and is kept.",
+    )
+
     # Output
     output_compression: str = Field("zstd", description="Parquet compression codec.")
 
@@ -145,10 +221,6 @@ class Settings(BaseSettings):
     s3_verify: bool | str = Field(True, description="Verify TLS: true, false, or a CA bundle file.")
     s3_addressing_style: Literal["path", "virtual", "auto"] | None = Field(
         None, description="Unset: path for a custom endpoint, virtual on AWS."
-    )
-    storage_roots: list[str] = Field(
-        default_factory=list,
-        description='Only photos below these are read, e.g. ["s3://camtraps/uploads/", "/data/cards"] (JSON list in TRAPLINE_STORAGE_ROOTS); empty: any local file or bucket, never http(s). See docs/security.md.',
     )
 
     # Service mode: Kafka in (`trapline serve`)
