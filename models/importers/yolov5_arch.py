@@ -174,10 +174,11 @@ class Detect(nn.Module):
 
     def _make_grid(self, nx: int, ny: int, i: int, dtype, device):
         shape = 1, self.na, ny, nx, 2
-        y = torch.arange(ny, device=device, dtype=dtype)
-        x = torch.arange(nx, device=device, dtype=dtype)
+        # float32 ranges, then cast: ONNX Range has no float16 (an fp16 export would not load).
+        y = torch.arange(ny, device=device, dtype=torch.float32)
+        x = torch.arange(nx, device=device, dtype=torch.float32)
         yv, xv = torch.meshgrid(y, x, indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        grid = (torch.stack((xv, yv), 2).expand(shape) - 0.5).to(dtype)
         anchors = (self.anchors[i] * self.stride[i]).to(dtype)
         return grid, anchors.view((1, self.na, 1, 1, 2)).expand(shape)
 
