@@ -8,12 +8,14 @@ Bookkeeping files and folders start with `_` or `.` and are skipped, as every Pa
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from trapline.pipelines.tables import TABLES
@@ -34,14 +36,37 @@ def read_table(
     schema = TABLES[table]
     fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
     folder = f"{path.rstrip('/')}/{table}"
-    if not fs.exists(folder):
+    fs.invalidate_cache(folder)  # another process (a worker, compaction) may have changed it
+    files = visible_part_files(fs, folder)[0] if fs.exists(folder) else []
+    if not files:
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns else empty
     dataset = ds.dataset(
-        folder,
+        files,
         schema=schema,  # partition folders (deployment=, date=) are for pruning, not columns
         format="parquet",
         filesystem=PyFileSystem(FSSpecHandler(fs)),
-        ignore_prefixes=[".", "_"],
     )
     return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
+
+
+def visible_part_files(fs: Any, folder: str) -> tuple[list[str], list[str]]:
+    """A table folder's part files, split into (visible, replaced by a compacted file).
+
+    On object stores `trapline compact` deletes a folder's inputs after writing their merged
+    file (services/compact.py); until it has, both are listed, and this keeps the merged one.
+    """
+    files = [
+        p
+        for p in fs.find(folder)
+        if p.endswith(".parquet")
+        and not any(c.startswith(("_", ".")) for c in p[len(folder) :].split("/"))
+    ]
+    replaced: set[str] = set()
+    for path in files:
+        if posixpath.basename(path).startswith("part-compact-"):
+            with fs.open(path, "rb") as handle:
+                metadata = pq.read_schema(handle).metadata or {}
+            names = metadata.get(b"trapline.replaces", b"").decode().split("\n")
+            replaced.update(posixpath.join(posixpath.dirname(path), n) for n in names if n)
+    return sorted(p for p in files if p not in replaced), sorted(p for p in files if p in replaced)

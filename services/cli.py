@@ -290,6 +290,23 @@ def report_cmd(
         json_summary.write_text(json.dumps(asdict(summary), indent=2))
 
 
+@app.command()
+def compact(
+    results: str = typer.Argument(..., help="Results folder or URL."),
+    table: list[str] = typer.Option(None, help="Only these tables (repeatable); default all four."),
+    min_files: int = typer.Option(2, help="Leave partition folders with fewer part files alone."),
+    min_age: float = typer.Option(0.0, help="Only folders whose newest file is at least this old, seconds."),
+) -> None:
+    """Merge each partition folder's part files into one; readers never see a half-done folder."""
+    from trapline.services.compact import compact as run_compact
+
+    report = run_compact(results, table or None, min_files, min_age)
+    console.print(
+        f"compacted {report.folders} folders: {report.files_before} files -> {report.files_after}, "
+        f"{report.rows} rows ({report.retried} retried after a concurrent write)"
+    )
+
+
 models_app = typer.Typer(help="Model files and the Triton model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 models_app.add_typer(import_app, name="import")  # models/importers/cli.py
@@ -347,6 +364,88 @@ def tables_doc(out: Path = typer.Option(Path("docs/tables.md"))) -> None:
 
     out.write_text(table_reference())
     console.print(f"wrote {out}")
+
+
+@app.command("postprocess-report")
+def postprocess_report(
+    results: str = typer.Argument(..., help="Results folder or fsspec URL (the tables of a run)."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
+) -> None:
+    """Static (repeat) detections suppressed per deployment, for review (docs/postprocessing.md)."""
+    from rich.table import Table
+
+    from trapline.pipelines.postprocess.report import static_report, to_csv
+
+    rows = static_report(results)
+    table = Table("deployment", "group", "category", "photos", "first", "last", "box x,y,w,h", "examples")
+    for r in rows:
+        box = ",".join(f"{r[k]:.2f}" for k in ("bbox_x", "bbox_y", "bbox_width", "bbox_height"))
+        table.add_row(r["deployment_id"], r["static_group"], r["category"], str(r["photos"]),
+                      r["first"] or "-", r["last"] or "-", box, r["examples"].replace(" ", "\n"))  # fmt: skip
+    console.print(table if rows else "no static detections")
+    if csv_out is not None:
+        csv_out.write_text(to_csv(rows))
+        console.print(f"wrote {csv_out} ({len(rows)} rows)")
+
+
+api_app = typer.Typer(help="The self-service upload API (docs/api.md).", invoke_without_command=True)
+app.add_typer(api_app, name="api")
+
+
+@api_app.callback()
+def api(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    host: str | None = typer.Option(None, help="Address to listen on (TRAPLINE_API_HOST)."),
+    port: int | None = typer.Option(None, help="Port to listen on (TRAPLINE_API_PORT)."),
+) -> None:
+    """Serve the upload API on Ray Serve (with no subcommand), until SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from trapline.services.api_serve import serve_api
+
+    logging.basicConfig(level=logging.INFO, format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}')
+    settings = load_settings(config, api_host=host, api_port=port)
+    console.print_json(json.dumps(settings.echo()))
+    serve_api(settings)
+
+
+@api_app.command("add-program")
+def api_add_program(
+    name: str = typer.Argument(..., help="Program name: lower-case letters, digits and '-'."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    registry: str | None = typer.Option(None, help="Registry path or URL (TRAPLINE_API_REGISTRY)."),
+) -> None:
+    """Create a program and print its API token once (only its hash is stored)."""
+    _api_token(name, config, registry, new_program=True)
+
+
+@api_app.command("add-token")
+def api_add_token(
+    name: str = typer.Argument(..., help="An existing program."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    registry: str | None = typer.Option(None, help="Registry path or URL (TRAPLINE_API_REGISTRY)."),
+) -> None:
+    """Give a program another token (rotation); print it once."""
+    _api_token(name, config, registry, new_program=False)
+
+
+def _api_token(name: str, config: Path | None, registry: str | None, *, new_program: bool) -> None:
+    from trapline.services.api_registry import Registry, RegistryError
+    from trapline.services.object_store import configure_fsspec
+
+    settings = load_settings(config, api_registry=registry)
+    configure_fsspec(settings)
+    store = Registry(settings.api_registry)
+    try:
+        token = store.add_program(name) if new_program else store.add_token(name)
+    except RegistryError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(f"token for program {name!r} (shown once; only its sha256 is stored in {settings.api_registry}):")
+    typer.echo(token)
 
 
 demo = typer.Typer(help="The demo models and the sample photos.", no_args_is_help=True)
