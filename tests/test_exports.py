@@ -130,6 +130,30 @@ def test_a_photo_without_capture_time_is_left_out_and_listed_and_the_rest_stays_
     assert validate_package(tmp_path).errors == []
 
 
+def test_static_boxes_are_not_observations_and_rolled_up_taxa_keep_their_rank(sample_run, tmp_path):
+    results = copy.deepcopy(read_results(sample_run))
+    animals = [o for o in results.observations if o["category"] == "animal" and o["top_labels"]]
+    static, rolled = animals[0], animals[1]
+    static["is_static"] = True
+    rolled.update(label="Cervidae", scientific_name="Cervidae", taxon_rank="family",
+                  classifier_label=rolled["top_labels"][0], label_probability=0.97)  # fmt: skip
+    tables = build_tables(results, load_deployments(str(DEPLOYMENTS)), ("media",))
+    package = descriptor(tables, read_metadata(None), ("media",), "x")
+    write_package(tmp_path, tables, package)
+
+    assert validate_package(tmp_path).errors == []
+    ids = {o["observationID"]: o for o in tables.observations}
+    assert static["observation_id"] not in ids
+    assert ids[rolled["observation_id"]]["scientificName"] == "Cervidae"
+    assert ids[rolled["observation_id"]]["classificationProbability"] == pytest.approx(0.97)
+    cervidae = next(t for t in package["taxonomic"] if t["scientificName"] == "Cervidae")
+    assert cervidae == {"scientificName": "Cervidae", "taxonRank": "family",
+                        "vernacularNames": {"eng": rolled["top_labels"][0]}}  # fmt: skip
+    document, _ = megadetector_document(results)  # the JSON keeps every box, static ones too
+    assert sum(len(i["detections"] or []) for i in document["images"]) == len(results.observations)
+    assert "Cervidae" not in document["classification_categories"].values()
+
+
 def test_the_validator_reports_what_the_official_schemas_refuse(sample_run, tmp_path):
     export_camtrap_dp(sample_run, str(tmp_path), str(DEPLOYMENTS))
     media = (tmp_path / "media.csv").read_text().splitlines()

@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 import yaml
 
-from trapline.services.exports.camtrap_rows import CamtrapTables
+from trapline.services.exports.camtrap_rows import CamtrapTables, Taxa
 from trapline.services.exports.common import ExportError
 
 VERSION = "1.0.2"
@@ -41,6 +41,7 @@ RANKS = {
     "Aves": "class", "Lagomorpha": "order", "Rodentia": "order", "Equidae": "family",
     "Mustelidae": "family",
 }  # fmt: skip
+TAXON_RANKS = {"kingdom", "phylum", "class", "order", "family", "genus", "species", "subspecies"}
 PLACEHOLDER = "TO FILL IN"
 
 
@@ -158,15 +159,18 @@ def temporal(media: list[dict[str, Any]]) -> dict[str, str]:
     return {"start": dates[0], "end": dates[-1]}
 
 
-def taxonomic(taxa: dict[str, str]) -> list[dict[str, Any]]:
+def taxonomic(taxa: Taxa) -> list[dict[str, Any]]:
+    """Each scientific name written, with its rank (the tables' `taxon_rank` when they have
+    it) and the classifier's English label as vernacular name."""
     entries = []
-    for name in sorted(taxa):
+    for name in sorted(taxa.labels):
         entry: dict[str, Any] = {"scientificName": name}
-        rank = RANKS.get(name) or ("species" if len(name.split()) == 2 else None)
-        if rank:
+        rank = taxa.ranks.get(name) or RANKS.get(name)
+        rank = rank or ("species" if len(name.split()) == 2 else None)
+        if rank in TAXON_RANKS:
             entry["taxonRank"] = rank
-        if taxa[name] and taxa[name] != name:
-            entry["vernacularNames"] = {"eng": taxa[name]}
+        if taxa.labels[name] != name:
+            entry["vernacularNames"] = {"eng": taxa.labels[name]}
         entries.append(entry)
     return entries
 

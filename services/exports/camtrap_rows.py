@@ -51,13 +51,26 @@ class Excluded:
 
 
 @dataclass
+class Taxa:
+    """The taxa written: scientific name -> the classifier's English label, and -> rank."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    ranks: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, label: str | None, rank: str | None = None) -> None:
+        self.labels.setdefault(name, label or name)
+        if rank:
+            self.ranks.setdefault(name, rank)
+
+
+@dataclass
 class CamtrapTables:
     deployments: list[dict[str, Any]]
     media: list[dict[str, Any]]
     observations: list[dict[str, Any]]
     excluded: Excluded
     notes: list[str]  # what was filled in for the user to check (deployment periods, ...)
-    taxa: dict[str, str]  # scientific name -> our label (vernacular name)
+    taxa: Taxa
 
 
 def build_tables(
@@ -69,7 +82,7 @@ def build_tables(
 ) -> CamtrapTables:
     """Map our tables to Camtrap DP's. `levels`: observationLevel rows to write.
     `media_url`: replaces `base` at the start of each photo's URI (where the photos are published)."""
-    excluded, notes, taxa = Excluded(), [], {}
+    excluded, notes, taxa = Excluded(), [], Taxa()
     dated = []
     for row in results.media:
         if row["timestamp"] is None:
@@ -148,7 +161,7 @@ def _media_row(row: dict[str, Any], zones: dict[str, tzinfo], media_url: str | N
     }
 
 
-def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str, tzinfo], taxa: dict[str, str]) -> list[dict[str, Any]]:  # fmt: skip
+def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str, tzinfo], taxa: Taxa) -> list[dict[str, Any]]:  # fmt: skip
     """One row per detection; a photo without detections gets one `blank` row."""
     by_media = results.observations_by_media()
     rows = []
@@ -161,7 +174,9 @@ def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
             "classificationTimestamp": utc_z(media["processed_at"]),
         }  # fmt: skip
         detector = f"{media['detector']}/{media['detector_version']}"
-        detections = by_media.get(media["media_id"], [])
+        # Static boxes (scenery seen in many photos, `is_static`) are not observations; the
+        # photo's observation_type already leaves them out. They stay in the MegaDetector JSON.
+        detections = [o for o in by_media.get(media["media_id"], []) if not o.get("is_static")]
         if not detections:
             rows.append({**common, "observationID": f"{media['media_id']}-blank",
                          "observationType": "blank", "classifiedBy": detector})  # fmt: skip
@@ -169,20 +184,33 @@ def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
             kind = OBSERVATION_TYPES[obs["category"]]
             name = obs["scientific_name"] if kind == "animal" else None
             if name:
-                taxa.setdefault(name, obs["label"])
+                taxa.add(name, _vernacular(obs), obs.get("taxon_rank"))
             rows.append({
                 **common, "observationID": obs["observation_id"], "observationType": kind,
                 "scientificName": name, "count": 1,
                 "bboxX": _number(obs["bbox_x"]), "bboxY": _number(obs["bbox_y"]),
                 "bboxWidth": _number(obs["bbox_width"]), "bboxHeight": _number(obs["bbox_height"]),
                 "classifiedBy": obs["classified_by"] if name else detector,
-                # The species' probability when named, else the detector's score for the type.
+                # The label's probability when named, else the detector's score for the type.
                 "classificationProbability": _number(
-                    obs["classification_probability"] if name else obs["detection_conf"]
+                    _label_probability(obs) if name else obs["detection_conf"]
                 ),
                 "observationTags": _tags(obs),
             })  # fmt: skip
     return rows
+
+
+def _vernacular(obs: dict[str, Any]) -> str:
+    """The classifier's own (English) label for the taxon; after a roll-up `label` is the
+    higher taxon's scientific name, and `classifier_label` the classifier's answer."""
+    return obs["label"] if obs["label"] != obs["scientific_name"] else obs.get("classifier_label") or obs["label"]  # fmt: skip
+
+
+def _label_probability(obs: dict[str, Any]) -> float | None:
+    """Post-processing's probability of the final label when the tables have it."""
+    if obs.get("label_probability") is not None:
+        return obs["label_probability"]
+    return obs["classification_probability"]
 
 
 def _tags(obs: dict[str, Any]) -> str:
@@ -193,14 +221,12 @@ def _tags(obs: dict[str, Any]) -> str:
     return " | ".join(tags)
 
 
-def _event_level(results: Results, dated: list[dict[str, Any]], zones: dict[str, tzinfo], taxa: dict[str, str], excluded: Excluded) -> list[dict[str, Any]]:  # fmt: skip
+def _event_level(results: Results, dated: list[dict[str, Any]], zones: dict[str, tzinfo], taxa: Taxa, excluded: Excluded) -> list[dict[str, Any]]:  # fmt: skip
     """One row per event (sequence): its voted species, and its count = most boxes in one photo."""
     photos: dict[str, list[dict[str, Any]]] = {}
     for media in dated:
         photos.setdefault(media["event_id"], []).append(media)
-    labels = {
-        o["scientific_name"]: o["label"] for o in results.observations if o["scientific_name"]
-    }
+    labels = {o["scientific_name"]: _vernacular(o) for o in results.observations if o["scientific_name"]}  # fmt: skip
     rows = []
     for event in results.events:
         members = photos.get(event["event_id"], [])
@@ -211,7 +237,8 @@ def _event_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
         kind = event["observation_type"]
         name = event["scientific_name"] if kind == "animal" else None
         if name:
-            taxa.setdefault(name, event["label"] or labels.get(name, name))
+            label = event["label"] if event["label"] != name else labels.get(name)
+            taxa.add(name, label or labels.get(name), event.get("taxon_rank"))
         count = max(m[COUNT_COLUMN[kind]] for m in members) if kind in COUNT_COLUMN else None
         first = members[0]
         named = bool(name)

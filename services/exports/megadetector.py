@@ -126,9 +126,7 @@ def _classification_labels(results: Results) -> list[str]:
     """The classifier's classes in its own order (DeepFaune's), then any others it produced."""
     seen: set[str] = set()
     for row in results.observations:
-        seen.update(row.get("top_labels") or ())
-        if row.get("label") and row["label"] != "undefined":
-            seen.add(row["label"])
+        seen.update(_classes(row)[0])
     if not seen:
         return []
     return list(DEEPFAUNE_LABELS) + sorted(seen - set(DEEPFAUNE_LABELS))
@@ -143,10 +141,7 @@ def _detection(row: dict[str, Any], label_ids: dict[str, str]) -> dict[str, Any]
             for name in ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
         ],
     }
-    classes = row.get("top_labels") or []
-    probabilities = row.get("top_probabilities") or []
-    if not classes and row.get("label") not in (None, "undefined"):
-        classes, probabilities = [row["label"]], [row["classification_probability"]]
+    classes, probabilities = _classes(row)
     if classes:
         pairs = sorted(zip(classes, probabilities), key=lambda pair: -pair[1])
         detection["classifications"] = [
@@ -155,6 +150,17 @@ def _detection(row: dict[str, Any], label_ids: dict[str, str]) -> dict[str, Any]
     if row.get("frame_number") is not None:
         detection["frame_number"] = int(row["frame_number"])
     return detection
+
+
+def _classes(row: dict[str, Any]) -> tuple[list[str], list[float]]:
+    """The classifier's own answers for a box: its top-k, else its single label. Labels set by
+    post-processing (a rolled-up taxon, a geofence) are not classifier classes and stay out."""
+    if row.get("top_labels"):
+        return list(row["top_labels"]), list(row["top_probabilities"] or [])
+    label = row.get("classifier_label", row.get("label"))
+    if label in (None, "undefined") or row.get("classification_probability") is None:
+        return [], []
+    return [label], [row["classification_probability"]]
 
 
 def _info(
