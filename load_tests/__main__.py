@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mode in ("all", "folder"):
         for count in counts:
             say(f"folder run, {count} worker(s)")
-            run = run_folder_bench(photos, settings.model_copy(update={"workers": count}))
+            run = run_folder_bench(
+                photos, settings.model_copy(update={"workers": count}), sum(costs.values()), cores
+            )
             result["scaling"].append(run)
         result["folder"] = result["scaling"][-1]
         measured = result["folder"]["photos_per_second_steady"]

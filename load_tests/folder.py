@@ -21,15 +21,58 @@ def folder_size(path: Path) -> int:
 
 
 def ray_workers() -> dict[str, int]:
-    """This run's pipeline actors (our own Ray's processes) and the driver."""
+    """This run's pipeline actors, the rest of our own Ray (raylet, GCS, idle workers: `ray-`),
+    and the driver; never another user's Ray on the same machine."""
     found = {"driver": os.getpid()}
     for pid in descendants(os.getpid()):
-        if cmdline(pid).startswith("ray::PipelineActor"):
-            found[f"worker-{pid}"] = pid
+        kind = "worker" if cmdline(pid).startswith("ray::PipelineActor") else "ray"
+        found[f"{kind}-{pid}"] = pid
     return found
 
 
-def run_folder_bench(paths: list[Path], settings: Settings) -> dict:
+def cpu_split(
+    sampler: ProcessSampler, t0: float, t1: float, cores: int, ideal_cpu_s: float
+) -> dict:
+    """Where the cores went in [t0, t1]: efficiency = work efficiency x core share.
+
+    core share = CPU our processes got / (cores x seconds): below 1 when the cores were idle
+    (serial phases, a worker waiting) or taken by other users of a shared machine;
+    work efficiency = CPU the stages cost alone / CPU our processes spent: below 1 for the
+    pipeline's own overhead (Ray, driver, contention that makes each stage dearer).
+    """
+    labels = list(sampler.samples)
+    workers = [label for label in labels if label.startswith("worker-")]
+    ray = [label for label in labels if label.startswith("ray-")]
+    used = {
+        "workers": sampler.cpu_seconds(workers, t0, t1),
+        "driver": sampler.cpu_seconds(["driver"], t0, t1),
+        "ray_system": sampler.cpu_seconds(ray, t0, t1),
+    }
+    spent = sum(used.values())
+    seconds = max(t1 - t0, 1e-9)
+    machine = os.cpu_count() or cores
+    idle = min(sampler.cpu_seconds(["_idle"], t0, t1) / (machine * seconds), 1.0)
+    ours = spent / (cores * seconds)
+    others = max(0.0, 1.0 - idle - spent / (machine * seconds))
+    return {
+        "window_seconds": round(seconds, 2),
+        "cpu_seconds": {k: round(v, 2) for k, v in used.items()},
+        "core_share": round(ours, 3),
+        "machine_idle_share": round(idle, 3),
+        "other_users_share": round(others, 3),
+        "work_efficiency": round(ideal_cpu_s / spent, 3) if spent else None,
+        # what efficiency would be had other users not taken CPU: ours / (ours + idle)
+        "efficiency_on_cores_available": (
+            round(ideal_cpu_s / spent * ours / min(1.0, ours + idle * machine / cores), 3)
+            if spent
+            else None
+        ),
+    }
+
+
+def run_folder_bench(
+    paths: list[Path], settings: Settings, stage_cost_s: float, cores: int
+) -> dict:
     """One `run_folder` over exactly `paths`; figures as a dict (see `report.FOLDER_FIELDS`)."""
     work = Path(tempfile.mkdtemp(prefix="trapline-bench-folder-"))
     try:
@@ -43,6 +86,8 @@ def run_folder_bench(paths: list[Path], settings: Settings) -> dict:
 
         with ProcessSampler(ray_workers) as sampler:
             summary = run_folder(str(source), str(out), settings, on_progress=progress)
+            ended = time.monotonic()
+            sampler.sample()
         written = folder_size(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -63,6 +108,13 @@ def run_folder_bench(paths: list[Path], settings: Settings) -> dict:
         },
         "bytes_read_per_photo": round(summary.bytes_read / n) if n else 0,
         "bytes_written_per_photo": round(written / n) if n else 0,
-        "processes": sampler.summary(),
+        "processes": {k: v for k, v in sampler.summary().items() if not k.startswith("ray-")},
+        "cpu": cpu_split(
+            sampler,
+            ended - (summary.wall_seconds - summary.startup_seconds),
+            ended,
+            min(cores, max(settings.workers, 1)),
+            stage_cost_s * n,
+        ),  # fmt: skip
         "timeline": [[round(t, 3), done] for t, done in timeline],
     }

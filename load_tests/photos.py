@@ -59,7 +59,7 @@ def ensure_photos(
     cache: Path, count: int, width: int = 4000, height: int = 3000, seed: int = 1
 ) -> list[Path]:
     """Paths of photos 0..count-1 (four deployments) of this size and seed, generated once."""
-    folder = cache / f"{width}x{height}-seed{seed}"
+    folder = cache.resolve() / f"{width}x{height}-seed{seed}"
     jobs = [(folder, i, width, height, seed) for i in range(count)]
     missing = [job for job in jobs if not photo_path(folder, job[1]).exists()]
     if missing:

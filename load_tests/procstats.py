@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -86,6 +88,11 @@ class ProcessSampler:
 
     def sample(self) -> None:
         now = time.monotonic()
+        with open("/proc/stat") as handle:  # machine-wide idle + iowait, as cumulative "CPU"
+            ticks = handle.readline().split()[1:]
+        self.samples.setdefault("_idle", []).append(
+            (now, (int(ticks[3]) + int(ticks[4])) / TICKS, 0)
+        )
         for label, pid in self.find().items():
             stat = _stat(pid)
             if stat is not None:
@@ -96,11 +103,22 @@ class ProcessSampler:
             self.sample()
             self._stop.wait(self.interval_s)
 
+    def cpu_seconds(self, labels: list[str], t0: float, t1: float) -> float:
+        """CPU seconds the processes `labels` used between monotonic times t0 and t1."""
+        total = 0.0
+        for label in labels:
+            rows = self.samples.get(label, [])
+            if len(rows) >= 2:
+                times = [r[0] for r in rows]
+                cpus = [r[1] for r in rows]
+                total += float(np.interp(t1, times, cpus) - np.interp(t0, times, cpus))
+        return total
+
     def summary(self) -> dict[str, dict[str, float]]:
         """Per process: mean CPU (cores busy, 1.0 = one core) over its sampled life, RSS mean/peak."""
         out = {}
         for label, rows in self.samples.items():
-            if len(rows) < 2:
+            if len(rows) < 2 or label.startswith("_"):
                 continue
             (t0, c0, _), (t1, c1, _) = rows[0], rows[-1]
             rss = [r for _, _, r in rows]

@@ -21,7 +21,7 @@ FOLDER_FIELDS = (
     "workers", "photos", "processed", "failed", "photos_per_second_steady",
     "photos_per_second_overall", "startup_seconds", "wall_seconds", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo", "processes",
-    "timeline",
+    "cpu", "timeline",
 )  # fmt: skip
 STREAM_FIELDS = (
     "events", "rate_requested", "workers", "partitions", "segment_max_records",
@@ -127,8 +127,12 @@ def headline(report: dict) -> list[str]:
     """The closing lines: details first, the headline ratio and the speed-up last."""
     lines = []
     for run in report.get("scaling", []):
+        cpu = run["cpu"]
         lines.append(
-            f"folder, {run['workers']} worker(s): {run['photos_per_second_steady']:.2f} photos/s steady"
+            f"folder, {run['workers']} worker(s): {run['photos_per_second_steady']:.2f} photos/s steady; "
+            f"core share {cpu['core_share']} (idle {cpu['machine_idle_share']}, other users "
+            f"{cpu['other_users_share']}), work efficiency {cpu['work_efficiency']}, efficiency on "
+            f"the cores available {cpu['efficiency_on_cores_available']}"
         )
     for name, run in report.get("stream", {}).items():
         lat = run["latency_seconds"]

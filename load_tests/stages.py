@@ -36,20 +36,24 @@ STAGES = ("read", "decode", "detect", "classify", "write")
 
 
 def stage_costs(settings: Settings, uris: list[str]) -> dict[str, float]:
-    """Seconds per photo of each stage alone, one thread, on `uris`."""
+    """CPU seconds per photo of each stage alone, one thread, on `uris`.
+
+    CPU time, not wall time: on a shared machine other users' processes stretch wall time at
+    random, while the CPU a stage needs is what the cores must supply (the ideal's numerator).
+    """
     detector = OnnxDetector(settings.detector_model, threads=1)
     classifier = OnnxClassifier(settings.classifier_model, threads=1)
     long_side = max(settings.decode_min_long_side, detector.spec.input_size)
     n = len(uris)
-    started = time.perf_counter()
+    started = time.process_time()
     blobs = [read_bytes(uri, settings.max_file_bytes) for uri in uris]
-    read = time.perf_counter() - started
-    started = time.perf_counter()
+    read = time.process_time() - started
+    started = time.process_time()
     decoded = [
         decode_image(b, min_long_side=long_side, max_pixels=settings.max_image_pixels)
         for b in blobs
     ]
-    decode = time.perf_counter() - started
+    decode = time.process_time() - started
     refs = [MediaRef(uri=u, deployment_id=Path(u).parent.name) for u in uris]
     frames = [
         Frame(ref, d.sha256, d.sha256, d.image, d.width, d.height, d.exif_datetime, d.camera_make, d.camera_model, len(b))
@@ -58,10 +62,10 @@ def stage_costs(settings: Settings, uris: list[str]) -> dict[str, float]:
     detections, detect, classify = [], 0.0, 0.0
     for i in range(0, n, settings.batch_size):
         batch = frames[i : i + settings.batch_size]
-        started = time.perf_counter()
+        started = time.process_time()
         found = detect_frames(batch, detector, settings.detection_threshold, settings.nms_iou)
-        detect += time.perf_counter() - started
-        started = time.perf_counter()
+        detect += time.process_time() - started
+        started = time.process_time()
         classify_frames(
             batch,
             found,
@@ -69,24 +73,24 @@ def stage_costs(settings: Settings, uris: list[str]) -> dict[str, float]:
             settings.classification_threshold,
             settings.max_crops_per_photo,
         )
-        classify += time.perf_counter() - started
+        classify += time.process_time() - started
         detections.extend(found)
     results = [
         MediaResult(f.ref, f.media_id, f.sha256, f.width, f.height, f.exif_datetime, f.camera_make, f.camera_model, f.byte_size, d)
         for f, d in zip(frames, detections)
     ]  # fmt: skip
     out = tempfile.mkdtemp(prefix="trapline-bench-write-")
-    started = time.perf_counter()
+    started = time.process_time()
     models = ModelNames("d", "1", "c", "1")
     write_tables(assemble(results, [], settings, models, classifier.spec.labels), out, settings)
-    write = time.perf_counter() - started
+    write = time.process_time() - started
     shutil.rmtree(out)
     totals = dict(read=read, decode=decode, detect=detect, classify=classify, write=write)
     return {k: v / n for k, v in totals.items()}
 
 
 def decode_variants(settings: Settings, uris: list[str]) -> dict[str, float]:
-    """Seconds per photo of ways to decode the same JPEGs (one thread): the before/after of the
+    """CPU seconds per photo of ways to decode the same JPEGs (one thread): the before/after of the
     reduced-scale decode, and the alternatives we measured against it."""
     detector_side = OnnxDetector(settings.detector_model, threads=1).spec.input_size
     long_side = max(settings.decode_min_long_side, detector_side)
@@ -109,10 +113,10 @@ def decode_variants(settings: Settings, uris: list[str]) -> dict[str, float]:
     }
     costs = {}
     for name, function in variants.items():
-        started = time.perf_counter()
+        started = time.process_time()
         for data in blobs:
             function(data)
-        costs[name] = (time.perf_counter() - started) / len(blobs)
+        costs[name] = (time.process_time() - started) / len(blobs)
     return costs
 
 
