@@ -29,12 +29,20 @@ PHOTOS_PROCESSED = Counter(
 PHOTOS_FAILED = Counter(
     "trapline_photos_failed_total", "Inputs written to the failures table.", ["stage", "kind"]
 )
-DEAD_LETTERS = Counter("trapline_dead_letters_total", "Records sent to the dead-letter topic.", ["kind"])
+DEAD_LETTERS = Counter(
+    "trapline_dead_letters_total", "Records sent to the dead-letter topic.", ["kind"]
+)
 BATCH_SIZE = Histogram(
-    "trapline_batch_size", "Images per model batch.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+    "trapline_batch_size",
+    "Images per model batch.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 STAGE_SECONDS = Histogram(
-    "trapline_stage_seconds", "Time one batch spent in a stage.", ["stage"], buckets=_LATENCY_BUCKETS
+    "trapline_stage_seconds",
+    "Time one batch spent in a stage.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
 )
 END_TO_END_SECONDS = Histogram(
     "trapline_end_to_end_seconds",
@@ -42,7 +50,9 @@ END_TO_END_SECONDS = Histogram(
     buckets=_E2E_BUCKETS,
 )
 CONSUMER_LAG = Gauge(
-    "trapline_consumer_lag_records", "End offset minus next offset to write.", ["topic", "partition"]
+    "trapline_consumer_lag_records",
+    "End offset minus next offset to write.",
+    ["topic", "partition"],
 )
 INFLIGHT_BATCHES = Gauge("trapline_inflight_batches", "Batches being processed now.")
 BYTES_READ = Counter("trapline_bytes_read_total", "Photo bytes read from storage.")
@@ -52,17 +62,19 @@ MODEL_REQUEST_SECONDS = Histogram(
     "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],
     buckets=_LATENCY_BUCKETS,
 )  # fmt: skip
-MODEL_ERRORS = Counter("trapline_model_errors_total", "Model backend request errors.", ["model", "backend"])
+MODEL_ERRORS = Counter(
+    "trapline_model_errors_total", "Model backend request errors.", ["model", "backend"]
+)
 
 
-def consumer_lag(end_offsets: dict[tuple[str, int], int], next_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+def consumer_lag(
+    end_offsets: dict[tuple[str, int], int], next_offsets: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
     """Lag per partition: records in the log not yet written. Never negative.
 
     Compute it from a real Kafka's end offsets; Tansu reports a wrong high watermark (DESIGN.md).
     """
-    return {
-        key: max(0, end - next_offsets.get(key, 0)) for key, end in end_offsets.items()
-    }
+    return {key: max(0, end - next_offsets.get(key, 0)) for key, end in end_offsets.items()}
 
 
 def publish_lag(lag: dict[tuple[str, int], int]) -> None:
@@ -70,14 +82,26 @@ def publish_lag(lag: dict[tuple[str, int], int]) -> None:
         CONSUMER_LAG.labels(topic, str(partition)).set(value)
 
 
+def forget_partition(topic: str, partition: int) -> None:
+    """A revoked partition's lag is its new owner's to report: drop ours, or the sum doubles."""
+    try:
+        CONSUMER_LAG.remove(topic, str(partition))
+    except KeyError:
+        pass  # never reported by this worker
+
+
 class HealthServer:
     """Serves /metrics, /healthz (the process is alive) and /readyz (dependencies reachable)."""
 
-    def __init__(self, port: int, readiness: Callable[[], dict[str, bool]] = dict, host: str = "0.0.0.0"):
+    def __init__(
+        self, port: int, readiness: Callable[[], dict[str, bool]] = dict, host: str = "0.0.0.0"
+    ):
         handler = _handler(readiness)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="metrics")
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, daemon=True, name="metrics"
+        )
 
     def start(self) -> HealthServer:
         self.thread.start()

@@ -193,6 +193,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             if tp in self.segments:
                 self._flush(tp, owned=False)
                 self.segments.pop(tp, None)
+            metrics.forget_partition(tp.topic, tp.partition)
         for tp in assigned:
             self.segments[tp] = self._restore(tp)
             self.consumer.seek(tp, self.segments[tp].first)

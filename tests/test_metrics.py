@@ -11,6 +11,23 @@ def test_lag_is_end_minus_next_offset_and_never_negative():
     assert metrics.consumer_lag(ends, nexts) == {("t", 0): 40, ("t", 1): 0, ("t", 2): 7}
 
 
+def test_a_revoked_partitions_lag_series_is_dropped_so_owners_do_not_double_count():
+    metrics.publish_lag({("lagtest", 0): 40, ("lagtest", 1): 3})
+    metrics.forget_partition("lagtest", 0)
+    metrics.forget_partition("lagtest", 7)  # never reported here: no error
+    text = (
+        metrics.generate_latest(metrics.REGISTRY).decode() if hasattr(metrics, "REGISTRY") else None
+    )
+    samples = {
+        s.labels["partition"]: s.value
+        for family in metrics.CONSUMER_LAG.collect()
+        for s in family.samples
+        if s.labels.get("topic") == "lagtest"
+    }
+    assert samples == {"1": 3.0}
+    assert text is None or 'partition="0",topic="lagtest"' not in text
+
+
 def get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
