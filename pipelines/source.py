@@ -15,6 +15,7 @@ import fsspec
 
 from trapline.pipelines.types import Failure, MediaRef, StageError
 from trapline.pipelines.uri_safety import check_uri
+from trapline.pipelines.video import VIDEO_EXTENSIONS  # videos: one media row each
 
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
@@ -44,7 +45,7 @@ def list_media(root: str) -> Listing:
         deployment = parts[0] if len(parts) > 1 else root_name
         uri = file if protocol in ("file", "local") else f"{protocol}://{file}"
         extension = posixpath.splitext(file)[1].lower()
-        if extension in PHOTO_EXTENSIONS:
+        if extension in PHOTO_EXTENSIONS or extension in VIDEO_EXTENSIONS:
             listing.refs.append(MediaRef(uri=uri, deployment_id=deployment))
         else:
             listing.unsupported.append(
@@ -55,7 +56,7 @@ def list_media(root: str) -> Listing:
                     stage="source",
                     kind="unsupported_type",
                     message=f"{uri}: extension {extension or '(none)'} is not a supported photo "
-                    f"type ({', '.join(sorted(PHOTO_EXTENSIONS))})",
+                    f"or video type ({', '.join(sorted(PHOTO_EXTENSIONS | VIDEO_EXTENSIONS))})",
                 )
             )
     return listing
