@@ -12,6 +12,7 @@ values: each stage turns a bad input into a `Failure` and the batch goes on with
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from trapline.pipelines.tables import (
     media_table,
     observations_table,
 )
-from trapline.pipelines.types import Failure, Frame, MediaRef, MediaResult, StageError
+from trapline.pipelines.types import (
+    Detection,
+    Failure,
+    Frame,
+    MediaRef,
+    MediaResult,
+    StageError,
+)
+from trapline.pipelines.video import decode_video, is_video
 from trapline.services.settings import Settings
 
 
@@ -77,73 +86,100 @@ class PhotoPipeline:
                 stage = "decode"
                 decoded_at = time.perf_counter()
                 timer["read"] += decoded_at - started
-                decoded = decode_image(
-                    data,
-                    min_long_side=self.decode_long_side,
-                    max_pixels=self.settings.max_image_pixels,
-                )
+                frames.extend(self._frames(ref, data))
                 timer["decode"] += time.perf_counter() - decoded_at
             except StageError as error:
                 out.failures.append(_failure(ref, stage, error.kind, error.message))
                 continue
-            frames.append(
-                Frame(
-                    ref=ref,
-                    media_id=ref.media_id or decoded.sha256,
-                    sha256=decoded.sha256,
-                    image=decoded.image,
-                    width=decoded.width,
-                    height=decoded.height,
-                    exif_datetime=decoded.exif_datetime,
-                    camera_make=decoded.camera_make,
-                    camera_model=decoded.camera_model,
-                    byte_size=len(data),
-                )
-            )
         if not frames:
             return out
         stage = "detect"
+        detections: list[list[Detection]] = []
         try:
-            started = time.perf_counter()
-            detections = detect_frames(
-                frames, self.detector, self.settings.detection_threshold, self.settings.nms_iou
-            )
-            stage = "classify"
-            classified_at = time.perf_counter()
-            timer["detect"] += classified_at - started
-            classify_frames(
-                frames,
-                detections,
-                self.classifier,
-                self.settings.classification_threshold,
-                self.settings.max_crops_per_photo,
-                self.settings.top_k,
-            )
-            timer["classify"] += time.perf_counter() - classified_at
+            # A video adds many frames: detect and classify at most batch_size frames at a time.
+            for start in range(0, len(frames), self.settings.batch_size):
+                part = frames[start : start + self.settings.batch_size]
+                stage, started = "detect", time.perf_counter()
+                found = detect_frames(
+                    part, self.detector, self.settings.detection_threshold, self.settings.nms_iou
+                )
+                stage, classified_at = "classify", time.perf_counter()
+                timer["detect"] += classified_at - started
+                classify_frames(
+                    part,
+                    found,
+                    self.classifier,
+                    self.settings.classification_threshold,
+                    self.settings.max_crops_per_photo,
+                    self.settings.top_k,
+                )
+                timer["classify"] += time.perf_counter() - classified_at
+                detections.extend(found)
         except BackendUnavailable:
             raise  # an outage, not a bad photo: the caller retries the batch
         except Exception as error:  # noqa: BLE001 - a model failure fails this batch, not the run
             message = f"{type(error).__name__}: {error}"
-            for frame in frames:
-                out.failures.append(_failure(frame.ref, stage, "model_error", message))
+            for ref in {id(f.ref): f.ref for f in frames}.values():  # a video once, not per frame
+                out.failures.append(_failure(ref, stage, "model_error", message))
             return out
+        by_media: dict[int, MediaResult] = {}  # a video's frames share one ref: one result
         for frame, found in zip(frames, detections):
-            out.results.append(
-                MediaResult(
-                    ref=frame.ref,
-                    media_id=frame.media_id,
-                    sha256=frame.sha256,
-                    width=frame.width,
-                    height=frame.height,
-                    exif_datetime=frame.exif_datetime,
-                    camera_make=frame.camera_make,
-                    camera_model=frame.camera_model,
-                    byte_size=frame.byte_size,
-                    detections=found,
-                )
+            for detection in found:
+                detection.frame_number = frame.frame_number
+            result = by_media.get(id(frame.ref))
+            if result is not None:
+                result.detections.extend(found)
+                continue
+            by_media[id(frame.ref)] = result = MediaResult(
+                ref=frame.ref,
+                media_id=frame.media_id,
+                sha256=frame.sha256,
+                width=frame.width,
+                height=frame.height,
+                exif_datetime=frame.exif_datetime,
+                camera_make=frame.camera_make,
+                camera_model=frame.camera_model,
+                byte_size=frame.byte_size,
+                detections=list(found),
             )
+            out.results.append(result)
         frames.clear()  # the pixels are not needed past this point
         return out
+
+    def _frames(self, ref: MediaRef, data: bytes) -> list[Frame]:
+        """A photo's one frame, or a video's sampled frames (pipelines/video.py)."""
+        sha256 = hashlib.sha256(data).hexdigest() if is_video(ref.uri) else None
+        if sha256 is not None:
+            video = decode_video(
+                data,
+                sample_fps=self.settings.video_fps,
+                max_frames=self.settings.video_max_frames,
+                max_duration_s=self.settings.video_max_duration_s,
+                min_long_side=self.decode_long_side,
+                max_pixels=self.settings.max_image_pixels,
+            )
+            return [
+                Frame(ref, ref.media_id or sha256, sha256, image, video.width, video.height,
+                      video.created, None, None, len(data), frame_number=index)
+                for index, image in video.frames
+            ]  # fmt: skip
+        decoded = decode_image(
+            data, min_long_side=self.decode_long_side, max_pixels=self.settings.max_image_pixels
+        )
+        return [
+            Frame(
+                ref=ref,
+                media_id=ref.media_id or decoded.sha256,
+                sha256=decoded.sha256,
+                image=decoded.image,
+                width=decoded.width,
+                height=decoded.height,
+                exif_datetime=decoded.exif_datetime,
+                camera_make=decoded.camera_make,
+                camera_model=decoded.camera_model,
+                byte_size=len(data),
+            )
+        ]
 
 
 def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:

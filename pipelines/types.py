@@ -38,6 +38,7 @@ class Frame:
     camera_make: str | None
     camera_model: str | None
     byte_size: int
+    frame_number: int | None = None  # videos: this frame's 0-based index in the file
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class Detection:
     top_labels: list[str] = field(default_factory=list)
     top_probabilities: list[float] = field(default_factory=list)
     logits: np.ndarray | None = None  # classifier logits, kept for sequence voting
+    frame_number: int | None = None  # videos: the frame it was seen in (MegaDetector 1.6)
 
 
 @dataclass(slots=True)

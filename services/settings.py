@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         description="JPEGs are decoded at the smallest DCT scale whose long side is at least this (and the detector's input size); crops come from that image.",
     )
 
+    # Videos (.mp4, .avi, .mov): one media row each, frames sampled (pipelines/video.py)
+    video_fps: float = Field(
+        1.0, gt=0, le=60, description="Video frames sampled per second of clip, each detected and classified."
+    )
+    video_max_frames: int = Field(
+        120, ge=1, description="At most this many frames per video; longer clips are sampled more sparsely."
+    )
+    video_max_duration_s: float = Field(
+        900.0, gt=0, description="Videos longer than this are refused (a failures row), before decoding."
+    )
+
     # Limits: refuse before spending memory
     max_image_pixels: int = Field(
         150_000_000,
