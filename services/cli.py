@@ -358,12 +358,12 @@ def models_build_repo(
 
 
 @app.command("tables-doc")
-def tables_doc(out: Path = typer.Option(Path("docs/tables.md"))) -> None:
-    """Write the table reference from the schemas' own column descriptions."""
-    from trapline.services.docs import table_reference
+def tables_doc(docs: Path = typer.Option(Path("docs"), help="The docs folder.")) -> None:
+    """Write the table reference (docs/tables.md, docs/tables/*.md) from the schemas."""
+    from trapline.services.docs import write_pages
 
-    out.write_text(table_reference())
-    console.print(f"wrote {out}")
+    for path in write_pages(docs):
+        console.print(f"wrote {path}")
 
 
 @app.command("postprocess-report")
