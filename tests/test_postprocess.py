@@ -4,6 +4,7 @@ Each test builds MediaResults by hand and runs them through `assemble`, so the r
 the ones a run writes; the probabilities are set through the logits the classifier would give.
 """
 
+import csv
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -264,3 +265,31 @@ def test_country_from_coordinates_is_offline_and_says_none_at_sea():
     assert country_at(46.50, 6.12) == "CH"
     assert country_at(60.17, 24.94) == "FI"
     assert country_at(45.0, -30.0) is None  # the Atlantic
+
+
+def test_the_static_report_lists_each_suppressed_place_with_its_period_and_examples(tmp_path):
+    from typer.testing import CliRunner
+
+    from trapline.services.cli import app
+    from trapline.services.runner import write_tables
+
+    rock = (0.10, 0.70, 0.08, 0.06)
+    results = [
+        photo(f"p{i:02d}", START + timedelta(hours=2 * i), animal(rock, fox=0.9)) for i in range(30)
+    ]
+    results.append(photo("deer", START, animal((0.5, 0.3, 0.3, 0.3), red_deer=0.95)))
+    write_tables(run(results), str(tmp_path / "results"), Settings())
+    out = tmp_path / "static.csv"
+    done = CliRunner().invoke(
+        app, ["postprocess-report", str(tmp_path / "results"), "--csv", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    (row,) = list(csv.DictReader(out.open()))
+    assert (row["deployment_id"], row["category"], row["photos"]) == ("d1", "animal", "30")
+    assert row["first"].startswith("2024-05-01") and row["last"].startswith("2024-05-03")
+    assert row["classifier_labels"] == "fox:30"
+    assert row["examples"].split() == [
+        "/photos/d1/p00.jpg",
+        "/photos/d1/p14.jpg",
+        "/photos/d1/p29.jpg",
+    ]
