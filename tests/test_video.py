@@ -126,6 +126,12 @@ def test_a_video_in_a_folder_run_is_one_media_row_with_per_frame_detections(tmp_
     broken = failures[failures.uri.str.endswith("BROKEN.avi")]
     assert len(broken) == 1 and broken.iloc[0].stage == "decode"
     assert summary.processed == len(media) and summary.failed == len(failures)
+    # the report counts it as a video; the spreadsheet has its row
+    from trapline.services.report import build_report
+
+    counted = build_report(str(results), str(tmp_path / "report"))
+    assert counted.videos == 1 and counted.media == len(media)
+    assert "CLIP0001.mp4,video," in (tmp_path / "report" / "photos.csv").read_text()
     # sort files the clip by its label like a photo
     report = sort_results(str(results), str(tmp_path / "sorted"))
     clip = next(i for i in report.items if i.source.endswith("CLIP0001.mp4"))
