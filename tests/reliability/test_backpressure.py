@@ -1,0 +1,115 @@
+"""Back-pressure: events arrive faster than the models can take them. The backlog must stay in
+the broker (lag grows), not in the worker (its memory stays flat): no unbounded queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
+from test_stream_faults import make_photos
+
+from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.services import kafka_io
+
+EVENTS = 800
+RATE = 100  # events/s offered, well above what the demo models do on these 2 shared cores
+# Bytes of attributes per event: the backlog is ~120 MB, plain in RSS, while what a segment of
+# 10 records holds at once (the worker's bounded share) is ~1.5 MB.
+PADDING = 150_000
+SECRET = "bp-secret-key-0123456789abcdef"
+
+
+WARM_UP = 10  # events processed before measuring: models loaded, first segment written
+
+
+def _produce(
+    bootstrap: str, topic: str, photo_uri: str, sent: list[int], first: int, last: int
+) -> None:
+    producer = kafka_io.make_producer(bootstrap)
+    padding = {f"note{i}": "x" * 4000 for i in range(PADDING // 4000)}
+    started = time.monotonic()
+    futures = []
+    for index in range(first, last):
+        event = UploadEvent(
+            uri=photo_uri, deployment_id="dep-0", media_id=f"bp-{index:05d}", attributes=padding
+        )
+        futures.append(producer.send(topic, key=b"dep-0", value=encode_upload_event(event)))
+        sent[0] = index + 1
+        time.sleep(max(0.0, started + (index + 1 - first) / RATE - time.monotonic()))
+    kafka_io.wait_delivered(futures)
+    producer.close()
+
+
+def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tmp_path, scoreboard):
+    topic = kafka_topic("backpressure", partitions=2)
+    (photo,) = make_photos(tmp_path / "card", 1, deployments=1, seed=31)
+    out, log = tmp_path / "out", tmp_path / "worker.log"
+    env = worker_env(
+        tansu.bootstrap, topic, "g-backpressure", segment_max_records=10, poll_max_records=10,
+        s3_access_key_id="bp-access-key", s3_secret_access_key=SECRET,  # must never be echoed
+    )  # fmt: skip
+    worker = start_worker(env, out, log)
+    sent = [0]
+    producer = threading.Thread(
+        target=_produce, args=(tansu.bootstrap, topic, photo.as_uri(), sent, WARM_UP, EVENTS)
+    )
+    samples: list[tuple[float, int, int, int]] = []  # (t, rss, sent, written)
+    try:
+        _produce(tansu.bootstrap, topic, photo.as_uri(), sent, 0, WARM_UP)
+        wait_until(
+            lambda: len(read_rows(out, "media")) >= WARM_UP, 60, "the warm-up rows", [worker], log
+        )
+        producer.start()
+        while producer.is_alive():
+            written = len(read_rows(out, "media"))
+            samples.append((time.monotonic(), rss_bytes(worker.pid), sent[0], written))
+            time.sleep(0.25)
+        producer.join()
+        wait_until(
+            lambda: len(read_rows(out, "media")) >= EVENTS, 120, f"all {EVENTS} rows", [worker], log
+        )
+        time.sleep(1.0)
+    finally:
+        stop_workers([worker])
+
+    # The first quarter is the allocator's warm-up on full-size batches; then compare the second
+    # quarter with the last: lag keeps growing, memory must not.
+    quarter = max(len(samples) // 4, 1)
+    early, late = samples[quarter : 2 * quarter], samples[-quarter:]
+    lag_early = max(s[2] - s[3] for s in early)
+    lag_late = max(s[2] - s[3] for s in late)
+    rss_early, rss_late = max(s[1] for s in early), max(s[1] for s in late)
+    grown_mb = (rss_late - rss_early) / 2**20
+    media = read_rows(out, "media")
+    ids = [m["media_id"] for m in media]
+    expected = {f"bp-{i:05d}" for i in range(EVENTS)}
+    score = scoreboard.record(
+        _score(
+            expected,
+            ids,
+            len(read_rows(out, "failures")),
+            f"lag {lag_early}->{lag_late}, RSS +{grown_mb:.0f} MB",
+        )
+    )
+    assert lag_late > lag_early + 200, "the model was not the bottleneck: no back-pressure shown"
+    assert grown_mb < 40, (
+        f"worker RSS grew {grown_mb:.0f} MB while lag grew {lag_early}->{lag_late}"
+    )
+    assert (score.duplicates, score.losses) == (0, 0)
+    assert SECRET not in log.read_text(errors="replace"), (
+        "a secret reached the settings echo or logs"
+    )
+
+
+def _score(expected: set[str], ids: list[str], failures: int, note: str):
+    from harness import Score
+
+    return Score(
+        f"back-pressure: slow model, {EVENTS} x {PADDING // 1000} KB events",
+        len(expected),
+        len(ids) + failures,
+        len(ids) - len(set(ids)) + failures,
+        len(expected - set(ids)),
+        note,
+    )
