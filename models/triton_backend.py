@@ -439,15 +439,22 @@ def _client_module(protocol: str) -> Any:
 
 
 def _retryable(error: Exception) -> bool:
-    """UNAVAILABLE (restarting, queue full, unreachable) and refused connections are retried;
-    timeouts and model errors are not (retrying a slow request only adds load)."""
+    """UNAVAILABLE (restarting, queue full, unreachable), refused connections and a model that is
+    loading or unloading are retried; timeouts and model errors are not (retrying a slow request
+    only adds load)."""
     status = getattr(error, "status", None)
     code = str(status() if callable(status) else status or "")
     if "UNAVAILABLE" in code or code == "503":
         return True
     if isinstance(error, (ConnectionRefusedError, ConnectionResetError)):
         return True
-    return "Connection refused" in str(error) or "failed to connect" in str(error).lower()
+    text = str(_describe(error))
+    # While a model loads or unloads (server start, shutdown, a repository poll) Triton answers
+    # NOT_FOUND "... has no available versions": a known model that is briefly not there. A
+    # model that does not exist says "... is not found" instead, and is not retried.
+    if "has no available versions" in text:
+        return True
+    return "Connection refused" in text or "failed to connect" in text.lower()
 
 
 def _describe(error: Exception) -> str:

@@ -171,16 +171,17 @@ def create_if_absent(fs: Any, path: str, data: bytes) -> bool:
     if isinstance(fs, LocalFileSystem):
         directory = posixpath.dirname(path)
         temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # durable before it becomes visible
         try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())  # durable before it becomes visible
             os.link(temporary, path)  # fails if `path` exists: create-if-absent, atomic
         except FileExistsError:
             return False
-        finally:
-            os.unlink(temporary)
+        finally:  # also after a failed write (disk full): a leftover would eat the retry's space
+            if os.path.exists(temporary):
+                os.unlink(temporary)
         return True
     return put_if_absent(fs, path, data)
 

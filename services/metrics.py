@@ -58,6 +58,11 @@ INFLIGHT_BATCHES = Gauge("trapline_inflight_batches", "Batches being processed n
 BYTES_READ = Counter("trapline_bytes_read_total", "Photo bytes read from storage.")
 BYTES_WRITTEN = Counter("trapline_bytes_written_total", "Parquet bytes written.")
 SEGMENTS_WRITTEN = Counter("trapline_segments_written_total", "Segments written and committed.")
+SEGMENT_RETRIES = Counter(
+    "trapline_segment_retries_total",
+    "Segments put back to be retried after an outage (model backend, storage, dead-letter topic).",
+    ["cause"],
+)
 MODEL_REQUEST_SECONDS = Histogram(
     "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],
     buckets=_LATENCY_BUCKETS,

@@ -257,7 +257,11 @@ class StreamWorker(kafka_io.RebalanceListener):
         if not segment.records:
             return
         first, last = segment.records[0].offset, segment.records[-1].offset
-        claimed = self.log.claim(tp.topic, tp.partition, first, last)
+        try:
+            claimed = self.log.claim(tp.topic, tp.partition, first, last)
+        except OSError as error:
+            self._retry_later(tp, [], "storage", error, owned)  # the records stay where they are
+            return
         if claimed > last:  # someone claimed a longer range: gather up to its end first
             if owned:
                 segment.forced_end = claimed
@@ -273,19 +277,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         try:
             results, failures = self._process(records)
         except BackendUnavailable as error:
-            # Nothing written, nothing committed: put the records back and try again later.
-            log.warning(
-                "%s: model backend unavailable (%s); retrying in %.0f s",
-                tp,
-                error,
-                self.retry_delay_s,
-            )
-            segment.records = records + segment.records
-            segment.opened_at = self.clock() + self.retry_delay_s - self.settings.segment_max_wait_s
+            self._retry_later(tp, records, "model backend", error, owned)
             metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
-            self.retry_delay_s = min(self.retry_delay_s * 2, MAX_RETRY_DELAY_S)
             return
-        self.retry_delay_s = FIRST_RETRY_DELAY_S
         fresh, duplicates = [], []
         for result in results:
             if result.media_id in segment.seen:
@@ -298,12 +292,25 @@ class StreamWorker(kafka_io.RebalanceListener):
         name = part_name(tp.topic, tp.partition, first)
         metadata = {"first_offset": str(first), "last_offset": str(last)}
         write_started = time.perf_counter()
-        files = []
-        for table in WRITE_ORDER:
-            files += self.sink.create(table, tables.as_dict()[table], name, metadata)
-        self._dead_letter(tables.failed, by_source)  # before the commit: a replay resends
-        media_ids = tables.media.column("media_id").to_pylist()
-        self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids))
+        try:
+            files = []
+            for table in WRITE_ORDER:
+                files += self.sink.create(table, tables.as_dict()[table], name, metadata)
+            self._dead_letter(tables.failed, by_source)  # before the commit: a replay resends
+            media_ids = tables.media.column("media_id").to_pylist()
+            self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids))
+        except (OSError, DeadLetterUndelivered) as error:
+            # Storage full or away, or the DLQ unreachable: nothing is committed, and the claim
+            # makes the retry write the same range into the same names.
+            self._retry_later(
+                tp,
+                records,
+                "storage" if isinstance(error, OSError) else "dead-letter topic",
+                error,
+                owned,
+            )
+            return
+        self.retry_delay_s = FIRST_RETRY_DELAY_S
         metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - write_started)
         if owned:
             kafka_io.commit_offset(self.consumer, tp, last + 1)
@@ -314,6 +321,28 @@ class StreamWorker(kafka_io.RebalanceListener):
         self.stats.segments += 1
         self.stats.media_rows += tables.media.num_rows
         self.stats.failure_rows += tables.failures.num_rows
+
+    def _retry_later(
+        self, tp: TopicPartition, records: list[Any], cause: str, error: BaseException, owned: bool
+    ) -> None:
+        """An outage, not a bad input: put the segment back and retry it with capped backoff.
+
+        Retries do not end in the dead-letter topic: the photos are fine, and giving up would
+        lose them; /readyz and `trapline_segment_retries_total` tell the operator instead.
+        """
+        metrics.SEGMENT_RETRIES.labels(cause).inc()
+        if not owned:  # revoked meanwhile: the new owner processes these records
+            log.warning(
+                "%s: %s unavailable (%s); revoked, leaving it to the new owner", tp, cause, error
+            )
+            return
+        log.warning(
+            "%s: %s unavailable (%s); retrying in %.0f s", tp, cause, error, self.retry_delay_s
+        )
+        segment = self.segments[tp]
+        segment.records = records + segment.records
+        segment.opened_at = self.clock() + self.retry_delay_s - self.settings.segment_max_wait_s
+        self.retry_delay_s = min(self.retry_delay_s * 2, MAX_RETRY_DELAY_S)
 
     def _observe_written(self, tables: Tables, by_source: dict[str, Any]) -> None:
         metrics.SEGMENTS_WRITTEN.inc()
@@ -385,8 +414,14 @@ class StreamWorker(kafka_io.RebalanceListener):
                 futures.append(self.dead_letters.send_record(record, failure))
         errors = kafka_io.wait_delivered(futures)
         if errors:
-            raise RuntimeError(f"dead-letter delivery failed: {errors[0]}; offsets not committed")
+            raise DeadLetterUndelivered(
+                f"dead-letter delivery failed: {errors[0]}; offsets not committed"
+            )
         self.stats.dead_letters += len(futures)
+
+
+class DeadLetterUndelivered(RuntimeError):
+    """The dead-letter topic did not acknowledge; the segment is retried, not committed."""
 
 
 def _duplicate(result: MediaResult) -> Failure:

@@ -40,14 +40,6 @@ def triton_repository(tmp_path_factory):
     return repo
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="models/triton_backend.py _retryable: while tritonserver shuts down (and while it "
-    "loads) it answers NOT_FOUND 'Request for unknown model: ... has no available versions'; "
-    "that is taken as a permanent TritonError, so the photos of the in-flight batches become "
-    "model_error failures instead of BackendUnavailable (segment retried)",
-)
 def test_triton_stopped_mid_run_then_restarted_every_photo_once(
     tansu, kafka_topic, triton_repository, tmp_path, scoreboard
 ):

@@ -123,13 +123,6 @@ def _disk_full_run(tansu, kafka_topic, tmp_path, small_disk, group: str):
     return photos, out, log, filler, env, start_worker(env, out, log)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="services/stream.py: an OSError from ParquetSink.create (ENOSPC) propagates out of "
-    "StreamWorker._flush and run(), so the worker exits instead of retrying the segment with "
-    "backoff as it does for BackendUnavailable",
-)
 def test_disk_full_on_the_local_sink_pauses_the_worker_until_space_is_freed(
     tansu, kafka_topic, tmp_path, small_disk, scoreboard
 ):
@@ -185,13 +178,6 @@ def test_disk_full_then_restarted_worker_resumes_exactly_once(
     assert (score.duplicates, score.losses) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pipelines/sinks.py create_if_absent: the temporary file is opened, written and "
-    "fsynced before the try/finally that unlinks it, so a write that fails (ENOSPC) leaves a "
-    "hidden .tmp-* file that keeps eating the space the retry needs",
-)
 def test_a_write_that_fails_for_lack_of_space_leaves_no_temporary_file(small_disk):
     from trapline.pipelines.sinks import ParquetSink
     from trapline.pipelines.tables import failures_table
