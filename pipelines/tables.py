@@ -18,7 +18,7 @@ from trapline.pipelines.postprocess.decision import Decision
 from trapline.pipelines.sequences import Event, media_observation_type
 from trapline.pipelines.types import Failure, MediaResult
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: deployments (timestamp_issue, file_public), post-processing, video frames; Hive layout
 UTC_US = pa.timestamp("us", tz="UTC")
 
 

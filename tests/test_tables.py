@@ -13,7 +13,7 @@ from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.sinks import ParquetSink
-from trapline.pipelines.tables import TABLES, ModelNames
+from trapline.pipelines.tables import SCHEMA_VERSION, TABLES, ModelNames
 from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
 from trapline.services.settings import Settings
 
@@ -71,7 +71,7 @@ def test_parts_are_hive_partitioned_and_readable_by_pandas_polars_and_duckdb(tmp
         "media/deployment=d1/date=2024-06-01/part-run1.parquet",
         "media/deployment=d1/date=unknown/part-run1.parquet",
     ]
-    assert pq.read_schema(paths[0]).metadata[b"trapline.schema_version"] == b"1"
+    assert pq.read_schema(paths[0]).metadata[b"trapline.schema_version"] == SCHEMA_VERSION.encode()
     assert sorted(pd.read_parquet(tmp_path / "media")["media_id"]) == ["a", "b"]
     assert (
         pl.read_parquet(str(tmp_path / "media" / "**" / "*.parquet"), hive_partitioning=True).height
