@@ -278,6 +278,37 @@ class Settings(BaseSettings):
         description="S3 notifications: regex with a named group `deployment` applied to the object key (default: first path segment).",
     )
 
+    # Upload API (`trapline api`, docs/api.md)
+    api_host: str = Field("127.0.0.1", description="Upload API: address to listen on.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Upload API: port to listen on.")
+    api_registry: str = Field(
+        "registry",
+        description="Upload API: programs (token hashes) and deployments, path or URL; pipelines read REGISTRY/deployments as their deployments_file.",
+    )
+    api_upload_prefix: str = Field(
+        "uploads",
+        description="Upload API: uploaded bytes go to PREFIX/DEPLOYMENT/SHA256.ext (path or s3:// URL the workers can read).",
+    )
+    api_results: str = Field(
+        "results", description="Upload API: the tables `serve` writes, read for upload status."
+    )
+    api_max_request_bytes: int = Field(
+        1_000_000_000, ge=1, description="Upload API: largest request body (files per file: max_file_bytes)."
+    )
+    api_max_files_per_request: int = Field(
+        500, ge=1, description="Upload API: files in one upload or presign request."
+    )
+    api_rate_per_s: float = Field(
+        20.0, gt=0, description="Upload API: requests per second per token (token bucket refill)."
+    )
+    api_rate_burst: int = Field(
+        100, ge=1, description="Upload API: requests a token may make at once (bucket size)."
+    )
+    api_presign_expiry_s: int = Field(
+        3600, ge=60, le=604_800, description="Upload API: lifetime of presigned PUT URLs."
+    )
+    api_replicas: int = Field(1, ge=1, description="Upload API: Ray Serve replicas.")
+
     @field_validator("utc_offset")
     @classmethod
     def _check_offset(cls, value: str) -> str:

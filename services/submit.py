@@ -25,6 +25,7 @@ from trapline.pipelines.events import ID_PATTERN, UploadEvent, encode_upload_eve
 from trapline.pipelines.source import list_media, read_bytes
 from trapline.pipelines.types import Failure, MediaRef, StageError
 from trapline.services import kafka_io
+from trapline.services.media_store import absolute_url, content_uri
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +224,9 @@ def _prepare_one(
     sha256 = hashlib.sha256(data).hexdigest()
     path = fs._strip_protocol(ref.uri)
     relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-    uri = _url(ref.uri)
+    uri = absolute_url(ref.uri)
     if copy_to is not None:
-        extension = posixpath.splitext(path)[1].lower()
-        uri = f"{copy_to.rstrip('/')}/{deployment_id}/{sha256}{extension}"
+        uri = content_uri(copy_to, deployment_id, sha256, posixpath.splitext(path)[1])
         try:
             item.copied, item.already_copied = _copy(data, uri)
         except Exception as error:  # OSError, or a storage library's own error
@@ -234,7 +234,7 @@ def _prepare_one(
                 ref, "write", "copy_failed", f"{ref.uri}: copy to {uri} failed: {error}"
             )
             return item
-        uri = _url(uri)
+        uri = absolute_url(uri)
     event = UploadEvent(
         uri=uri,
         deployment_id=deployment_id,
@@ -259,14 +259,6 @@ def _copy(data: bytes, uri: str) -> tuple[bool, bool]:
     with fs.open(path, "wb") as handle:
         handle.write(data)
     return True, False
-
-
-def _url(uri: str) -> str:
-    """An absolute URL a worker can open: plain local paths become file:// URLs."""
-    if "://" in uri:
-        return uri
-    fs, path = fsspec.core.url_to_fs(uri)
-    return f"file://{fs._strip_protocol(path)}"
 
 
 def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:
