@@ -74,6 +74,7 @@ class ParquetSink:
         self.fs, root = fsspec.core.url_to_fs(out_url)
         self.root = root.rstrip("/")
         self.compression = compression
+        self._bytes_written = 0  # Parquet bytes handed to storage, for the metrics
 
     def table_dir(self, table: str) -> str:
         return posixpath.join(self.root, table)
@@ -117,9 +118,15 @@ class ParquetSink:
             buffer = io.BytesIO()
             tagged = self._tagged(table, rows, metadata)
             pq.write_table(tagged, buffer, compression=self.compression)
-            create_if_absent(self.fs, posixpath.join(self.root, name), buffer.getvalue())
+            if create_if_absent(self.fs, posixpath.join(self.root, name), buffer.getvalue()):
+                self._bytes_written += buffer.tell()
             names.append(name)
         return names
+
+    def take_bytes_written(self) -> int:
+        """Bytes `create` wrote since the last call (a counter's increment)."""
+        written, self._bytes_written = self._bytes_written, 0
+        return written
 
     def file_metadata(self, path: str) -> dict[str, str] | None:
         """The `trapline.*` metadata of a part file (path relative to the root), None if absent."""

@@ -235,7 +235,10 @@ class StreamWorker(kafka_io.RebalanceListener):
                 segment.opened_at = self.clock()
             segment.records.append(record)
             self.stats.records += 1
-            if segment.forced_end is not None and record.offset >= segment.forced_end:
+            if (segment.forced_end is not None and record.offset >= segment.forced_end) or (
+                segment.forced_end is None
+                and len(segment.records) >= self.settings.segment_max_records
+            ):  # full: write it now, so a burst gives rows every segment, not after the burst
                 self._flush(tp)
                 segment = self.segments[tp]
 
@@ -312,6 +315,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             return
         self.retry_delay_s = FIRST_RETRY_DELAY_S
         metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - write_started)
+        metrics.BYTES_WRITTEN.inc(self.sink.take_bytes_written())
         if owned:
             kafka_io.commit_offset(self.consumer, tp, last + 1)
         self._observe_written(tables, by_source)
