@@ -8,6 +8,7 @@ registry too; the upload topic is fresh.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -31,7 +32,10 @@ from servers import TEST_SESSION_TIMEOUT_MS
 from trapline.pipelines.events import parse_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.services import kafka_io, object_store
+from trapline.services.api_auth import RateLimiter
+from trapline.services.api_multipart import MultipartFiles
 from trapline.services.api_registry import Registry
+from trapline.services.api_storage import Refused, sniff
 from trapline.services.runner import build_pipeline
 from trapline.services.settings import Settings
 from trapline.services.stream import StreamWorker
@@ -372,3 +376,70 @@ def readme_commands() -> list[str]:
     match = re.search(r"<!-- api-quickstart -->\s*```bash\n(.*?)```", text, re.S)
     assert match, "README.md has no api-quickstart block"
     return [c.strip() for c in match.group(1).replace("\\\n", " ").splitlines() if c.strip()]
+
+
+# -- units without servers: the pieces the server tests rely on ----------------------------------
+
+
+def test_rate_limiter_allows_a_burst_then_refills_at_the_rate():
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.take("t") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("t") == pytest.approx(0.5)  # empty: one token every 0.5 s
+    assert limiter.take("other") == 0.0  # buckets are per token
+    now[0] += 0.5
+    assert limiter.take("t") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", ".jpg"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0d", ".png"),
+        (b"\x00\x00\x00\x20ftypisom\x00\x00", ".mp4"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00", ".mov"),
+        (b"RIFF\x00\x10\x00\x00AVI LIST", ".avi"),
+        (b"GIF89a\x01\x00\x01\x00\x00\x00", None),
+        (b"<?xml version=", None),
+        (b"\xff\xd8", None),  # too short to be a JPEG
+    ],
+)
+def test_types_are_sniffed_from_the_first_bytes(head, expected):
+    found = sniff(head)
+    assert (found[1] if found else None) == expected
+
+
+def test_a_truncated_or_foreign_multipart_body_is_refused_with_a_reason():
+    opened: list[str] = []
+    form = MultipartFiles(
+        "multipart/form-data; boundary=XyZ", lambda name: opened.append(name) or io.BytesIO(), 5
+    )
+    form.feed(b'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nabc')
+    with pytest.raises(Refused, match="before its closing boundary") as refused:
+        form.finish()
+    assert refused.value.status == 400 and opened == ["a.jpg"]
+    other = MultipartFiles("multipart/form-data; boundary=XyZ", lambda name: io.BytesIO(), 5)
+    with pytest.raises(Refused, match="unexpected form field 'path'"):
+        other.feed(
+            b'--XyZ\r\nContent-Disposition: form-data; name="path"\r\n\r\n/etc\r\n--XyZ--\r\n'
+        )
+    with pytest.raises(Refused) as not_multipart:
+        MultipartFiles("application/json", lambda name: io.BytesIO(), 5)
+    assert not_multipart.value.status == 415
+
+
+def test_tokens_are_stored_hashed_and_only_the_exact_token_authenticates(tmp_path):
+    registry = Registry(str(tmp_path / "registry"))
+    token = registry.add_program("north")
+    stored = (tmp_path / "registry" / "programs" / "north.json").read_text()
+    assert token not in stored and hashlib.sha256(token.encode()).hexdigest() in stored
+    assert registry.authenticate(token) == "north"
+    for wrong in (
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+        "north.",
+        "south." + token[6:],
+        "",
+    ):
+        assert registry.authenticate(wrong) is None
+    rotated = registry.add_token("north")
+    assert registry.authenticate(rotated) == registry.authenticate(token) == "north"
