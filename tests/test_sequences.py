@@ -42,6 +42,15 @@ def test_frames_within_the_gap_are_one_event_per_deployment():
     assert ids == [["a", "b", "c"], ["d"], ["x"], ["y"]]
 
 
+def test_a_gap_of_exactly_gap_seconds_joins_and_one_microsecond_more_splits():
+    joined = group_sequences([item("a", 0), item("b", 10)], gap_seconds=10)
+    assert [[i.media_id for i in g] for g in joined] == [["a", "b"]]
+    later = item("c", 10)
+    later.timestamp += timedelta(microseconds=1)
+    split = group_sequences([item("a", 0), later], gap_seconds=10)
+    assert sorted([i.media_id for i in g] for g in split) == [["a"], ["c"]]
+
+
 def test_event_label_is_the_mean_logit_vote_over_animal_frames():
     items = [item("a", 0, animal(FOX, 6)), item("b", 2, animal(BOAR, 3)), item("c", 4)]
     (event,) = build_events(items, DEEPFAUNE_LABELS, SequenceOptions(threshold=0.25))
@@ -65,9 +74,13 @@ def test_single_frame_uses_its_own_temperature_and_low_votes_are_undefined():
 def test_people_and_vehicles_only_events_follow_the_frame_counts():
     person = Detection("person", 0.9, (0, 0, 0.1, 0.1))
     vehicle = Detection("vehicle", 0.9, (0, 0, 0.1, 0.1))
-    tie = build_events([item("a", 0, person), item("b", 1, vehicle)], DEEPFAUNE_LABELS, SequenceOptions())
+    tie = build_events(
+        [item("a", 0, person), item("b", 1, vehicle)], DEEPFAUNE_LABELS, SequenceOptions()
+    )
     more_cars = build_events(
-        [item("a", 0, person), item("b", 1, vehicle), item("c", 2, vehicle)], DEEPFAUNE_LABELS, SequenceOptions()
+        [item("a", 0, person), item("b", 1, vehicle), item("c", 2, vehicle)],
+        DEEPFAUNE_LABELS,
+        SequenceOptions(),
     )
     blank = build_events([item("a", 0), item("b", 1)], DEEPFAUNE_LABELS, SequenceOptions())
     assert tie[0].observation_type == "human"
@@ -77,6 +90,11 @@ def test_people_and_vehicles_only_events_follow_the_frame_counts():
 
 def test_event_ids_are_stable_across_runs_and_input_order():
     items = [item("a", 0, animal(FOX)), item("b", 3, animal(FOX)), item("c", 100)]
-    first = {e.event_id: e.media_ids for e in build_events(items, DEEPFAUNE_LABELS, SequenceOptions())}
-    again = {e.event_id: sorted(e.media_ids) for e in build_events(items[::-1], DEEPFAUNE_LABELS, SequenceOptions())}
+    first = {
+        e.event_id: e.media_ids for e in build_events(items, DEEPFAUNE_LABELS, SequenceOptions())
+    }
+    again = {
+        e.event_id: sorted(e.media_ids)
+        for e in build_events(items[::-1], DEEPFAUNE_LABELS, SequenceOptions())
+    }
     assert {k: sorted(v) for k, v in first.items()} == again
