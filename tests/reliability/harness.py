@@ -155,3 +155,41 @@ def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc (Linux)."""
     with open(f"/proc/{pid}/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Supervisor:
+    """Restarts a worker process that exits, as Kubernetes would, and counts the restarts:
+    a scenario can then show both that nothing is lost across a restart and whether the
+    worker needed one."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen]):
+        self.start = start
+        self.worker = start()
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+
+    def check(self) -> None:
+        if self.worker.poll() is not None:
+            self.exit_codes.append(self.worker.returncode)
+            self.restarts += 1
+            self.worker = self.start()
+
+    def wait_until(
+        self, condition: Callable[[], bool], timeout_s: float, what: str, log: Path | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            self.check()
+            time.sleep(0.5)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{tail(log)}")
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.check()
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+
+    def stop(self) -> None:
+        stop_workers([self.worker])
