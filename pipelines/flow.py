@@ -228,18 +228,24 @@ def assemble(
 ) -> Tables:
     """Dedupe, place in time, flag static boxes, group into events, post-process, build tables."""
     unique: dict[str, MediaResult] = {}
+    by_bytes: dict[str, MediaResult] = {}
     failures = list(failures)
     for result in results:
-        first = unique.get(result.media_id)
+        first = unique.get(result.media_id) or by_bytes.get(result.sha256)
         if first is None:
-            unique[result.media_id] = result
+            unique[result.media_id] = by_bytes[result.sha256] = result
         else:
+            same = (
+                "media_id"
+                if first.media_id == result.media_id
+                else f"bytes (sha256) as media_id {first.media_id}"
+            )
             failures.append(
                 _failure(
                     result.ref,
                     "dedupe",
                     "duplicate",
-                    f"same media_id as {first.ref.uri} (identical bytes); kept that one",
+                    f"same {same}, {first.ref.uri}; kept that one, counted once",
                 )
             )
     deployments = cached_deployments(settings.deployments_file)

@@ -10,7 +10,7 @@ files under `_segments/TOPIC/PARTITION/` next to the tables (hidden from table r
 2. the table files, one per partition folder, all named `part-TOPIC-PARTITION-<first>.parquet`,
    each created only if absent. Same name, same range, same rows: a replay that finds a file
    already there leaves it.
-3. commit `<first>.json` {"last_offset", "files", "media_ids"}: created only if absent, once every
+3. commit `<first>.json` {"last_offset", "files", "media_ids", "sha256s"}: created only if absent, once every
    file is durable. The segment exists for readers of the log from here on; Kafka's offset is
    committed after this, and is only a hint: on assignment a worker resumes after the last commit.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trapline.pipelines.sinks import create_if_absent
@@ -42,6 +42,9 @@ class Commit:
     last_offset: int
     files: list[str]  # relative to the results root
     media_ids: list[str]
+    sha256s: list[str] = field(
+        default_factory=list
+    )  # the same bytes under another id are duplicates too
 
 
 class SegmentLog:
@@ -67,13 +70,20 @@ class SegmentLog:
             "last_offset": commit.last_offset,
             "files": commit.files,
             "media_ids": commit.media_ids,
+            "sha256s": commit.sha256s,
         }
         return create_if_absent(self.fs, path, json.dumps(record).encode())
 
     def commits(self, topic: str, partition: int) -> list[Commit]:
         """Every committed segment of the partition, in offset order."""
         return [
-            Commit(r["first_offset"], r["last_offset"], r["files"], r["media_ids"])
+            Commit(
+                r["first_offset"],
+                r["last_offset"],
+                r["files"],
+                r["media_ids"],
+                r.get("sha256s", []),
+            )
             for r in (self._read(p) for p in self._list(topic, partition, ".json", ".claim.json"))
         ]
 

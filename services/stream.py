@@ -206,7 +206,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             first = commits[-1].last_offset + 1
         else:
             first = self.consumer.committed(tp) or 0
-        seen = {media_id for commit in commits for media_id in commit.media_ids}
+        seen = {key for commit in commits for key in (*commit.media_ids, *commit.sha256s)}
         segment = Segment(first=first, seen=seen)
         segment.forced_end = self.log.open_claim(tp.topic, tp.partition, first)
         if segment.forced_end is not None:  # claimed, never committed: replay that exact range
@@ -284,8 +284,10 @@ class StreamWorker(kafka_io.RebalanceListener):
             metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
             return
         fresh, duplicates = [], []
-        for result in results:
-            if result.media_id in segment.seen:
+        for (
+            result
+        ) in results:  # seen holds media ids and sha256s: the same bytes under a new id too
+            if result.media_id in segment.seen or result.sha256 in segment.seen:
                 duplicates.append(result)
             else:
                 fresh.append(result)
@@ -301,7 +303,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 files += self.sink.create(table, tables.as_dict()[table], name, metadata)
             self._dead_letter(tables.failed, by_source)  # before the commit: a replay resends
             media_ids = tables.media.column("media_id").to_pylist()
-            self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids))
+            sha256s = tables.media.column("sha256").to_pylist()
+            self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids, sha256s))
         except (OSError, DeadLetterUndelivered) as error:
             # Storage full or away, or the DLQ unreachable: nothing is committed, and the claim
             # makes the retry write the same range into the same names.
@@ -322,6 +325,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         segment.first = last + 1
         segment.forced_end = None
         segment.seen.update(media_ids)
+        segment.seen.update(sha256s)
         self.stats.segments += 1
         self.stats.media_rows += tables.media.num_rows
         self.stats.failure_rows += tables.failures.num_rows

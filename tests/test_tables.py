@@ -115,3 +115,12 @@ def test_create_writes_each_partition_file_only_once(tmp_path):
     assert read_table(str(tmp_path), "media", columns=["media_id"]).column(0).to_pylist() == ["a"]
     assert sink.file_metadata("media/nope.parquet") is None
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_the_same_bytes_under_two_producer_ids_are_counted_once_and_reported():
+    first, again = result("cam-a-0001", None), result("upload-77", None)
+    again.sha256 = first.sha256  # a card uploaded twice by a portal that makes its own ids
+    tables = assemble([first, again], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    assert tables.media.column("media_id").to_pylist() == ["cam-a-0001"]
+    [duplicate] = tables.failures.to_pylist()
+    assert duplicate["kind"] == "duplicate" and "sha256" in duplicate["message"]
