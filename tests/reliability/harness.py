@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.readers import read_table
@@ -42,7 +43,10 @@ SCOREBOARD: list[Score] = []
 
 def read_rows(out: str | Path, table: str) -> list[dict]:
     """Every row of `table` under `out` (a folder or URL), through the project's
-    layout-independent reader: whole folders, bookkeeping files (`.`/`_`) skipped."""
+    layout-independent reader: whole folders, bookkeeping files (`.`/`_`) skipped.
+    Object-store listings are cached per process by fsspec: dropped first, so a poll sees
+    what the worker wrote since."""
+    fsspec.core.url_to_fs(str(out))[0].invalidate_cache()
     return read_table(str(out), table).to_pylist()
 
 
