@@ -165,6 +165,9 @@ def build_app(settings: Settings) -> FastAPI:
         kept and no event is sent; the reason names the file.
         """
         await run_in_threadpool(api.own_deployment, program, deployment_id)
+        # Ray Serve 2.60's proxy forwards the body to the replica chunk by chunk as it arrives,
+        # but queues what the replica has not taken yet without bound (no backpressure): the
+        # request cap is also what one proxy may hold for a slow store.
         limit = settings.api_max_request_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
