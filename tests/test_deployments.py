@@ -18,7 +18,7 @@ from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Detection, MediaRef, MediaResult
 from trapline.services.settings import Settings
 
-CAMTRAP_DP = Path(__file__).resolve().parents[2] / "shared" / "camtrap-dp-1.0.2"
+CAMTRAP_DP = Path(__file__).resolve().parent / "camtrap_dp_example"
 UTC = timezone.utc
 
 
@@ -85,7 +85,7 @@ def test_parse_timezone_refuses_nonsense_with_the_fix():
 
 
 def test_camtrap_dp_deployments_csv_is_read_as_is_and_takes_its_zone_from_deployment_start():
-    deployments = load_deployments(str(CAMTRAP_DP / "example-deployments.csv"))
+    deployments = load_deployments(str(CAMTRAP_DP / "deployments.csv"))
     first = deployments["00a2c20d"]
     assert first.location_name == "B_HS_val 2_processiepark"
     assert (first.latitude, first.longitude) == (51.496, 4.774)
