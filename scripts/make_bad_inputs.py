@@ -168,7 +168,7 @@ def corpus() -> dict[str, tuple[bytes, dict]]:
             fail("decode", "not_an_image"),
         ),
         "clip.jpg": (_mp4_head(), fail("decode", "not_an_image")),
-        "clip.mp4": (_mp4_head(), fail("source", "unsupported_type")),
+        "clip.mp4": (_mp4_head(), fail("decode", "not_a_video")),  # a video, but not a readable one
         "bomb.png": (_png_bomb(30_000), fail("decode", "too_large")),
         "bomb.jpg": (_jpeg_bomb(30_000), fail("decode", "too_large")),
         "cmyk.jpg": (_jpeg(Image.fromarray(_pixels(7)).convert("CMYK")), media()),

@@ -22,6 +22,7 @@ from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.source import list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef
+from trapline.pipelines.uri_safety import configure_storage_roots
 from trapline.services import metrics
 from trapline.services.object_store import configure_fsspec
 from trapline.services.settings import Settings
@@ -30,6 +31,7 @@ from trapline.services.settings import Settings
 def build_pipeline(settings: Settings) -> PhotoPipeline:
     """The stages with their model backends, for this process (a Ray actor calls it too)."""
     configure_fsspec(settings)  # fsspec's S3 options live per process
+    configure_storage_roots(settings.storage_roots)  # so do the readable roots (uri_safety)
     detector, classifier = make_backends(
         settings.model_backend,
         detector_model=settings.detector_model,

@@ -126,8 +126,6 @@ def test_worker_refuses_events_outside_its_roots_and_dead_letters_them(
         segment_max_records=50, segment_max_wait_s=0.5, workers=0, metrics_port=0,
         storage_roots=[str(tmp_path / "card")],
     )  # fmt: skip
-    # What build_pipeline should do with settings.storage_roots in every worker process.
-    configure_storage_roots(settings.storage_roots)
     StreamWorker(settings, str(tmp_path / "out"), build_pipeline(settings)).run(idle_exit_s=4)
 
     media, failures = read_rows(tmp_path / "out", "media"), read_rows(tmp_path / "out", "failures")
