@@ -233,6 +233,10 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["path", "virtual", "auto"] | None = Field(
         None, description="Unset: path for a custom endpoint, virtual on AWS."
     )
+    storage_roots: list[str] = Field(
+        default_factory=list,
+        description='Only photos below these are read, e.g. ["s3://camtraps/uploads/", "/data/cards"] (JSON list in TRAPLINE_STORAGE_ROOTS); empty: any local file or bucket, never http(s). See docs/security.md.',
+    )
 
     # Service mode: Kafka in (`trapline serve`)
     kafka_bootstrap: str = Field(
