@@ -26,7 +26,7 @@ import fsspec
 import pyarrow.dataset as ds
 import pytest
 import requests
-from conftest import jpeg_bytes
+from photo_factory import jpeg_bytes
 from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import parse_upload_event
