@@ -139,3 +139,28 @@ def test_a_video_in_a_folder_run_is_one_media_row_with_per_frame_detections(tmp_
         clip.status == "done"
         and Path(clip.destination).read_bytes() == (photos / "cam-1" / "CLIP0001.mp4").read_bytes()
     )
+
+
+def test_a_video_announced_by_an_upload_event_is_one_media_row(tansu, kafka_topic, tmp_path):
+    """Service mode takes videos like photos: event -> frames -> one media row, frame numbers kept."""
+    from test_stream import run_worker, settings_for
+
+    from trapline.services.submit import submit_folder
+
+    card = tmp_path / "card" / "cam-v"
+    card.mkdir(parents=True)
+    (card / "CLIP0002.mp4").write_bytes(encode_clip("mp4", "libx264"))
+    shutil.copy(DEER, card / "IMG_0001.jpg")
+    topic = kafka_topic("uploads", partitions=1)
+    assert submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-v").submitted == 2
+
+    run_worker(settings_for(tansu, topic, "g-video", video_fps=2.0, batch_size=4), tmp_path / "out")
+
+    media = read_table(str(tmp_path / "out"), "media").to_pandas()
+    assert sorted(Path(u).name for u in media.uri) == ["CLIP0002.mp4", "IMG_0001.jpg"]
+    video = media[media.uri.str.endswith(".mp4")].iloc[0]
+    assert video.source.startswith(f"{topic}/0/") and video.observation_type == "animal"
+    obs = read_table(str(tmp_path / "out"), "observations").to_pandas()
+    frames = obs[obs.media_id == video.media_id].frame_number.tolist()
+    assert frames and min(frames) >= BLANK_FRAMES
+    assert read_table(str(tmp_path / "out"), "failures").num_rows == 0
