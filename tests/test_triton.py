@@ -356,7 +356,9 @@ def test_many_batches_in_flight_come_back_in_order_and_big_batches_are_split(
     repeats = SMALL_BATCHES.max_batch_size // len(canvases) + 1
     big = np.concatenate([canvases] * repeats)  # more than max_batch_size: split, in flight
     assert len(big) > SMALL_BATCHES.max_batch_size
-    np.testing.assert_allclose(detector.detect(big), np.concatenate(one_by_one * repeats), atol=1e-5)
+    np.testing.assert_allclose(
+        detector.detect(big), np.concatenate(one_by_one * repeats), atol=1e-5
+    )
     detector.close()
 
 
@@ -455,3 +457,61 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming end-to-end test with the Triton backend selected
+
+
+def test_streaming_end_to_end_with_triton_gives_the_onnx_runtime_rows(
+    triton, model_files, tansu, kafka_topic, tmp_path
+):
+    """Events -> Triton-served models -> tables exactly once, bad events in the DLQ, and the same
+    media and observations as the in-process ONNX Runtime run of the same events."""
+    from test_stream import run_worker, send_raw, settings_for
+
+    from trapline.pipelines.readers import read_table
+    from trapline.services import kafka_io
+    from trapline.services.submit import submit_folder
+
+    if model_files[0].parent != DEMO:
+        pytest.skip("the demo models are not built")
+    card = tmp_path / "card" / "cam-b"
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "examples" / "photos" / "deployment-b", card
+    )
+    topic = kafka_topic("uploads", partitions=2)
+    photos = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
+    send_raw(tansu, topic, b"{not json")
+
+    outs = {}
+    for backend in ("triton", "onnx"):
+        settings = settings_for(
+            tansu, topic, f"g-e2e-{backend}", model_backend=backend, triton_url=triton.grpc_url
+        )
+        outs[backend] = tmp_path / backend
+        run_worker(settings, outs[backend])
+
+    def rows(backend: str, table: str, columns: list[str]) -> list[dict]:
+        data = read_table(str(outs[backend]), table, columns=columns).to_pylist()
+        return sorted(data, key=lambda r: r[columns[0]])
+
+    media_columns = ["media_id", "observation_type", "animal_count", "event_label"]
+    assert rows("triton", "media", media_columns) == rows("onnx", "media", media_columns)
+    keys, numbers = ["observation_id", "category", "label"], ["bbox_x", "bbox_y", "detection_conf"]
+    served, local = (rows(b, "observations", keys + numbers) for b in ("triton", "onnx"))
+    assert [[r[k] for k in keys] for r in served] == [[r[k] for k in keys] for r in local]
+    np.testing.assert_allclose(
+        [[r[k] for k in numbers] for r in served],
+        [[r[k] for k in numbers] for r in local],
+        atol=2e-3,
+    )
+    media = read_table(str(outs["triton"]), "media").to_pylist()
+    failures = read_table(str(outs["triton"]), "failures").to_pylist()
+    assert (
+        len(media) == len({m["media_id"] for m in media})
+        and len(media) + len(failures) == photos + 1
+    )
+    assert {m["detector"] for m in media} == {load_detector_spec(model_files[0]).name}
+    dlq = kafka_io.read_topic(tansu.bootstrap, f"{topic}.dlq", 2 * len(failures), timeout_s=10)
+    assert len(dlq) == 2 * len(failures)  # each run dead-letters its failures once
