@@ -1,5 +1,5 @@
 """The S3 server going away while a worker writes its tables there: the real Ceph RGW gateway
-is stopped for 10 s mid-run and started again (the cluster behind it keeps the objects, as a
+is stopped for 20 s mid-run (longer than the S3 client's own retries) and started again (the cluster behind it keeps the objects, as a
 restarted gateway in front of a real cluster does)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
 from harness import Supervisor, account, accounted, start_worker, worker_env
 from test_stream_faults import make_photos
 
@@ -15,7 +16,7 @@ from trapline.services.local_servers import stop_process
 from trapline.services.submit import submit_folder
 
 pytest_plugins = ["s3_fixtures"]  # one Ceph cluster for the session, shared with tests/test_s3.py
-OUTAGE_S = 10.0
+OUTAGE_S = 20.0
 
 
 def _restart_gateway(rgw) -> None:
@@ -42,7 +43,15 @@ def _restart_gateway(rgw) -> None:
             time.sleep(0.2)
 
 
-def test_s3_gateway_gone_10_s_during_writes_every_photo_exactly_once(
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="pipelines/sinks.py create: s3fs makedirs (and any s3fs call) raises botocore's "
+    "EndpointConnectionError when the gateway is away, which is not an OSError, so "
+    "StreamWorker._flush's `except (OSError, DeadLetterUndelivered)` misses it and the worker "
+    "exits (exactly once still holds after a restart)",
+)
+def test_s3_gateway_gone_20_s_during_writes_every_photo_exactly_once(
     tansu,
     kafka_topic,
     ceph_rgw,
@@ -79,11 +88,18 @@ def test_s3_gateway_gone_10_s_during_writes_every_photo_exactly_once(
             _restart_gateway(ceph_rgw)  # leave the session's gateway running for other tests
     score = scoreboard.record(
         account(
-            "S3 gateway gone 10 s during writes", [str(p) for p in photos], out,
+            "S3 gateway gone 20 s during writes", [str(p) for p in photos], out,
             note=f"worker restarts {supervisor.restarts}",
         )
     )  # fmt: skip
     assert (score.duplicates, score.losses) == (0, 0)
     assert supervisor.restarts == 0, (
-        f"the worker exited {supervisor.exit_codes} and had to be restarted"
+        f"the worker exited {supervisor.exit_codes} and had to be restarted:\n{_exit_trace(log)}"
     )
+
+
+def _exit_trace(log) -> str:
+    """The first traceback in the worker log (why it exited), else the log's tail."""
+    text = log.read_text(errors="replace")
+    at = text.find("Traceback")
+    return text[at : at + 4000] if at >= 0 else text[-2000:]

@@ -144,40 +144,6 @@ def test_disk_full_on_the_local_sink_pauses_the_worker_until_space_is_freed(
     assert (score.duplicates, score.losses) == (0, 0)
 
 
-def test_disk_full_then_restarted_worker_resumes_exactly_once(
-    tansu, kafka_topic, tmp_path, small_disk, scoreboard
-):
-    """What a supervisor (Kubernetes) sees today: the worker fails on ENOSPC without committing;
-    once space is freed, its replacement writes every row once."""
-    photos, out, log, filler, env, worker = _disk_full_run(
-        tansu, kafka_topic, tmp_path, small_disk, "g-disk-restart"
-    )
-    try:
-        worker.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass  # a worker that waits for space instead of exiting is fine too
-    written_while_full = accounted(out)
-    stop_workers([worker])
-    filler.unlink()
-    replacement = start_worker(env, out, log)
-    try:
-        wait_until(
-            lambda: accounted(out) >= 60, 60, "all 60 photos after restart", [replacement], log
-        )
-        time.sleep(1.0)
-    finally:
-        stop_workers([replacement])
-    score = scoreboard.record(
-        account(
-            "disk full, worker restarted",
-            [str(p) for p in photos],
-            out,
-            note=f"{written_while_full} rows while full",
-        )
-    )
-    assert (score.duplicates, score.losses) == (0, 0)
-
-
 def test_a_write_that_fails_for_lack_of_space_leaves_no_temporary_file(small_disk):
     from trapline.pipelines.sinks import ParquetSink
     from trapline.pipelines.tables import failures_table
