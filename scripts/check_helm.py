@@ -7,9 +7,10 @@
 For each scenario (default values; every optional feature on; KubeRay with Triton's native S3):
 1. `helm lint --strict` and `helm template` through helm-python-sdk (Helm v4's Go library);
 2. every manifest against the Kubernetes OpenAPI schemas with kubernetes-validate (strict: no
-   unknown fields). Custom resources it has no schema for (RayCluster, ScaledObject,
-   TriggerAuthentication, ServiceMonitor, PodMonitor, PrometheusRule) get a structural check here
-   instead, and the pod templates inside a RayCluster are validated as core/v1 PodTemplates;
+   unknown fields), and every custom resource (RayCluster, ScaledObject, TriggerAuthentication,
+   ServiceMonitor, PodMonitor, PrometheusRule) against its CRD's schema, vendored in
+   helm/crd-schemas (scripts/crd_schemas.py: jsonschema, strict, the pod templates of a
+   RayCluster against the Kubernetes PodSpec);
 3. checkov's Kubernetes policies on the rendered manifests (skips are justified in
    helm/trapline/.checkov.yaml). checkov pins packaging<24 and boto3 1.35, which the project's
    own dependencies (ray) do not allow, so it lives in its own venv: `.venv-checkov/bin/checkov`,
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,45 +145,22 @@ def lint(values: dict[str, Any] | None = None) -> list[str]:
 # ------------------------------------------------------------------------------------- validate
 
 
-def _pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    spec = doc.get("spec", {})
-    if doc["kind"] == "RayCluster":
-        yield "headGroupSpec", spec["headGroupSpec"]["template"]
-        for group in spec.get("workerGroupSpecs", []):
-            yield f"workerGroupSpecs[{group.get('groupName')}]", group["template"]
-
-
-def _require(doc: dict[str, Any], *paths: str) -> list[str]:
-    missing = []
-    for path in paths:
-        node: Any = doc
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node in (None, "", [], {}):
-            missing.append(path)
-    return missing
-
-
-# What a custom resource must carry, when kubernetes-validate has no schema for it.
-CUSTOM_RESOURCES: dict[str, tuple[str, ...]] = {
-    "RayCluster": (
-        "spec.rayVersion",
-        "spec.headGroupSpec.rayStartParams",
-        "spec.headGroupSpec.template.spec.containers",
-        "spec.workerGroupSpecs",
-    ),
-    "ScaledObject": ("spec.scaleTargetRef.name", "spec.triggers", "spec.maxReplicaCount"),
-    "TriggerAuthentication": ("spec.secretTargetRef",),
-    "ServiceMonitor": ("spec.selector.matchLabels", "spec.endpoints"),
-    "PodMonitor": ("spec.selector.matchLabels", "spec.podMetricsEndpoints"),
-    "PrometheusRule": ("spec.groups",),
-}
+def _crd_schemas():
+    """scripts/crd_schemas.py, beside this file (scripts/ is not a package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import crd_schemas
+    finally:
+        sys.path.pop(0)
+    return crd_schemas
 
 
 def validate(docs: list[dict[str, Any]], report: Report, scenario: str) -> None:
+    """Built-in kinds against the Kubernetes schemas, custom resources against their CRDs'."""
     import kubernetes_validate
     from kubernetes_validate.utils import SchemaNotFoundError
 
+    crds = _crd_schemas()
     for doc in docs:
         name = f"{scenario}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         try:
@@ -190,32 +168,15 @@ def validate(docs: list[dict[str, Any]], report: Report, scenario: str) -> None:
         except kubernetes_validate.ValidationError as error:
             path = ".".join(str(p) for p in error.path)
             report.failures.append(f"{name}: {path}: {error.message}")
-            continue
         except SchemaNotFoundError:
-            required = CUSTOM_RESOURCES.get(doc["kind"])
-            if required is None:
+            errors = crds.validate(doc, KUBE_VERSION)
+            if errors is None:
                 report.failures.append(
-                    f"{name}: no schema and no structural check for {doc['apiVersion']}"
+                    f"{name}: no Kubernetes schema and no CRD schema in helm/crd-schemas for "
+                    f"{doc['apiVersion']} {doc['kind']}"
                 )
                 continue
-            for path in _require(doc, *required):
-                report.failures.append(f"{name}: custom resource lacks {path}")
-            for where, template in _pod_templates(doc):
-                pod_template = {
-                    "apiVersion": "v1",
-                    "kind": "PodTemplate",
-                    "metadata": {"name": "t"},
-                    "template": template,
-                }
-                try:
-                    kubernetes_validate.validate(pod_template, KUBE_VERSION, strict=True)
-                except kubernetes_validate.ValidationError as error:
-                    path = ".".join(str(p) for p in error.path)
-                    report.failures.append(f"{name}: {where}: {path}: {error.message}")
-            if doc["kind"] == "PrometheusRule":
-                for group in doc["spec"]["groups"]:
-                    if not group.get("name") or not group.get("rules"):
-                        report.failures.append(f"{name}: rule group without name or rules")
+            report.failures.extend(f"{name}: {error}" for error in errors)
 
 
 # ------------------------------------------------------------------------------------- checkov

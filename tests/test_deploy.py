@@ -80,6 +80,103 @@ def test_chart_lints_clean_and_every_manifest_matches_the_kubernetes_schemas(sce
     assert report.failures == []
 
 
+def test_every_custom_resource_has_a_vendored_crd_schema_with_its_source(rendered):
+    crds = check_helm._crd_schemas()
+    custom = {
+        (d["apiVersion"], d["kind"])
+        for docs in rendered.values()
+        for d in docs
+        if "." in d["apiVersion"].split("/")[0] and not d["apiVersion"].endswith(".k8s.io/v1")
+    }
+    assert {kind for _, kind in custom} >= {
+        "RayCluster",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+    }
+    for api_version, kind in custom:
+        assert crds.load(api_version, kind) is not None, f"{api_version} {kind}: no schema"
+    readme = (crds.SCHEMAS / "README.md").read_text()
+    for group, kind, version in crds.vendored():
+        (row,) = [
+            line for line in readme.splitlines() if f"`{group}/{kind}_{version}.json`" in line
+        ]
+        assert re.search(r"\b[0-9a-f]{40}\b", row) and "Apache-2.0" in row, row
+
+
+def _mutate(doc: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        doc = doc[int(part)] if part.isdigit() else doc[part]
+    if value is _DELETE:
+        del doc[last]
+    elif last == "+":
+        doc.append(value)
+    else:
+        doc[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "expected"),
+    [
+        ("RayCluster", "spec.bogus", 1, "'bogus' was unexpected"),
+        ("RayCluster", "spec.workerGroupSpecs.0.minReplicas", 2**40, "is not a 'int32'"),
+        (
+            "RayCluster",
+            "spec.workerGroupSpecs.0.template.spec.containers.0.imagePullPolicyy",
+            "Always",
+            "'imagePullPolicyy' was unexpected",
+        ),
+        ("RayCluster", "spec.headGroupSpec.template.metadata.uid", "x", "'uid' was unexpected"),
+        ("RayCluster", "metadata.labelz", {}, "'labelz' was unexpected"),
+        ("ScaledObject", "spec.triggers", _DELETE, "'triggers' is a required property"),
+        ("ScaledObject", "spec.triggers.0.metadata.lagThreshold", 5, "is not of type 'string'"),
+        ("TriggerAuthentication", "spec.secretTargetRef.0.key", _DELETE, "'key' is a required"),
+        ("ServiceMonitor", "spec.endpoints.0.scheme", "ftp", "is not one of"),
+        ("ServiceMonitor", "spec.endpoints.0.interval", "15 s", "does not match"),
+        ("PodMonitor", "spec.podMetricsEndpoints.0.relabelings.0.action", "rename", "not one of"),
+        ("PrometheusRule", "spec.groups.0.rules.0.for", "5 minutes", "does not match"),
+        ("PrometheusRule", "spec.groups.+", {"name": "trapline.workers"}, "duplicate item"),
+    ],
+)
+def test_crd_schemas_reject_what_the_api_server_would(rendered, kind, path, value, expected):
+    import copy
+
+    docs = rendered["all-features"] + rendered["ray-native-triton"]
+    doc = copy.deepcopy([d for d in docs if d["kind"] == kind][0])
+    crds = check_helm._crd_schemas()
+    assert crds.validate(doc, check_helm.KUBE_VERSION) == []
+    _mutate(doc, path, value)
+    errors = crds.validate(doc, check_helm.KUBE_VERSION)
+    assert any(expected in error for error in errors), errors
+
+
+def test_crd_schema_loader_refuses_rules_it_cannot_enforce():
+    crds = check_helm._crd_schemas()
+    cel = {"type": "object", "x-kubernetes-validations": [{"rule": "self.a > 0"}]}
+    with pytest.raises(crds.SchemaError, match="x-kubernetes-validations"):
+        crds.to_json_schema(cel)
+    schema = crds.to_json_schema(
+        {
+            "type": "object",
+            "properties": {
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "when": {"type": "string", "nullable": True},
+                "port": {"x-kubernetes-int-or-string": True},
+            },
+        }
+    )
+    assert schema["additionalProperties"] is False
+    assert "additionalProperties" not in schema["properties"]["free"]
+    assert schema["properties"]["when"]["type"] == ["string", "null"]
+    assert schema["properties"]["port"]["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+
+
 def test_checkov_finds_nothing_beyond_the_justified_skips(rendered):
     if check_helm.find_checkov() is None:
         pytest.skip(
