@@ -71,6 +71,14 @@ ALL_FEATURES: dict[str, Any] = {
         "runbookBaseUrl": "https://git.example.org/trapline/-/blob/main/docs/",
     },
     "grafanaDashboard": {"enabled": True},
+    "api": {
+        "enabled": True,
+        "registry": "s3://camtrap-registry/trapline",
+        "uploadPrefix": "s3://camtrap-uploads/trapline",
+        "ingressFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+        ],
+    },
 }
 RAY_NATIVE_TRITON: dict[str, Any] = {
     **{k: v for k, v in ALL_FEATURES.items() if k not in ("keda", "workers")},

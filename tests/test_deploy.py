@@ -460,3 +460,35 @@ def test_monitors_name_the_jobs_the_alert_rules_expect(rendered):
         service = one(docs, "Service", suffix)
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
         assert f'job="{job}"' in rules
+
+
+# ------------------------------------------------------------------------------------- upload API
+
+
+def test_api_is_off_by_default_and_when_on_serves_healthz_behind_its_own_policy(rendered):
+    assert not [d for d in rendered["default"] if d["metadata"]["name"].endswith("-api")]
+    docs = rendered["all-features"]
+    pod = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    assert api["args"] == ["api", "--host", "0.0.0.0", "--port", "8000"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert api[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["TRAPLINE_API_REGISTRY"] == check_helm.ALL_FEATURES["api"]["registry"]
+    assert env["TRAPLINE_API_RESULTS"] == check_helm.ALL_FEATURES["output"]
+    assert {"TRAPLINE_KAFKA_SASL_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    from trapline.services.settings import Settings
+
+    for name in env:
+        if name.startswith("TRAPLINE_"):
+            assert name.removeprefix("TRAPLINE_").lower() in Settings.model_fields, name
+    service = one(docs, "Service", "-api")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    policy = one(docs, "NetworkPolicy", "-api")
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert ingress["from"] == check_helm.ALL_FEATURES["api"]["ingressFrom"]
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="api.registry"):
+        check_helm.render({"api": {"enabled": True}})
