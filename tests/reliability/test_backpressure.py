@@ -24,7 +24,7 @@ WARM_UP = 10  # events processed before measuring: models loaded, first segment 
 
 
 def _produce(
-    bootstrap: str, topic: str, photo_uri: str, sent: list[int], first: int, last: int
+    bootstrap: str, topic: str, photos: list, sent: list[int], first: int, last: int
 ) -> None:
     producer = kafka_io.make_producer(bootstrap)
     padding = {f"note{i}": "x" * 4000 for i in range(PADDING // 4000)}
@@ -32,7 +32,10 @@ def _produce(
     futures = []
     for index in range(first, last):
         event = UploadEvent(
-            uri=photo_uri, deployment_id="dep-0", media_id=f"bp-{index:05d}", attributes=padding
+            uri=photos[index].as_uri(),
+            deployment_id="dep-0",
+            media_id=f"bp-{index:05d}",
+            attributes=padding,
         )
         futures.append(producer.send(topic, key=b"dep-0", value=encode_upload_event(event)))
         sent[0] = index + 1
@@ -43,7 +46,8 @@ def _produce(
 
 def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tmp_path, scoreboard):
     topic = kafka_topic("backpressure", partitions=2)
-    (photo,) = make_photos(tmp_path / "card", 1, deployments=1, seed=31)
+    # One photo per event: the same bytes under two media ids would be reported as duplicates.
+    photos = make_photos(tmp_path / "card", EVENTS, deployments=1, seed=31)
     out, log = tmp_path / "out", tmp_path / "worker.log"
     env = worker_env(
         tansu.bootstrap, topic, "g-backpressure", segment_max_records=10, poll_max_records=10,
@@ -52,11 +56,11 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
     worker = start_worker(env, out, log)
     sent = [0]
     producer = threading.Thread(
-        target=_produce, args=(tansu.bootstrap, topic, photo.as_uri(), sent, WARM_UP, EVENTS)
+        target=_produce, args=(tansu.bootstrap, topic, photos, sent, WARM_UP, EVENTS)
     )
     samples: list[tuple[float, int, int, int]] = []  # (t, rss, sent, written)
     try:
-        _produce(tansu.bootstrap, topic, photo.as_uri(), sent, 0, WARM_UP)
+        _produce(tansu.bootstrap, topic, photos, sent, 0, WARM_UP)
         wait_until(
             lambda: len(read_rows(out, "media")) >= WARM_UP, 60, "the warm-up rows", [worker], log
         )
