@@ -36,6 +36,29 @@ from fsspec.implementations.local import LocalFileSystem
 
 from trapline.pipelines.tables import SCHEMA_VERSION
 
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or failing store raises: OSError from local disks and most of s3fs,
+    but botocore's own errors (EndpointConnectionError, ...) and aiohttp's when s3fs cannot even
+    reach the endpoint, which are not OSErrors."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # no S3 support installed: local disks only
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        errors.append(HttpClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+STORAGE_ERRORS = _storage_errors()  # catch these to retry a write later, not to skip it
+
 PART_PREFIX = "part-"
 # Not Hive's `__HIVE_DEFAULT_PARTITION__`: pyarrow reads that as null, and pandas then fails
 # ("Cannot yet unify dictionaries with nulls") on a table that mixes it with dated folders.

@@ -407,6 +407,21 @@ def wait_delivered(
 RebalanceListener = ConsumerRebalanceListener  # workers subclass it to flush before a revoke
 
 
-def commit_offset(consumer: KafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
-    """Commit `next_offset` (the first offset not yet durable) for one partition, synchronously."""
-    consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+def commit_offset(consumer: KafkaConsumer, tp: TopicPartition, next_offset: int) -> bool:
+    """Commit `next_offset` (the first offset not yet durable) for one partition, synchronously.
+
+    Returns False, instead of raising, when the broker or the group refuses or is away: the
+    segment log in storage is the truth about what is written, Kafka's offset only a hint, so
+    a missed commit costs nothing that the next commit (or a restart) does not repair.
+    """
+    try:
+        consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+    except KafkaError as error:
+        log.warning(
+            "offset commit for %s at %d failed (%s); storage keeps the truth",
+            tp,
+            next_offset,
+            error,
+        )
+        return False
+    return True

@@ -32,7 +32,7 @@ from trapline.pipelines.batching import batches
 from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline, Tables, assemble
 from trapline.pipelines.segment_log import Commit, SegmentLog, part_name
-from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines.sinks import STORAGE_ERRORS, ParquetSink
 from trapline.pipelines.types import Failure, MediaResult
 from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
@@ -195,7 +195,17 @@ class StreamWorker(kafka_io.RebalanceListener):
                 self.segments.pop(tp, None)
             metrics.forget_partition(tp.topic, tp.partition)
         for tp in assigned:
-            self.segments[tp] = self._restore(tp)
+            try:
+                self.segments[tp] = self._restore(tp)
+            except STORAGE_ERRORS as error:
+                # No segment, so records polled meanwhile are ignored; try again next poll.
+                log.warning("%s: cannot read the segment log (%s); retrying", tp, error)
+                metrics.SEGMENT_RETRIES.labels("storage").inc()
+                with self._rebalance_lock:
+                    if tp not in self._revoked:
+                        self._assigned.add(tp)
+                time.sleep(min(self.retry_delay_s, 5.0))
+                continue
             self.consumer.seek(tp, self.segments[tp].first)
 
     def _restore(self, tp: TopicPartition) -> Segment:
@@ -262,7 +272,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         first, last = segment.records[0].offset, segment.records[-1].offset
         try:
             claimed = self.log.claim(tp.topic, tp.partition, first, last)
-        except OSError as error:
+        except STORAGE_ERRORS as error:
             self._retry_later(tp, [], "storage", error, owned)  # the records stay where they are
             return
         if claimed > last:  # someone claimed a longer range: gather up to its end first
@@ -305,13 +315,13 @@ class StreamWorker(kafka_io.RebalanceListener):
             media_ids = tables.media.column("media_id").to_pylist()
             sha256s = tables.media.column("sha256").to_pylist()
             self.log.commit(tp.topic, tp.partition, Commit(first, last, files, media_ids, sha256s))
-        except (OSError, DeadLetterUndelivered) as error:
+        except (*STORAGE_ERRORS, DeadLetterUndelivered) as error:
             # Storage full or away, or the DLQ unreachable: nothing is committed, and the claim
             # makes the retry write the same range into the same names.
             self._retry_later(
                 tp,
                 records,
-                "storage" if isinstance(error, OSError) else "dead-letter topic",
+                "dead-letter topic" if isinstance(error, DeadLetterUndelivered) else "storage",
                 error,
                 owned,
             )

@@ -58,14 +58,6 @@ def proxied_broker():
         stop_process(broker, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="services/stream.py _flush: kafka_io.commit_offset raises KafkaTimeoutError while the "
-    "broker is away and nothing catches it, so the worker exits (exactly once still holds after "
-    "a restart: the tables are the truth). Also _dead_letter raises on failed delivery after the "
-    "tables are written, so those dead letters are never sent after the restart",
-)
 def test_broker_gone_30_s_then_back_every_photo_exactly_once(proxied_broker, tmp_path, scoreboard):
     proxy, bootstrap = proxied_broker
     topic = "reliability.broker-outage"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import time
 
-import pytest
 from harness import Supervisor, account, accounted, start_worker, worker_env
 from test_stream_faults import make_photos
 
@@ -43,14 +42,6 @@ def _restart_gateway(rgw) -> None:
             time.sleep(0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pipelines/sinks.py create: s3fs makedirs (and any s3fs call) raises botocore's "
-    "EndpointConnectionError when the gateway is away, which is not an OSError, so "
-    "StreamWorker._flush's `except (OSError, DeadLetterUndelivered)` misses it and the worker "
-    "exits (exactly once still holds after a restart)",
-)
 def test_s3_gateway_gone_20_s_during_writes_every_photo_exactly_once(
     tansu,
     kafka_topic,
