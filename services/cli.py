@@ -296,11 +296,18 @@ def compact(
     table: list[str] = typer.Option(None, help="Only these tables (repeatable); default all four."),
     min_files: int = typer.Option(2, help="Leave partition folders with fewer part files alone."),
     min_age: float = typer.Option(0.0, help="Only folders whose newest file is at least this old, seconds."),
+    out: str | None = typer.Option(None, help="Write a compacted copy here instead of compacting in place (object stores)."),
+    allow_brief_duplicates: bool = typer.Option(False, help="Object stores, in place: accept that plain readers may see a folder's rows twice for seconds."),
 ) -> None:
     """Merge each partition folder's part files into one; readers never see a half-done folder."""
+    from trapline.services.compact import UnsafeOnObjectStore
     from trapline.services.compact import compact as run_compact
 
-    report = run_compact(results, table or None, min_files, min_age)
+    try:
+        report = run_compact(results, table or None, min_files, min_age, out, allow_brief_duplicates)
+    except UnsafeOnObjectStore as error:
+        console.print(f"[red]refused:[/red] {error}")
+        raise typer.Exit(2) from None
     console.print(
         f"compacted {report.folders} folders: {report.files_before} files -> {report.files_after}, "
         f"{report.rows} rows ({report.retried} retried after a concurrent write)"

@@ -9,12 +9,13 @@ Readers must never see a folder half-compacted (rows missing, or rows twice):
   folders are swapped in one step (`renameat2(RENAME_EXCHANGE)`, Linux >= 3.15), so a reader
   lists either the old files or the new one. A file that a writer added during the merge is
   noticed after the swap and the swap is undone (again atomic), and the folder is retried.
-- object stores have no atomic multi-object operation, so there the merged file is written
-  first and the inputs are deleted after it: a plain reader listing in between sees those rows
-  twice. The merged file names its inputs in its metadata, and `read_table` (which exports,
-  the report and the API use) drops any input still listed, so Trapline's own readers never do.
-  Compact S3 tables while their readers are idle, or give `--min-age` so only quiet folders
-  (no file newer than that) are touched.
+- object stores have no atomic multi-object operation. By default compaction there writes a
+  compacted copy into a new root (`--out`): nothing readers see changes until they are
+  pointed at it (an archived season, a hand-over to analysts). In place it needs
+  `--allow-brief-duplicates`: the merged file is written first and the inputs deleted after
+  it, so a plain reader listing in between sees those rows twice. The merged file names its
+  inputs in its metadata, and `read_table` (exports, report, API) drops any input still listed,
+  so Trapline's own readers never do. `--min-age` limits it to quiet folders.
 Only complete part files are merged; the segment log is not touched (its records keep offsets
 and media ids, not file contents), so the stream's exactly-once resumption is unaffected.
 """
@@ -61,31 +62,68 @@ class CompactReport:
     retried: int = 0  # folders whose swap was undone because a writer added a file
 
 
+class UnsafeOnObjectStore(ValueError):
+    """In-place compaction on an object store would let plain readers see rows twice."""
+
+
 def compact(
-    root: str, tables: list[str] | None = None, min_files: int = 2, min_age_s: float = 0.0
+    root: str,
+    tables: list[str] | None = None,
+    min_files: int = 2,
+    min_age_s: float = 0.0,
+    out: str | None = None,
+    allow_brief_duplicates: bool = False,
 ) -> CompactReport:
-    """Merge the part files of every partition folder holding at least `min_files` of them."""
+    """Merge the part files of every partition folder holding at least `min_files` of them.
+
+    In place on local disks (atomic per folder). On object stores, either into a new root
+    (`out`: nothing visible changes until readers are pointed there) or, when the caller
+    accepts that a plain reader may see a folder's rows twice for a few seconds, in place.
+    """
     sink = ParquetSink(root)
+    if out is None and not isinstance(sink.fs, LocalFileSystem) and not allow_brief_duplicates:
+        raise UnsafeOnObjectStore(
+            f"{root}: an object store cannot swap files atomically, so compacting in place lets "
+            "plain readers (pandas, DuckDB) see some rows twice for a few seconds. Compact into a "
+            "new root with --out and point readers there, or accept it with --allow-brief-duplicates."
+        )
+    target = ParquetSink(out, sink.compression) if out is not None else None
     report = CompactReport()
     for table in tables or list(TABLES):
         folder = sink.table_dir(table)
         if not sink.fs.exists(folder):
             continue
         visible, replaced = visible_part_files(sink.fs, folder)
-        for path in replaced:  # left by a compaction that stopped before deleting its inputs
-            sink.fs.rm(path)
+        if target is None:
+            for path in replaced:  # left by a compaction that stopped before deleting its inputs
+                sink.fs.rm(path)
         by_folder: dict[str, list[str]] = defaultdict(list)
         for path in visible:
             by_folder[posixpath.dirname(path)].append(path)
         for folder, files in sorted(by_folder.items()):
-            if len(files) < min_files or not _quiet(sink, files, min_age_s):
+            if target is not None:  # a copy: every folder becomes one file in the new root
+                merged = _merged(sink, table, files)
+                relative = posixpath.relpath(folder, sink.table_dir(table))
+                destination = posixpath.join(target.table_dir(table), relative)
+                _write_atomically(target, destination, _name(files), merged)
+                rows = merged.num_rows
+            elif len(files) < min_files or not _quiet(sink, files, min_age_s):
                 continue
-            rows = _compact_folder(sink, table, folder, files, report)
+            else:
+                rows = _compact_folder(sink, table, folder, files, report)
             report.folders += 1
             report.files_before += len(files)
             report.files_after += 1
             report.rows += rows
     return report
+
+
+def _write_atomically(sink: ParquetSink, directory: str, name: str, data: pa.Table) -> None:
+    sink.fs.makedirs(directory, exist_ok=True)
+    temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
+    with sink.fs.open(temporary, "wb") as handle:
+        pq.write_table(data, handle, compression=sink.compression)
+    sink.fs.mv(temporary, posixpath.join(directory, name))
 
 
 def _quiet(sink: ParquetSink, files: list[str], min_age_s: float) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
@@ -15,7 +16,7 @@ from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult
 from trapline.services import compact as compact_module
-from trapline.services.compact import compact
+from trapline.services.compact import UnsafeOnObjectStore, compact
 from trapline.services.settings import Settings
 
 pytest_plugins = ["s3_fixtures"]
@@ -96,11 +97,29 @@ def test_on_s3_our_readers_never_see_the_inputs_twice(s3, s3_bucket, monkeypatch
     removed = []
     monkeypatch.setattr(s3, "rm", lambda path, **kw: removed.append(path))  # crash before deleting
 
-    compact(root, ["media"])
+    compact(root, ["media"], allow_brief_duplicates=True)
 
     assert len(removed) == 3  # the inputs are still there ...
     ids = read_table(root, "media").column("media_id").to_pylist()
     assert len(ids) == len(set(ids)) == 7  # ... and read_table keeps only the merged file's rows
     monkeypatch.undo()
-    compact(root, ["media"])  # a second run finishes the job: merged + leftovers -> one file
+    compact(
+        root, ["media"], allow_brief_duplicates=True
+    )  # a second run finishes the job: merged + leftovers -> one file
     assert sorted(read_table(root, "media").column("media_id").to_pylist()) == sorted(ids)
+
+
+def test_on_s3_in_place_compaction_is_refused_unless_asked_and_a_copy_changes_nothing_visible(
+    s3, s3_bucket
+):
+    root = f"s3://{s3_bucket('results')}/results"
+    write_segments(root, 3)
+    before = sorted(read_table(root, "media").column("media_id").to_pylist())
+    with pytest.raises(UnsafeOnObjectStore, match="--out"):
+        compact(root, ["media"])
+    copy = f"s3://{s3_bucket('compacted')}/results"
+    report = compact(root, ["media"], out=copy)
+    assert (report.folders, report.files_after) == (2, 2)
+    assert len(ParquetSink(root).part_files("media")) == 4  # the original is untouched
+    assert len(ParquetSink(copy).part_files("media")) == 2
+    assert sorted(read_table(copy, "media").column("media_id").to_pylist()) == before
