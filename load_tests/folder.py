@@ -112,7 +112,7 @@ def run_folder_bench(
         "cpu": cpu_split(
             sampler,
             ended - (summary.wall_seconds - summary.startup_seconds),
-            ended,
+            ended - summary.shutdown_seconds,  # Ray stops after the tables are written
             min(cores, max(settings.workers, 1)),
             stage_cost_s * n,
         ),  # fmt: skip

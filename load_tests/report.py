@@ -140,8 +140,12 @@ def headline(report: dict) -> list[str]:
             f"stream {name}: {run['events_per_second']:.2f} events/s, latency p50 {lat['p50']} s "
             f"p95 {lat['p95']} s p99 {lat['p99']} s, max lag {run['lag_max']} events"
         )
+    drift = report.get("stage_cost_drift")
+    drift_note = (
+        f" (stage costs drifted {drift:.0%} between before and after)" if drift is not None else ""
+    )
     lines.append(
-        f"ideal from stage costs: {report['ideal_photos_per_second']:.2f} photos/s; naive loop {report['naive_photos_per_second']:.2f} photos/s"
+        f"ideal from stage costs: {report['ideal_photos_per_second']:.2f} photos/s{drift_note}; naive loop {report['naive_photos_per_second']:.2f} photos/s"
     )
     lines.append(
         f"pipeline efficiency (headline): {report['pipeline_efficiency']:.3f}   [target >= 0.9]"

@@ -9,6 +9,7 @@ At most two batches per worker are in flight: memory stays bounded whatever the 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -19,7 +20,7 @@ from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
 from trapline.pipelines.flow import BatchOutput, PhotoPipeline, Tables, assemble
 from trapline.pipelines.sinks import ParquetSink
-from trapline.pipelines.source import list_media
+from trapline.pipelines.source import Listing, list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef
 from trapline.pipelines.uri_safety import configure_storage_roots
@@ -63,6 +64,8 @@ class RunSummary:
     bytes_read: int = 0
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0  # Ray start and model loading, included in wall_seconds
+    shutdown_seconds: float = 0.0  # stopping the local Ray (~1.4 s), included in wall_seconds
+    ray_started_here: bool = False
     models: ModelNames | None = None  # as the workers' backends report them
     classifier_labels: tuple[str, ...] = ()  # in logit order
     written: list[str] = field(default_factory=list)
@@ -73,8 +76,9 @@ class RunSummary:
 
     @property
     def steady_photos_per_second(self) -> float:
-        """Throughput once workers are up: what a long run converges to."""
-        busy = self.wall_seconds - self.startup_seconds
+        """Throughput once workers are up and before they are stopped: what a long run converges
+        to (Ray's start and stop are fixed costs, not per photo)."""
+        busy = self.wall_seconds - self.startup_seconds - self.shutdown_seconds
         return self.files / busy if busy > 0 else 0.0
 
 
@@ -84,7 +88,10 @@ def _in_process(
     started = time.perf_counter()
     pipeline = build_pipeline(settings)
     summary.startup_seconds = time.perf_counter() - started
-    summary.models, summary.classifier_labels = pipeline.model_names, pipeline.classifier.spec.labels
+    summary.models, summary.classifier_labels = (
+        pipeline.model_names,
+        pipeline.classifier.spec.labels,
+    )
     for batch in work:
         yield pipeline.process(batch)
 
@@ -95,32 +102,30 @@ def _on_ray(
     import ray  # imported here: `workers=0` and the tests of single stages never pay for Ray
 
     started = time.perf_counter()
-    started_here = start_local_ray(settings)
-    try:
-        worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
-        actors = [worker_class.remote(settings) for _ in range(settings.workers)]
-        # Models loaded: start-up ends here. Every actor reports the same models.
-        summary.models, summary.classifier_labels = ray.get([actor.describe.remote() for actor in actors])[0]
-        summary.startup_seconds = time.perf_counter() - started
-        idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
-        pending: dict = {}
-        queue = iter(work)
-        while True:
-            while idle:
-                batch = next(queue, None)
-                if batch is None:
-                    break
-                actor = idle.pop()
-                pending[actor.process.remote(batch)] = actor
-            if not pending:
+    summary.ray_started_here = start_local_ray(settings)  # stopped by run_folder, after writing
+    worker_class = ray.remote(num_cpus=settings.threads_per_worker)(PipelineActor)
+    actors = [worker_class.remote(settings) for _ in range(settings.workers)]
+    # Models loaded: start-up ends here. Every actor reports the same models.
+    summary.models, summary.classifier_labels = ray.get(
+        [actor.describe.remote() for actor in actors]
+    )[0]
+    summary.startup_seconds = time.perf_counter() - started
+    idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
+    pending: dict = {}
+    queue = iter(work)
+    while True:
+        while idle:
+            batch = next(queue, None)
+            if batch is None:
                 break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                idle.append(pending.pop(ref))
-                yield ray.get(ref)
-    finally:
-        if started_here:
-            ray.shutdown()
+            actor = idle.pop()
+            pending[actor.process.remote(batch)] = actor
+        if not pending:
+            break
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            idle.append(pending.pop(ref))
+            yield ray.get(ref)
 
 
 def start_local_ray(settings: Settings) -> bool:
@@ -174,10 +179,49 @@ def run_folder(
     summary.hidden_skipped = listing.hidden
     work = list(batches(listing.refs, settings.batch_size))
     execute = _on_ray if settings.workers > 0 else _in_process
+    threading.Thread(target=_warm_imports, daemon=True, name="warm-imports").start()
+    try:
+        _process_and_write(
+            out,
+            settings,
+            summary,
+            execute(settings, work, summary) if work else iter(()),
+            listing,
+            on_progress,
+        )
+    finally:
+        if summary.ray_started_here:  # after the tables are written: stopping Ray is no work
+            import ray
+
+            stopping = time.perf_counter()
+            ray.shutdown()
+            summary.shutdown_seconds = time.perf_counter() - stopping
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def _warm_imports() -> None:
+    """pyarrow imports pandas, when installed, on its first conversion of Python rows (~0.5 s):
+    let that happen while the workers decode, not in the serial table-writing step at the end."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _process_and_write(
+    out: str,
+    settings: Settings,
+    summary: RunSummary,
+    outputs: Iterator[BatchOutput],
+    listing: Listing,
+    on_progress: Callable[[int, int], None],
+) -> None:
+    """Gather the batches' outputs, then assemble and write the tables (Ray still up)."""
     results, failures = [], list(listing.unsupported)
     on_progress(len(listing.unsupported), summary.files)
     done = len(listing.unsupported)
-    for output in execute(settings, work, summary) if work else iter(()):
+    for output in outputs:
         results.extend(output.results)
         failures.extend(output.failures)
         for stage, seconds in output.stage_seconds.items():
@@ -189,14 +233,15 @@ def run_folder(
 
     if summary.models is None:  # nothing to process: name the configured models anyway
         pipeline = build_pipeline(settings)
-        summary.models, summary.classifier_labels = pipeline.model_names, pipeline.classifier.spec.labels
+        summary.models, summary.classifier_labels = (
+            pipeline.model_names,
+            pipeline.classifier.spec.labels,
+        )
     write_started = time.perf_counter()
     tables = assemble(results, failures, settings, summary.models, summary.classifier_labels)
     summary.written = write_tables(tables, out, settings)
     summary.stage_seconds["write"] += time.perf_counter() - write_started
-    summary.wall_seconds = time.perf_counter() - started
     _summarise(tables, summary)
-    return summary
 
 
 def write_tables(tables: Tables, out: str, settings: Settings) -> list[str]:
