@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
             "threads_per_worker": 1,
         },
         "stage_seconds_per_photo": {k: round(v, 5) for k, v in costs.items()},
+        "stage_seconds_per_photo_before_after": None,  # with a folder run: measured again after it
+        "stage_cost_drift": None,
         "ideal_photos_per_second": round(ideal, 3),
         "decode_variants_seconds_per_photo": {k: round(v, 5) for k, v in variants.items()},
         "naive_photos_per_second": round(naive, 3),

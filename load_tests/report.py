@@ -14,7 +14,7 @@ import numpy as np
 # Every top-level field of the JSON, in order; tests check the JSON against this list.
 REPORT_FIELDS = (
     "started_at", "host", "photos", "size", "cores", "settings", "stage_seconds_per_photo",
-    "ideal_photos_per_second", "decode_variants_seconds_per_photo", "naive_photos_per_second",
+    "stage_seconds_per_photo_before_after", "stage_cost_drift", "ideal_photos_per_second", "decode_variants_seconds_per_photo", "naive_photos_per_second",
     "folder", "scaling", "stream", "pipeline_efficiency", "speedup_over_naive", "gpu",
 )  # fmt: skip
 FOLDER_FIELDS = (
