@@ -163,7 +163,7 @@ def _clean_text(value: object) -> str | None:
         value = value.decode("ascii", "replace")
     if not isinstance(value, str):
         return None
-    value = value.replace("\x00", "").strip()
+    value = "".join(c for c in value if c.isprintable()).strip()  # garbage tags carry control bytes
     return value[:64] or None
 
 

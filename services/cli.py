@@ -196,10 +196,15 @@ def serve(
 @app.command()
 def broker(port: int = typer.Option(9092, help="Loopback port to listen on.")) -> None:
     """Run a local Kafka-protocol broker (Tansu, in memory) for trying `submit` and `serve`."""
+    import signal
     import time
 
     from trapline.services.local_servers import start_tansu
 
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, a supervisor) stops Tansu too, like Ctrl-C
+
+    signal.signal(signal.SIGTERM, stop)
     with start_tansu(port) as server:
         console.print(f"Tansu broker ready on {server.bootstrap} (in memory; Ctrl-C stops it)")
         try:
