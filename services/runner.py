@@ -250,11 +250,7 @@ def write_tables(tables: Tables, out: str, settings: Settings) -> list[str]:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     written: list[str] = []
     for name, table in tables.as_dict().items():
-        paths = sink.write(name, table, run_id)
-        # One path per table, or one per Hive partition once the sink partitions (pipelines/sinks.py).
-        paths = [paths] if isinstance(paths, str) else list(paths)
-        sink.remove_parts_except(name, set(paths))
-        written.extend(paths)
+        written.extend(sink.replace(name, table, run_id))  # one file per partition folder
     return written
 
 
