@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,7 +55,7 @@ class SubmitReport:
 @dataclass(slots=True)
 class _Prepared:
     ref: MediaRef
-    value: bytes | None = None  # the encoded event
+    event: UploadEvent | None = None  # valid (it encoded once); `uploaded_at` set when sent
     size: int = 0
     copied: bool = False
     already_copied: bool = False
@@ -150,8 +150,13 @@ def submit_folder(
                 with lock:
                     in_flight[number] = item.ref
                 key = item.ref.deployment_id.encode("utf-8")
+                # Stamped now, not when prepared (up to a window of events earlier): the
+                # end-to-end latency metric counts from here.
+                value = encode_upload_event(
+                    replace(item.event, uploaded_at=datetime.now(timezone.utc))
+                )
                 try:
-                    future = producer.send(topic, key=key, value=item.value)
+                    future = producer.send(topic, key=key, value=value)
                 except Exception as error:  # e.g. no metadata within max_block_ms
                     finished(number, undelivered(item.ref, error))
                     continue
@@ -244,7 +249,8 @@ def _prepare_one(
         attributes={"original_name": relative},
     )
     try:
-        item.value = encode_upload_event(event)
+        encode_upload_event(event)  # refuse an invalid event here, with the photo's name
+        item.event = event
     except ValueError as error:
         item.failure = _failure(ref, "event", "invalid_field", f"{ref.uri}: {error}")
     return item
