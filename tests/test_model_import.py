@@ -2,7 +2,9 @@
 
 The tests build their own checkpoints the way the public files were written: a YOLOv5 P6 model
 (MegaDetector v5's family, 8-64 channels) pickled as `{'model': Model, ...}` naming
-`models.yolo` / `models.common`, and a DINOv2-style ViT (patch 14, trained grid 37 x 37)
+`models.yolo` / `models.common`; YOLO11 and YOLOv8 models (MDv1000 / MDv6's families, 8-64
+channels) pickled as ultralytics' trainer leaves them, naming `ultralytics.nn.tasks` /
+`ultralytics.nn.modules.*`; and a DINOv2-style ViT (patch 14, trained grid 37 x 37)
 wrapped as DeepFaune's `{'args': ..., 'state_dict': {'base_model.' + timm key: ...}}`. Then the
 CLI identifies them without unpickling, refuses without --trust, imports with it, and the ONNX
 file runs through the pipeline's own OnnxDetector / OnnxClassifier with the sidecar it wrote.
@@ -10,10 +12,10 @@ file runs through the pipeline's own OnnxDetector / OnnxClassifier with the side
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -27,6 +29,14 @@ torch = pytest.importorskip(
 
 from trapline.models.importers.checkpoint_loader import load_trusted  # noqa: E402
 from trapline.models.importers.identify import identify  # noqa: E402
+from trapline.models.importers.ultralytics_build import (  # noqa: E402
+    YOLO11,
+    YOLOV8,
+    build_ultralytics,
+    named_as_ultralytics,
+    save_ultralytics_checkpoint,
+    tiny,
+)
 from trapline.models.importers.vit import DinoV2ViT  # noqa: E402
 from trapline.models.importers.yolov5_arch import (  # noqa: E402
     TINY_P6,
@@ -35,9 +45,12 @@ from trapline.models.importers.yolov5_arch import (  # noqa: E402
 )
 from trapline.models.labels import DEEPFAUNE_LABELS  # noqa: E402
 from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector  # noqa: E402
+from trapline.models.yolo import postprocess  # noqa: E402
 from trapline.services.cli import app  # noqa: E402
 
 SIDE = 128  # detector test input (two stride-64 cells); the default is the native 1280
+SIDE_U = 96  # ultralytics test input (three stride-32 cells); the default is 640
+ULTRALYTICS_CFGS = {"yolo11": YOLO11, "yolov8": YOLOV8}
 runner = CliRunner()
 
 
@@ -46,6 +59,30 @@ def md_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("md") / "md_tiny.pt"
     save_yolov5_checkpoint(build_yolov5(TINY_P6), path, date="2022-06-01")
+    return path
+
+
+@pytest.fixture(scope="module", params=sorted(ULTRALYTICS_CFGS))
+def ultra_checkpoint(request, tmp_path_factory) -> Path:
+    """A tiny YOLO11 / YOLOv8 with weights whose outputs depend on the image (random init
+    answers nearly constant boxes and scores, which would make the parity check vacuous)."""
+    torch.manual_seed(3)
+    model = build_ultralytics(tiny(ULTRALYTICS_CFGS[request.param]))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:  # not DFL's bins
+                std = (2 / m.weight[0].numel()) ** 0.5
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+        for level in model.model[-1].cv3:
+            level[-1].weight.mul_(16)  # class scores spread over (0, 1), not all near 0.5
+    path = tmp_path_factory.mktemp("ultra") / f"{request.param}_tiny.pt"
+    save_ultralytics_checkpoint(model, path)
     return path
 
 
@@ -129,40 +166,25 @@ def test_identify_recognises_a_deepfaune_checkpoint_by_its_keys(deepfaune_checkp
     assert info.modules <= {"collections", "torch", "torch._utils"}
 
 
-def test_identify_flags_ultralytics_checkpoints_and_import_names_the_missing_package(tmp_path):
-    """MDv1000/MDv6 pickles import ultralytics.*; without that package the import says so."""
-    names = ("ultralytics", "ultralytics.nn", "ultralytics.nn.tasks")
-    if any(n in sys.modules for n in names):
-        pytest.skip("the real ultralytics is imported in this process")
-    modules = {n: types.ModuleType(n) for n in names}
-
-    class DetectionModel(torch.nn.Module):  # only its pickled name matters here
-        pass
-
-    DetectionModel.__module__, DetectionModel.__qualname__ = (
-        "ultralytics.nn.tasks",
-        "DetectionModel",
-    )
-    modules["ultralytics.nn.tasks"].DetectionModel = DetectionModel
-    sys.modules.update(modules)
-    try:
-        path = tmp_path / "md_v1000.pt"
-        torch.save({"model": DetectionModel()}, path)
-    finally:
-        for n in names:
-            del sys.modules[n]
-    assert identify(path).kind == "megadetector-ultralytics"
-    if _importable("ultralytics"):
-        pytest.skip("ultralytics is installed here; the missing-package message cannot show")
-    result = _invoke("import", "megadetector", str(path), "--trust")
-    assert result.exit_code == 2
-    assert "pip install ultralytics" in result.output and str(path) in result.output
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+def test_identify_names_the_ultralytics_classes_an_mdv1000_pickle_imports(ultra_checkpoint):
+    info = identify(ultra_checkpoint)
+    assert info.kind == "megadetector-ultralytics"
+    assert {
+        ("ultralytics.nn.tasks", "DetectionModel"),
+        ("ultralytics.nn.modules.head", "Detect"),
+        ("ultralytics.nn.modules.block", "DFL"),
+        ("ultralytics.nn.modules.conv", "Conv"),
+    } <= info.globals
+    family = {("ultralytics.nn.modules.block", n) for n in ("C3k2", "C3k", "C2PSA", "PSABlock")}
+    if "yolo11" in ultra_checkpoint.name:
+        assert family <= info.globals
+    else:
+        assert ("ultralytics.nn.modules.block", "C2f") in info.globals
+        assert not family & info.globals
+    assert not any(m.startswith("ultralytics") for m in sys.modules)  # saving left none behind
+    result = _invoke("identify", str(ultra_checkpoint))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["kind"] == "megadetector-ultralytics"
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +235,49 @@ def test_trusted_load_still_refuses_names_outside_the_allow_list(md_checkpoint, 
     assert result.exit_code == 2
     assert "system" in result.output and str(path) in result.output
     assert not marker.exists()
+
+
+def test_ultralytics_import_refuses_without_trust_and_writes_nothing(ultra_checkpoint, tmp_path):
+    out = tmp_path / "mdv1000.onnx"
+    result = _invoke("import", "megadetector", str(ultra_checkpoint), "--out", str(out))
+    assert result.exit_code == 3
+    assert str(ultra_checkpoint) in result.output and "--trust" in result.output
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_ultralytics_import_names_a_block_it_does_not_implement(tmp_path):
+    """A YOLOv9 block (or any ultralytics class outside the set) is refused by name."""
+
+    class RepNCSPELAN4(torch.nn.Module):  # only its pickled name matters
+        pass
+
+    model = build_ultralytics(tiny(YOLO11))
+    model.model[9] = RepNCSPELAN4()
+    path = tmp_path / "mdv6_yolov9.pt"
+    with named_as_ultralytics():
+        RepNCSPELAN4.__module__ = "ultralytics.nn.modules.block"
+        RepNCSPELAN4.__qualname__ = "RepNCSPELAN4"
+        sys.modules["ultralytics.nn.modules.block"].RepNCSPELAN4 = RepNCSPELAN4
+        torch.save({"model": model, "ema": None}, path)
+    assert identify(path).kind == "megadetector-ultralytics"
+    result = _invoke("import", "megadetector", str(path), "--trust")
+    assert result.exit_code == 2
+    assert "ultralytics.nn.modules.block.RepNCSPELAN4" in result.output
+    assert str(path) in result.output
+
+
+def test_ultralytics_import_refuses_an_end_to_end_head(tmp_path):
+    """YOLOv10 / YOLO26 one-to-one heads answer top-k rows, not the layout the pipeline reads."""
+    model = build_ultralytics(tiny(YOLOV8))
+    head = model.model[-1]
+    head.one2one_cv2, head.one2one_cv3 = copy.deepcopy(head.cv2), copy.deepcopy(head.cv3)
+    head.end2end = True
+    path = tmp_path / "yolov10ish.pt"
+    save_ultralytics_checkpoint(model, path)
+    out = tmp_path / "e2e.onnx"
+    result = _invoke("import", "megadetector", str(path), "--trust", "--out", str(out))
+    assert result.exit_code == 2 and "end-to-end" in result.output
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,3 +349,56 @@ def test_vit_parameter_names_are_timms(deepfaune_checkpoint):
     top = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
            "norm.weight", "norm.bias", "head.weight", "head.bias"}  # fmt: skip
     assert keys == block | top
+
+
+def test_ultralytics_import_runs_in_onnx_detector_like_the_checkpoint(ultra_checkpoint, tmp_path):
+    out = tmp_path / "mdv1000_tiny.onnx"
+    result = _invoke("import", "megadetector", str(ultra_checkpoint), "--trust", "--out", str(out),
+                     "--img-size", str(SIDE_U), "--name", "mdv1000-tiny", "--version", "1000.test")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "max |diff|" in result.output
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["layout"] == "ultralytics" and sidecar["stride"] == 32
+    assert sidecar["input_size"] == SIDE_U and sidecar["classes"] == ["animal", "person", "vehicle"]
+    assert sidecar["source"]["identified_as"] == "megadetector-ultralytics"
+    assert sidecar["parity"]["max_abs_diff_scores"] <= sidecar["parity"]["tolerance"]
+
+    detector = OnnxDetector(out)
+    assert (detector.spec.name, detector.spec.version) == ("mdv1000-tiny", "1000.test")
+    batch = np.random.default_rng(0).integers(0, 256, (3, SIDE_U, SIDE_U, 3), dtype=np.uint8)
+    raw = detector.detect(batch)
+    cells = sum((SIDE_U // s) ** 2 for s in (8, 16, 32))  # one prediction per cell, 3 levels
+    assert raw.shape == (3, 4 + 3, cells)
+
+    model = load_trusted(ultra_checkpoint)["model"].float().eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)[0].numpy()
+    scores = expected[:, 4:]
+    assert scores.max() - scores.min() > 0.5  # scores that say something
+    assert float(np.abs(expected[0] - expected[1]).max()) > 0.1  # and depend on the image
+    assert np.abs(raw[:, 4:] - scores).max() < 1e-4
+    assert np.abs(raw[:, :4] - expected[:, :4]).max() < 1e-2  # pixels
+    kept = postprocess(raw, "ultralytics", conf_threshold=0.5, iou_threshold=0.45)
+    reference = postprocess(expected, "ultralytics", conf_threshold=0.5, iou_threshold=0.45)
+    assert [len(k.scores) for k in kept] == [len(r.scores) for r in reference]
+    assert sum(len(k.scores) for k in kept) > 0
+
+
+def test_ultralytics_parameter_names_are_ultralytics(ultra_checkpoint):
+    """State-dict keys a real YOLO11 / YOLOv8 .pt has (head, DFL, C3k2 > C3k, C2PSA attention)."""
+    keys = set(load_trusted(ultra_checkpoint)["model"].state_dict())
+    if "yolo11" in ultra_checkpoint.name:
+        expected = {
+            "model.0.conv.weight", "model.0.bn.running_var", "model.2.m.0.cv1.conv.weight",
+            "model.8.m.0.m.0.cv1.conv.weight", "model.8.m.0.cv3.bn.bias",
+            "model.10.m.0.attn.qkv.conv.weight", "model.10.m.0.attn.pe.bn.weight",
+            "model.10.m.0.ffn.1.conv.weight", "model.23.cv2.0.2.bias",
+            "model.23.cv3.0.0.0.conv.weight", "model.23.cv3.2.2.weight", "model.23.dfl.conv.weight",
+        }  # fmt: skip
+    else:
+        expected = {
+            "model.2.cv1.conv.weight", "model.2.m.0.cv2.conv.weight", "model.9.cv2.bn.weight",
+            "model.22.cv2.0.0.conv.weight", "model.22.cv3.0.1.conv.weight",
+            "model.22.cv3.2.2.bias", "model.22.dfl.conv.weight",
+        }  # fmt: skip
+    assert expected <= keys

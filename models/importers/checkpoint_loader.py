@@ -1,8 +1,9 @@
 """Load a checkpoint the user marked trusted, resolving only the names we expect.
 
 Even with `--trust`, unpickling goes through an allow-list: torch's own tensor/storage/module
-classes, a few containers, numpy scalars, and the YOLOv5 classes that `yolov5_arch.YOLOV5_CLASSES`
-maps to our plain-torch re-implementations. A pickle that names anything else (`os.system`,
+classes, a few containers, numpy scalars, and the YOLOv5 / ultralytics classes that
+`yolov5_arch.YOLOV5_CLASSES` / `ultralytics_arch.ULTRALYTICS_CLASSES` map to our plain-torch
+re-implementations. A pickle that names anything else (`os.system`,
 an unknown YOLOv5 block, a training-only helper) is refused with that name, so an import never
 runs code the user did not expect, and a checkpoint from a YOLOv5 variant we do not cover says
 exactly which class is missing.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from trapline.models.importers.identify import CheckpointError
+from trapline.models.importers.ultralytics_arch import ULTRALYTICS_CLASSES
 from trapline.models.importers.yolov5_arch import YOLOV5_CLASSES
 
 _ALLOWED_PREFIXES = ("torch.nn.modules.", "torch._utils", "torch.storage", "torch._tensor",
@@ -54,6 +56,8 @@ class _AllowListUnpickler(pickle.Unpickler):
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in YOLOV5_CLASSES:
             return YOLOV5_CLASSES[(module, name)]
+        if (module, name) in ULTRALYTICS_CLASSES:
+            return ULTRALYTICS_CLASSES[(module, name)]
         if module.startswith(("numpy.dtypes",)) and name.endswith("DType"):
             return super().find_class(module, name)
         allowed = (
@@ -64,8 +68,9 @@ class _AllowListUnpickler(pickle.Unpickler):
         if not allowed:
             raise CheckpointError(
                 f"the checkpoint refers to {module}.{name}, which the importer does not load "
-                "(known: YOLOv5 Conv/C3/Bottleneck/SPPF/SPP/Focus/Concat/Detect/Model, "
-                "torch modules and tensors)"
+                "(known: YOLOv5 Conv/C3/Bottleneck/SPPF/SPP/Focus/Concat/Detect/Model; "
+                "ultralytics YOLOv8/YOLO11 Conv/DWConv/C2f/C3k2/C3k/SPPF/C2PSA/PSABlock/"
+                "Attention/Concat/DFL/Detect/DetectionModel; torch modules and tensors)"
             )
         return super().find_class(module, name)
 
