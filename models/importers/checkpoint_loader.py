@@ -2,8 +2,8 @@
 
 Even with `--trust`, unpickling goes through an allow-list: torch's own tensor/storage/module
 classes, a few containers, numpy scalars, and the YOLOv5 / ultralytics classes that
-`yolov5_arch.YOLOV5_CLASSES` / `ultralytics_arch.ULTRALYTICS_CLASSES` map to our plain-torch
-re-implementations. A pickle that names anything else (`os.system`,
+`yolov5_arch.YOLOV5_CLASSES` / `ultralytics_arch.ULTRALYTICS_CLASSES` /
+`ultralytics_v9.YOLOV9_CLASSES` map to our plain-torch re-implementations. A pickle that names anything else (`os.system`,
 an unknown YOLOv5 block, a training-only helper) is refused with that name, so an import never
 runs code the user did not expect, and a checkpoint from a YOLOv5 variant we do not cover says
 exactly which class is missing.
@@ -24,6 +24,7 @@ import torch
 
 from trapline.models.importers.identify import CheckpointError
 from trapline.models.importers.ultralytics_arch import ULTRALYTICS_CLASSES
+from trapline.models.importers.ultralytics_v9 import YOLOV9_CLASSES
 from trapline.models.importers.yolov5_arch import YOLOV5_CLASSES
 
 _ALLOWED_PREFIXES = ("torch.nn.modules.", "torch._utils", "torch.storage", "torch._tensor",
@@ -58,6 +59,8 @@ class _AllowListUnpickler(pickle.Unpickler):
             return YOLOV5_CLASSES[(module, name)]
         if (module, name) in ULTRALYTICS_CLASSES:
             return ULTRALYTICS_CLASSES[(module, name)]
+        if (module, name) in YOLOV9_CLASSES:
+            return YOLOV9_CLASSES[(module, name)]
         if module.startswith(("numpy.dtypes",)) and name.endswith("DType"):
             return super().find_class(module, name)
         allowed = (
@@ -70,7 +73,8 @@ class _AllowListUnpickler(pickle.Unpickler):
                 f"the checkpoint refers to {module}.{name}, which the importer does not load "
                 "(known: YOLOv5 Conv/C3/Bottleneck/SPPF/SPP/Focus/Concat/Detect/Model; "
                 "ultralytics YOLOv8/YOLO11 Conv/DWConv/C2f/C3k2/C3k/SPPF/C2PSA/PSABlock/"
-                "Attention/Concat/DFL/Detect/DetectionModel; torch modules and tensors)"
+                "Attention/Concat/DFL/Detect/DetectionModel and YOLOv9-c RepNCSPELAN4/RepCSP/"
+                "RepBottleneck/RepConv/ADown/SPPELAN; torch modules and tensors)"
             )
         return super().find_class(module, name)
 

@@ -35,6 +35,13 @@ from trapline.models.importers.ultralytics_arch import (
     DetectionModel,
     IterableSimpleNamespace,
 )
+from trapline.models.importers.ultralytics_v9 import (
+    SPPELAN,
+    YOLOV9_CLASSES,
+    YOLOV9_MODULES,
+    ADown,
+    RepNCSPELAN4,
+)
 
 
 def _make_divisible(x: float, divisor: int = 8) -> int:
@@ -43,7 +50,8 @@ def _make_divisible(x: float, divisor: int = 8) -> int:
 
 _BLOCKS: dict[str, type[nn.Module]] = {
     "Conv": Conv, "C2f": C2f, "C3k2": C3k2, "SPPF": SPPF, "C2PSA": C2PSA, "Concat": Concat,
-    "Detect": Detect, "nn.Upsample": nn.Upsample,
+    "Detect": Detect, "nn.Upsample": nn.Upsample, "RepNCSPELAN4": RepNCSPELAN4, "ADown": ADown,
+    "SPPELAN": SPPELAN,
 }  # fmt: skip
 _REPEATED = (C2f, C3k2, C2PSA)  # n goes into the block's args, not into a Sequential
 
@@ -61,7 +69,7 @@ def parse_model(d: dict, ch: int) -> tuple[nn.Sequential, list[int]]:
         m = _BLOCKS[name]
         args = list(args)
         n = max(round(n * depth), 1) if n > 1 else n
-        if m in (Conv, C2f, C3k2, SPPF, C2PSA):
+        if m in (Conv, C2f, C3k2, SPPF, C2PSA, RepNCSPELAN4, ADown, SPPELAN):
             c1, c2 = chs[f], args[0]
             if c2 != nc:
                 c2 = _make_divisible(min(c2, max_channels) * width, 8)
@@ -114,6 +122,25 @@ YOLO11 = {  # ultralytics cfg/models/11/yolo11.yaml (MDv1000 "sorrel" is a YOLO1
         [[16, 19, 22], 1, "Detect", ["nc"]],
     ],
 }  # fmt: skip
+YOLOV9C = {  # ultralytics cfg/models/v9/yolov9c.yaml (no scales: one width)
+    "nc": 80, "scales": {"n": [1.0, 1.0, 1024]}, "scale": "n",
+    "backbone": [
+        [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]],
+        [-1, 1, "RepNCSPELAN4", [256, 128, 64, 1]], [-1, 1, "ADown", [256]],
+        [-1, 1, "RepNCSPELAN4", [512, 256, 128, 1]], [-1, 1, "ADown", [512]],
+        [-1, 1, "RepNCSPELAN4", [512, 512, 256, 1]], [-1, 1, "ADown", [512]],
+        [-1, 1, "RepNCSPELAN4", [512, 512, 256, 1]], [-1, 1, "SPPELAN", [512, 256]],
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]],
+        [-1, 1, "RepNCSPELAN4", [512, 512, 256, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+        [[-1, 4], 1, "Concat", [1]], [-1, 1, "RepNCSPELAN4", [256, 256, 128, 1]],
+        [-1, 1, "ADown", [256]], [[-1, 12], 1, "Concat", [1]],
+        [-1, 1, "RepNCSPELAN4", [512, 512, 256, 1]], [-1, 1, "ADown", [512]],
+        [[-1, 9], 1, "Concat", [1]], [-1, 1, "RepNCSPELAN4", [512, 512, 256, 1]],
+        [[15, 18, 21], 1, "Detect", ["nc"]],
+    ],
+}  # fmt: skip
 YOLOV8 = {  # ultralytics cfg/models/v8/yolov8.yaml
     "nc": 80, "scale": "n",
     "scales": {"n": [0.33, 0.25, 1024], "s": [0.33, 0.50, 1024], "m": [0.67, 0.75, 768],
@@ -135,8 +162,15 @@ YOLOV8 = {  # ultralytics cfg/models/v8/yolov8.yaml
 
 
 def tiny(cfg: dict, width: float = 0.0625) -> dict:
-    """`cfg` at its smallest depth and `width` (test checkpoints that load in milliseconds)."""
+    """`cfg` at its smallest depth and `width` (test checkpoints that load in milliseconds).
+    GELAN blocks' inner widths (args after the first) are not scaled by parse_model, so they
+    are divided here."""
     cfg = copy.deepcopy(cfg)
+    for layer in cfg["backbone"] + cfg["head"]:
+        if layer[2] in ("RepNCSPELAN4", "SPPELAN"):
+            layer[3] = (
+                [layer[3][0]] + [max(int(a * width), 4) for a in layer[3][1:3]] + layer[3][3:]
+            )
     cfg["scales"] = {**cfg["scales"], "tiny": [cfg["scales"]["n"][0], width, 1024]}
     cfg["scale"] = "tiny"
     return cfg
@@ -172,16 +206,19 @@ def named_as_ultralytics() -> Iterator[None]:
     pickle writes `cls.__module__` and checks that `sys.modules[module].<name>` is the class,
     so temporary `ultralytics.*` modules point at the classes here; all restored on exit.
     """
-    names = ["ultralytics", "ultralytics.nn", "ultralytics.nn.modules", *ULTRALYTICS_MODULES]
+    modules = {m: ULTRALYTICS_MODULES.get(m, ()) + YOLOV9_MODULES.get(m, ())
+               for m in {**ULTRALYTICS_MODULES, **YOLOV9_MODULES}}  # fmt: skip
+    every = {**ULTRALYTICS_CLASSES, **YOLOV9_CLASSES}
+    names = ["ultralytics", "ultralytics.nn", "ultralytics.nn.modules", *modules]
     names = list(dict.fromkeys(names))
     saved_modules = {k: sys.modules.get(k) for k in names}
-    classes = {ULTRALYTICS_CLASSES[(m, n)] for m, ns in ULTRALYTICS_MODULES.items() for n in ns}
+    classes = {every[(m, n)] for m, ns in modules.items() for n in ns}
     saved_names = {cls: cls.__module__ for cls in classes}
     fake = {k: types.ModuleType(k) for k in names}
     try:
-        for module, members in ULTRALYTICS_MODULES.items():
+        for module, members in modules.items():
             for name in members:
-                cls = ULTRALYTICS_CLASSES[(module, name)]
+                cls = every[(module, name)]
                 setattr(fake[module], name, cls)
                 cls.__module__ = module
         sys.modules.update(fake)
