@@ -2,8 +2,9 @@
 
 The exported graph takes `images` (B, 3, S, S) float32 RGB /255 and answers `output` in the
 checkpoint's own layout: YOLOv5 rows (B, N, 5 + nc) for MegaDetector v5, (B, 4 + nc, N) for
-ultralytics models. S is the checkpoint's native size (1280 for MegaDetector v5, from
-`megadetector_info.json` when the file has one) unless `img_size` says otherwise.
+ultralytics models. S is the checkpoint's native size (from `megadetector_info.json` when the
+file has one, else `NATIVE_SIZES` for a known MDv1000 file, else 1280 for stride-64 models such
+as MegaDetector v5 and 640 for the rest) unless `img_size` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from trapline.models.importers.identify import CheckpointError, CheckpointInfo, 
 from trapline.models.importers.onnx_export import Parity, check_parity, export_onnx
 from trapline.models.importers.yolov5_arch import Detect, Model, patch_loaded
 from trapline.models.labels import DETECTOR_CLASSES
+
+# Trained input sizes of the public MDv1000 files (the "input size" column of the MegaDetector
+# v1000 release notes), used when the file is recognised by md5 and carries no
+# megadetector_info.json. Sorrel is the one that differs from its architecture's default.
+NATIVE_SIZES = {
+    "megadetector-v1000-redwood": 1280,  # YOLOv5x6
+    "megadetector-v1000-cedar": 640,  # YOLOv9c
+    "megadetector-v1000-larch": 640,  # YOLO11L
+    "megadetector-v1000-sorrel": 960,  # YOLO11s
+    "megadetector-v1000-spruce": 640,  # YOLOv5s
+}
 
 
 class TrustRequired(CheckpointError):
@@ -79,7 +91,9 @@ def import_megadetector(path: Path, out: Path, options: ImportOptions) -> Import
     stride = int(max(float(s) for s in model.stride))
     names = _class_names(model, path, options.classes)
     side = options.img_size or int(
-        info.metadata.get("image_size") or (1280 if stride == 64 else 640)
+        info.metadata.get("image_size")
+        or NATIVE_SIZES.get(info.known_name or "")
+        or (1280 if stride == 64 else 640)
     )
     if side % stride:
         raise CheckpointError(f"{path}: input size {side} is not a multiple of the stride {stride}")
