@@ -69,6 +69,32 @@ def media_observation_type(detections: list[Detection]) -> str:
     return "blank"
 
 
+def last_sequences(items: list[SequenceItem], gap_seconds: float) -> list[SequenceItem]:
+    """Each deployment's last event so far: the photos that a later photo could still join.
+
+    The stream holds them back from a segment while they may grow (services/stream.py), so a
+    burst that straddles a segment boundary is still one event, with one id, in every run.
+    """
+    by_deployment: dict[str, list[SequenceItem]] = defaultdict(list)
+    for item in items:
+        if item.timestamp is not None:
+            by_deployment[item.deployment_id].append(item)
+    tails: list[SequenceItem] = []
+    for deployment_items in by_deployment.values():
+        deployment_items.sort(key=lambda item: (item.timestamp, item.media_id))
+        start = len(deployment_items) - 1
+        while (
+            start > 0
+            and (
+                deployment_items[start].timestamp - deployment_items[start - 1].timestamp  # type: ignore[operator]
+            ).total_seconds()
+            <= gap_seconds
+        ):
+            start -= 1
+        tails.extend(deployment_items[start:])
+    return tails
+
+
 def group_sequences(items: list[SequenceItem], gap_seconds: float) -> list[list[SequenceItem]]:
     """Split each deployment's time-sorted photos where the gap exceeds `gap_seconds`.
 

@@ -98,13 +98,20 @@ class Settings(BaseSettings):
 
     # Videos (.mp4, .avi, .mov): one media row each, frames sampled (pipelines/video.py)
     video_fps: float = Field(
-        1.0, gt=0, le=60, description="Video frames sampled per second of clip, each detected and classified."
+        1.0,
+        gt=0,
+        le=60,
+        description="Video frames sampled per second of clip, each detected and classified.",
     )
     video_max_frames: int = Field(
-        120, ge=1, description="At most this many frames per video; longer clips are sampled more sparsely."
+        120,
+        ge=1,
+        description="At most this many frames per video; longer clips are sampled more sparsely.",
     )
     video_max_duration_s: float = Field(
-        900.0, gt=0, description="Videos longer than this are refused (a failures row), before decoding."
+        900.0,
+        gt=0,
+        description="Videos longer than this are refused (a failures row), before decoding.",
     )
 
     # Limits: refuse before spending memory
@@ -125,6 +132,11 @@ class Settings(BaseSettings):
     )
     sequence_threshold: float = Field(
         0.8, ge=0, le=1, description="Event labels below this probability become 'undefined'."
+    )
+    sequence_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description="Service mode: a deployment's last event is held out of a segment until no photo joined it for this long, so a burst is one event whatever the segment boundaries; 0 = off.",
     )
     utc_offset: str = Field(
         "+00:00",
@@ -297,7 +309,9 @@ class Settings(BaseSettings):
         "results", description="Upload API: the tables `serve` writes, read for upload status."
     )
     api_max_request_bytes: int = Field(
-        1_000_000_000, ge=1, description="Upload API: largest request body (files per file: max_file_bytes)."
+        1_000_000_000,
+        ge=1,
+        description="Upload API: largest request body (files per file: max_file_bytes).",
     )
     api_max_files_per_request: int = Field(
         500, ge=1, description="Upload API: files in one upload or presign request."

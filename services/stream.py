@@ -13,8 +13,10 @@ replays a claimed but uncommitted range exactly (a crash between write and commi
 and duplicates nothing; a zombie that lost the partition adopts the range its successor
 claimed). `media_id`s in the partition's commits are refused as duplicates (the message key is
 the deployment, so a photo's repeats land in the same partition).
-Events (sequences) are grouped within a segment; a burst cut by a segment boundary becomes two
-events until the tables are compacted.
+Events (sequences) are grouped within a segment, and a deployment's last event is held out of
+the segment until no photo joined it for `sequence_hold_s`: a burst is not cut by a segment
+boundary, and the events and their ids are those of a folder run of the same photos. A burst
+longer than 4 x `segment_max_records` records is cut anyway (memory and latency stay bounded).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.batching import batches
+from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import record_source
-from trapline.pipelines.flow import PhotoPipeline, Tables, assemble
+from trapline.pipelines.flow import PhotoPipeline, Tables, assemble, resolve_timestamp
 from trapline.pipelines.segment_log import Commit, SegmentLog, part_name
+from trapline.pipelines.sequences import SequenceItem, last_sequences
 from trapline.pipelines.sinks import STORAGE_ERRORS, ParquetSink
 from trapline.pipelines.types import Failure, MediaResult
 from trapline.services import kafka_io, metrics
@@ -57,6 +62,10 @@ class Segment:
     opened_at: float = 0.0
     forced_end: int | None = None  # a claim says the segment ends here
     seen: set[str] = field(default_factory=set)  # media_ids already written for this partition
+    done: dict[int, tuple[list[MediaResult], list[Failure]]] = field(
+        default_factory=dict
+    )  # processed, unwritten
+    arrived: dict[int, float] = field(default_factory=dict)  # offset -> when it was polled (clock)
 
 
 @dataclass
@@ -129,7 +138,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
                     break
             for tp in list(self.segments):
-                self._flush(tp)
+                self._flush(tp, drain=True)
         finally:
             self.close()
         return self.stats
@@ -244,6 +253,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             if not segment.records:
                 segment.opened_at = self.clock()
             segment.records.append(record)
+            segment.arrived[record.offset] = self.clock()
             self.stats.records += 1
             if (segment.forced_end is not None and record.offset >= segment.forced_end) or (
                 segment.forced_end is None
@@ -264,14 +274,31 @@ class StreamWorker(kafka_io.RebalanceListener):
             or waited >= self.settings.segment_max_wait_s
         )
 
-    def _flush(self, tp: TopicPartition, owned: bool = True) -> None:
-        """Claim, process, write, commit one segment; `owned=False` for a revoked partition."""
+    def _flush(self, tp: TopicPartition, owned: bool = True, drain: bool = False) -> None:
+        """Process, claim, write, commit one segment; `owned=False` for a revoked partition.
+
+        Records whose photos belong to a deployment's last event are held back while that event
+        may still grow (`sequence_hold_s`), so a burst is never cut by a segment boundary; their
+        results are kept, not recomputed. A drain, a revoked partition or a claimed range
+        writes everything it has.
+        """
         segment = self.segments[tp]
         if not segment.records:
             return
-        first, last = segment.records[0].offset, segment.records[-1].offset
         try:
-            claimed = self.log.claim(tp.topic, tp.partition, first, last)
+            self._process_pending(segment)
+        except BackendUnavailable as error:
+            self._retry_later(tp, [], "model backend", error, owned)  # the records stay
+            metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
+            return
+        first, last = segment.records[0].offset, segment.records[-1].offset
+        end = last
+        if owned and not drain and segment.forced_end is None:
+            end = self._end_before_open_events(segment)
+            if end < first:  # every record is in an event that may still grow: wait
+                return
+        try:
+            claimed = self.log.claim(tp.topic, tp.partition, first, end)
         except STORAGE_ERRORS as error:
             self._retry_later(tp, [], "storage", error, owned)  # the records stay where they are
             return
@@ -280,19 +307,17 @@ class StreamWorker(kafka_io.RebalanceListener):
                 segment.forced_end = claimed
                 self.stats.adopted_claims += 1
             return
-        if claimed < last:
+        if claimed != end:
             self.stats.adopted_claims += 1
         records = [r for r in segment.records if r.offset <= claimed]
         segment.records = [r for r in segment.records if r.offset > claimed]
         last = claimed
         by_source = {record_source(r.topic, r.partition, r.offset): r for r in records}
-
-        try:
-            results, failures = self._process(records)
-        except BackendUnavailable as error:
-            self._retry_later(tp, records, "model backend", error, owned)
-            metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
-            return
+        results, failures = [], []
+        for record in records:
+            done_results, done_failures = segment.done[record.offset]
+            results += done_results
+            failures += done_failures
         fresh, duplicates = [], []
         for (
             result
@@ -334,6 +359,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         self._observe_written(tables, by_source)
         segment.first = last + 1
         segment.forced_end = None
+        for record in records:
+            segment.done.pop(record.offset, None)
+            segment.arrived.pop(record.offset, None)
         segment.seen.update(media_ids)
         segment.seen.update(sha256s)
         self.stats.segments += 1
@@ -397,20 +425,24 @@ class StreamWorker(kafka_io.RebalanceListener):
             )
         )
 
-    def _process(self, records: list[Any]) -> tuple[list[MediaResult], list[Failure]]:
-        """Parse the events, run the stages in model-sized batches."""
-        refs, failures = [], []
-        for record in records:
+    def _process_pending(self, segment: Segment) -> None:
+        """Parse the events not processed yet and run the stages on them in model-sized
+        batches; results are kept per offset until written."""
+        pending = [r for r in segment.records if r.offset not in segment.done]
+        if not pending:
+            return
+        refs, outputs = [], {r.offset: ([], []) for r in pending}
+        offset_of = {record_source(r.topic, r.partition, r.offset): r.offset for r in pending}
+        for record in pending:
             metrics.EVENTS_CONSUMED.labels(record.topic).inc()
             parsed = kafka_io.parse_record(
                 record, deployment_pattern=self.settings.deployment_pattern
             )
             refs.extend(parsed.refs)
-            failures.extend(parsed.failures)
+            outputs[record.offset][1].extend(parsed.failures)
             for event in parsed.events:
                 if event.uploaded_at is not None and event.ref.source:
                     self._uploaded_at[event.ref.source] = event.uploaded_at
-        results = []
         for batch in batches(refs, self.settings.batch_size):
             metrics.INFLIGHT_BATCHES.inc()
             try:
@@ -418,9 +450,36 @@ class StreamWorker(kafka_io.RebalanceListener):
             finally:
                 metrics.INFLIGHT_BATCHES.dec()
             metrics.observe_batch(output.stage_seconds, len(output.results), output.bytes_read)
-            results.extend(output.results)
-            failures.extend(output.failures)
-        return results, failures
+            for result in output.results:
+                outputs[offset_of[result.ref.source or ""]][0].append(result)
+            for failure in output.failures:
+                outputs[offset_of[failure.source or ""]][1].append(failure)
+        segment.done.update(outputs)
+
+    def _end_before_open_events(self, segment: Segment) -> int:
+        """The last offset that can be written now: just before the first record whose photo
+        is in a deployment's last event, if that event got a photo within `sequence_hold_s`."""
+        last = segment.records[-1].offset
+        hold = self.settings.sequence_hold_s
+        if hold <= 0 or len(segment.records) >= 4 * self.settings.segment_max_records:
+            return last  # a burst this long is cut anyway: memory and latency stay bounded
+        deployments = cached_deployments(self.settings.deployments_file)
+        default_tz = self.settings.tzinfo()
+        items, offset_of = [], {}
+        for record in segment.records:
+            for result in segment.done[record.offset][0]:
+                when = resolve_timestamp(result, deployments, default_tz)[0]
+                item = SequenceItem(result.media_id, result.ref.deployment_id, when, [])
+                items.append(item)
+                offset_of[id(item)] = record.offset
+        now, newest, members = self.clock(), {}, defaultdict(list)
+        for item in last_sequences(items, self.settings.sequence_gap_s):
+            offset = offset_of[id(item)]
+            members[item.deployment_id].append(offset)
+            arrived = segment.arrived.get(offset, now)
+            newest[item.deployment_id] = max(newest.get(item.deployment_id, arrived), arrived)
+        held = [o for d, offsets in members.items() if now - newest[d] < hold for o in offsets]
+        return min(held) - 1 if held else last
 
     def _dead_letter(self, failures: list[Failure], by_source: dict[str, Any]) -> None:
         """Every failures row of an event (duplicates included) has its DLQ record: the

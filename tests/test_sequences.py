@@ -11,6 +11,7 @@ from trapline.pipelines.sequences import (
     SequenceOptions,
     build_events,
     group_sequences,
+    last_sequences,
 )
 from trapline.pipelines.types import Detection
 
@@ -98,3 +99,12 @@ def test_event_ids_are_stable_across_runs_and_input_order():
         for e in build_events(items[::-1], DEEPFAUNE_LABELS, SequenceOptions())
     }
     assert {k: sorted(v) for k, v in first.items()} == again
+
+
+def test_last_sequences_are_each_deployments_final_event_only():
+    items = [
+        item("a", 0), item("b", 5), item("c", 30), item("d", 38),  # d1: last event is c, d
+        item("x", 0, deployment="d2"),  # d2: one photo, its own last event
+        item("n", None),  # no time: never held
+    ]  # fmt: skip
+    assert sorted(i.media_id for i in last_sequences(items, gap_seconds=10)) == ["c", "d", "x"]

@@ -173,3 +173,30 @@ def test_a_range_claimed_by_another_worker_is_adopted_exactly(tansu, kafka_topic
     assert len(media) + len(failures) == submitted
     assert len({m["media_id"] for m in media}) == len(media)
     assert worker.stats.adopted_claims == 1
+
+
+def test_a_burst_straddling_segment_boundaries_is_one_event_as_in_a_folder_run(
+    tansu, kafka_topic, card, tmp_path
+):
+    """Segments of 2 records cut the sample's 3-photo bursts; holding each deployment's last
+    event back until it is quiet gives the folder run's events, ids included."""
+    from trapline.services.runner import run_folder
+
+    folder = run_folder(str(card.parent), str(tmp_path / "folder"), Settings(workers=0))
+    expected = sorted(
+        (e["event_id"], e["media_count"])
+        for e in read_table(str(tmp_path / "folder"), "events").to_pylist()
+    )
+    assert folder.events == len(expected) and max(n for _, n in expected) >= 3  # bursts exist
+
+    def stream_events(hold_s: float, name: str) -> list[tuple[str, int]]:
+        topic = kafka_topic("uploads", partitions=1)
+        submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b")
+        settings = settings_for(
+            tansu, topic, f"g-{name}", segment_max_records=2, sequence_hold_s=hold_s
+        )
+        run_worker(settings, tmp_path / name)
+        return sorted((e["event_id"], e["media_count"]) for e in rows(tmp_path / name, "events"))
+
+    assert stream_events(1.0, "held") == expected
+    assert stream_events(0.0, "cut") != expected  # without holding back, boundaries split bursts
