@@ -33,6 +33,7 @@ def settings_for(tansu, topic: str, group: str, **overrides) -> Settings:
         session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
         segment_max_records=overrides.pop("segment_max_records", 8),
         segment_max_wait_s=overrides.pop("segment_max_wait_s", 0.5),
+        sequence_hold_s=overrides.pop("sequence_hold_s", 1.0),  # tests: a quiet event closes fast
         workers=0,
         **overrides,
     )
