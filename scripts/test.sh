@@ -4,6 +4,7 @@
 #   scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ -x .venv/bin/python ]] || python3 -m venv .venv   # works on a fresh clone without the run command
 .venv/bin/pip install -q -e '.[dev,import]'   # [import]: torch 2.13 CPU from local wheels, seconds
 scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
 scripts/setup_triton.sh            # tritonserver 2.51 (CPU, python backend) in .venv-triton/

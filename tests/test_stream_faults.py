@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,10 +41,11 @@ def make_photos(folder: Path, count: int, deployments: int, seed: int = 0) -> li
     return paths
 
 
-def start_worker(tansu, topic: str, group: str, out: Path) -> subprocess.Popen:
+def worker_env(bootstrap: str, topic: str, group: str, **settings: Any) -> dict[str, str]:
+    """Environment of a `trapline serve --workers 0` process for a test topic and group."""
     env = dict(
         os.environ,
-        TRAPLINE_KAFKA_BOOTSTRAP=tansu.bootstrap,
+        TRAPLINE_KAFKA_BOOTSTRAP=bootstrap,
         TRAPLINE_UPLOADS_TOPIC=topic,
         TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
         TRAPLINE_CONSUMER_GROUP=group,
@@ -52,7 +54,14 @@ def start_worker(tansu, topic: str, group: str, out: Path) -> subprocess.Popen:
         TRAPLINE_SEGMENT_MAX_WAIT_S="0.5",
         TRAPLINE_METRICS_PORT="0",
         TRAPLINE_BATCH_SIZE="16",
+        PYTHONUNBUFFERED="1",
     )
+    env.update({f"TRAPLINE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_worker(tansu, topic: str, group: str, out: Path) -> subprocess.Popen:
+    env = worker_env(tansu.bootstrap, topic, group)
     command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

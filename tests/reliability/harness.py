@@ -15,10 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import fsspec
-from servers import TEST_SESSION_TIMEOUT_MS
+from test_stream_faults import worker_env  # noqa: F401  (one definition, re-exported here)
 
 from trapline.pipelines.readers import read_table
 
@@ -71,25 +70,6 @@ def account(
 
 def _plain(uri: str) -> str:
     return uri.removeprefix("file://")
-
-
-def worker_env(bootstrap: str, topic: str, group: str, **settings: Any) -> dict[str, str]:
-    """Environment of a `trapline serve --workers 0` process for a test topic and group."""
-    env = dict(
-        os.environ,
-        TRAPLINE_KAFKA_BOOTSTRAP=bootstrap,
-        TRAPLINE_UPLOADS_TOPIC=topic,
-        TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
-        TRAPLINE_CONSUMER_GROUP=group,
-        TRAPLINE_SESSION_TIMEOUT_MS=str(TEST_SESSION_TIMEOUT_MS),
-        TRAPLINE_SEGMENT_MAX_RECORDS="50",
-        TRAPLINE_SEGMENT_MAX_WAIT_S="0.5",
-        TRAPLINE_METRICS_PORT="0",
-        TRAPLINE_BATCH_SIZE="16",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update({f"TRAPLINE_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
 
 
 def start_worker(
