@@ -97,7 +97,12 @@ def import_deepfaune_command(
     version: str | None = typer.Option(None, help="Model version for the result rows, e.g. 1.3."),
     heads: int | None = typer.Option(None, help="Attention heads (default width / 64, as DINOv2)."),
     labels: Path | None = typer.Option(
-        None, help="JSON list of labels in logit order (default: DeepFaune's 38)."
+        None, help="JSON list of labels in logit order (default: the release's, see --release)."
+    ),
+    release: str | None = typer.Option(
+        None,
+        help="DeepFaune release whose class list the head has, e.g. 1.3 (default: the one "
+        "release with as many classes as the head).",
     ),
     samples: int = _SAMPLES,
     tolerance: float = _TOLERANCE,
@@ -116,6 +121,7 @@ def import_deepfaune_command(
         options=options,
         heads=heads,
         labels=names,
+        release=release,
     )
 
 
@@ -141,3 +147,47 @@ def identify_command(
     }, indent=2))  # fmt: skip
     if info.kind == "unknown":
         raise typer.Exit(2)
+
+
+def fetch_command(
+    name: str | None = typer.Argument(
+        None, help="Catalogue name: mdv5a, mdv1000-redwood, deepfaune-v1.4, ... (see --list)."
+    ),
+    sha256: str | None = typer.Option(
+        None, "--sha256", help="Vouch for the file by its sha256 (where none is published)."
+    ),
+    keep_download: bool = typer.Option(False, help="Keep the publisher's file next to the ONNX."),
+    list_: bool = typer.Option(False, "--list", help="List the catalogue and what is cached."),
+) -> None:
+    """Download a known release from its publisher, verify it, import it to ONNX, cache it.
+
+    Prints the cached ONNX path. Exit codes: 2 unknown or unsupported release, or import
+    failed; 3 no published checksum (rerun with --sha256); 5 checksum mismatch (file deleted);
+    6 download failed (offline: the message says which file to put where).
+    """
+    from trapline.models.fetch import FetchError, cache_root, fetch
+
+    if list_ or name is None:
+        _list_catalogue(cache_root())
+        return
+    try:
+        result = fetch(name, sha256=sha256, keep_download=keep_download)
+    except FetchError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
+    if result.cache_hit:
+        typer.echo(f"{result.release.name}: cached", err=True)
+    typer.echo(str(result.onnx_path))
+
+
+def _list_catalogue(cache: Path) -> None:
+    from trapline.models.catalogue import ALIASES, RELEASES
+
+    typer.echo(f"cache: {cache}")
+    for rel in RELEASES.values():
+        cached = (cache / rel.name / f"{rel.name}.onnx").exists()
+        checksum = f"published {rel.verified_by}" if rel.verified_by else "no published checksum"
+        status = "cached" if cached else "NOT IMPORTABLE" if rel.importer is None else ""
+        typer.echo(f"{rel.name:18} {rel.kind:10} v{rel.version:17} {rel.input_size:5d} px "
+                   f"{len(rel.classes):3d} classes  {checksum:22} {status}")  # fmt: skip
+    typer.echo("aliases: " + ", ".join(f"{a} -> {t}" for a, t in ALIASES.items()))

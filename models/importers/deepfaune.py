@@ -4,7 +4,13 @@ The checkpoint is `{'args': {...}, 'state_dict': {'base_model.<timm key>': tenso
 tensors and plain containers are in it, so once the user trusts it torch's `weights_only`
 loader reads it (the allow-list loader is the fallback for an `args` holding other types).
 The graph takes `input` (B, 3, 182, 182) float32, ImageNet-normalised, and answers `logits`
-(B, 38) in DeepFaune's label order.
+(B, C) in the release's label order.
+
+DeepFaune releases differ in their class list (v1.1: 26, v1.2: 30, v1.3: 34, v1.4: 38) and the
+file does not name its classes, only their count (`args['num_classes']`, the head's rows). The
+labels therefore come from `--labels`, else the release named by `--release`, else the one
+release whose head has that many outputs (`models/catalogue.py`); a head that matches no known
+release is refused, since guessed labels would be wrong species in every row.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from trapline.models import catalogue
+from trapline.models.catalogue import RELEASES, Release, deepfaune_by_classes, deepfaune_by_version
 from trapline.models.contracts import IMAGENET_MEAN, IMAGENET_STD, load_classifier_spec
 from trapline.models.importers.checkpoint_loader import load_trusted
 from trapline.models.importers.identify import CheckpointError, identify
@@ -26,7 +34,6 @@ from trapline.models.importers.vit import (
     config_from_state_dict,
     resample_pos_embed,
 )
-from trapline.models.labels import DEEPFAUNE_LABELS
 
 DEEPFAUNE_SIZE = 182  # DeepFaune's crop side (13 x 13 patches of 14)
 
@@ -38,8 +45,11 @@ def import_deepfaune(
     *,
     heads: int | None = None,
     labels: tuple[str, ...] | None = None,
+    release: str | None = None,
 ) -> ImportResult:
     info = identify(path)
+    if any("dinov3" in s for s in info.strings):  # DeepFaune v1.5's backbone, by its timm name
+        raise CheckpointError(f"{path}: {catalogue.release('deepfaune-v1.5').unsupported}")
     if info.kind != "deepfaune":
         fix = (
             f"trapline models import megadetector {path}"
@@ -59,13 +69,8 @@ def import_deepfaune(
         raise CheckpointError(
             f"{path}: width {config['dim']} is not divisible by {config['heads']} heads"
         )
-    names = labels or (DEEPFAUNE_LABELS if config["num_classes"] == len(DEEPFAUNE_LABELS) else None)
-    if names is None or len(names) != config["num_classes"]:
-        raise CheckpointError(
-            f"{path}: the head has {config['num_classes']} outputs; pass --labels with one "
-            "label per logit (DeepFaune's 38 are the default)"
-        )
-    side = options.img_size or DEEPFAUNE_SIZE
+    names, known, why = pick_labels(path, config["num_classes"], labels, release)
+    side = options.img_size or (known.input_size if known else DEEPFAUNE_SIZE)
     grid = side // config["patch"]
     if side % config["patch"]:
         raise CheckpointError(
@@ -94,9 +99,12 @@ def import_deepfaune(
         )
     sidecar = {
         "name": options.name or "deepfaune",
-        "version": options.version or str(_args(ckpt).get("version", "0")),
+        "version": options.version or (known.version if known else None)
+        or str(_args(ckpt).get("version", "0")),
         "input_size": side,
         "labels": list(names),
+        "release": known.name if known else None,
+        "labels_from": why,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "architecture": {**arch, "trained_grid": config["trained_grid"], "grid": grid},
@@ -109,6 +117,51 @@ def import_deepfaune(
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     load_classifier_spec(out)
     return ImportResult(out, sidecar, parity, info)
+
+
+def pick_labels(
+    path: Path, count: int, labels: tuple[str, ...] | None, release: str | None
+) -> tuple[tuple[str, ...], Release | None, str]:
+    """Labels for a head of `count` outputs: (labels, the release they are from, why)."""
+    known = None
+    if release:
+        known = deepfaune_by_version(release)
+        if known is None:
+            raise CheckpointError(f"{path}: no DeepFaune release {release!r} in the catalogue; "
+                                  f"known: {_known_heads()}")  # fmt: skip
+        if known.importer is None:
+            raise CheckpointError(f"{path}: {known.unsupported}")
+    if labels is not None:
+        if len(labels) != count:
+            raise CheckpointError(f"{path}: the head has {count} outputs but --labels gives "
+                                  f"{len(labels)}; pass one label per logit, in logit order")  # fmt: skip
+        return labels, known, "--labels"
+    if known is not None:
+        if len(known.classes) != count:
+            raise CheckpointError(
+                f"{path}: the head has {count} outputs but DeepFaune v{known.version} has "
+                f"{len(known.classes)} classes; is this the v{known.version} file? Known heads: "
+                f"{_known_heads()}; or pass --labels"
+            )
+        return known.classes, known, f"--release {known.version}"
+    matches = deepfaune_by_classes(count)
+    if len(matches) == 1:
+        return (
+            matches[0].classes,
+            matches[0],
+            f"head size {count} = DeepFaune v{matches[0].version}",
+        )
+    which = " or ".join(f"v{r.version}" for r in matches) or "no known release"
+    raise CheckpointError(
+        f"{path}: the head has {count} outputs, which fits {which} ({_known_heads()}); pass "
+        "--release VERSION, or --labels FILE.json with one label per logit"
+    )
+
+
+def _known_heads() -> str:
+    """What each importable release's head holds: "v1.1: 26, v1.2: 30, ... classes"."""
+    found = [r for r in RELEASES.values() if r.importer == "deepfaune"]
+    return ", ".join(f"v{r.version}: {len(r.classes)}" for r in found) + " classes"
 
 
 def _load(path: Path) -> dict:
