@@ -33,11 +33,14 @@ from typing import Literal
 from rich.console import Console
 
 from trapline.models.catalogue import Release, is_release_name, release
+from trapline.models.contracts import ModelContractError
 from trapline.models.download import Digests, DownloadError, Offline, digests, download
 
 
-class FetchError(RuntimeError):
-    """A model could not be fetched; the message names the model and the fix."""
+class FetchError(ModelContractError):
+    """A model could not be fetched; the message names the model and the fix.
+
+    A ModelContractError, so that commands which report a bad model file report this too."""
 
     exit_code = 2
 

@@ -366,16 +366,21 @@ def make_backends(
 ) -> tuple[DetectorBackend, ClassifierBackend]:
     """Detector and classifier backends for the given settings values.
 
-    `onnx` runs `detector_model` / `classifier_model` in-process. `triton` ignores those paths:
+    `onnx` runs `detector_model` / `classifier_model` in-process; either may be a catalogue
+    name (`mdv5a`, `deepfaune-v1.4`: `models/catalogue.py`), fetched and imported on first use
+    (`models/fetch.py`). `triton` ignores those paths:
     the server's `trapline_spec` parameters say which models it serves, and that is what goes
     into the result rows (the path defaults point at the demo models, which a production
     server does not serve). Pass a spec to `TritonDetector` directly to pin a model.
     """
     if backend == "onnx":
+        from trapline.models.fetch import resolve_model
         from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector
 
         if detector_model is None or classifier_model is None:
             raise ValueError("the onnx backend needs detector_model and classifier_model paths")
+        detector_model = resolve_model(detector_model, "detector")  # a catalogue name: cached
+        classifier_model = resolve_model(classifier_model, "classifier")  # ONNX, fetched once
         return OnnxDetector(detector_model, threads), OnnxClassifier(classifier_model, threads)
     if backend != "triton":
         raise ValueError(f"model_backend must be 'onnx' or 'triton', not {backend!r}")
