@@ -24,8 +24,8 @@ FOLDER_FIELDS = (
     "cpu", "timeline",
 )  # fmt: skip
 STREAM_FIELDS = (
-    "events", "rate_requested", "workers", "partitions", "segment_max_records",
-    "segment_max_wait_s", "batch_size", "storage", "rows_written", "media_rows",
+    "events", "rate_requested", "workers", "partitions", "batch_max_records",
+    "commit_interval_s", "batch_size", "storage", "rows_written", "media_rows",
     "events_per_second", "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",
     "event_bytes_per_photo", "processes", "timeline", "latency_timeline",

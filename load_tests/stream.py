@@ -47,8 +47,8 @@ class StreamOptions:
     workers: int = 2
     partitions: int = 4
     batch_size: int = 8
-    segment_max_records: int = 64
-    segment_max_wait_s: float = 1.0
+    batch_max_records: int = 64
+    commit_interval_s: float = 1.0
     storage: str | None = None  # fsspec URL the photos are copied to first; None: where they are
     timeout_s: float = 300.0
 
@@ -104,8 +104,8 @@ def _start_worker(
         TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
         TRAPLINE_CONSUMER_GROUP=group,
         TRAPLINE_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
-        TRAPLINE_SEGMENT_MAX_RECORDS=str(options.segment_max_records),
-        TRAPLINE_SEGMENT_MAX_WAIT_S=str(options.segment_max_wait_s),
+        TRAPLINE_BATCH_MAX_RECORDS=str(options.batch_max_records),
+        TRAPLINE_COMMIT_INTERVAL_S=str(options.commit_interval_s),
         TRAPLINE_BATCH_SIZE=str(options.batch_size),
         TRAPLINE_THREADS_PER_WORKER="1",
         TRAPLINE_METRICS_PORT=str(port),
@@ -273,8 +273,8 @@ def _figures(out, events, produced, timeline, metrics, sampler, options, written
         "rate_requested": options.rate,
         "workers": options.workers,
         "partitions": options.partitions,
-        "segment_max_records": options.segment_max_records,
-        "segment_max_wait_s": options.segment_max_wait_s,
+        "batch_max_records": options.batch_max_records,
+        "commit_interval_s": options.commit_interval_s,
         "batch_size": options.batch_size,
         "storage": options.storage or "local",
         "rows_written": timeline[-1][2] if timeline else 0,

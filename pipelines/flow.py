@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
@@ -182,6 +183,31 @@ class PhotoPipeline:
         ]
 
 
+def drop_known(
+    results: list[MediaResult], known_of: Callable[[str], set[str]]
+) -> tuple[list[MediaResult], list[Failure]]:
+    """Split off photos the tables already hold (same media_id or same bytes in the deployment):
+    each becomes a `duplicate` failure, so it is accounted for and never written twice."""
+    fresh, duplicates = [], []
+    for result in results:
+        known = known_of(result.ref.deployment_id)
+        if result.media_id in known or result.sha256 in known:
+            duplicates.append(
+                duplicate_failure(
+                    result,
+                    f"media_id {result.media_id} (or its bytes) is already in the tables; not written again",
+                )
+            )
+        else:
+            fresh.append(result)
+    return fresh, duplicates
+
+
+def duplicate_failure(result: MediaResult, reason: str) -> Failure:
+    """The one `duplicate` failure: a photo counted once, and why this copy was not."""
+    return _failure(result.ref, "dedupe", "duplicate", reason)
+
+
 def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:
     text = message if ref.uri in message else f"{ref.uri}: {message}"
     return Failure(ref.uri, ref.deployment_id, ref.media_id, stage, kind, text, ref.source)
@@ -241,11 +267,8 @@ def assemble(
                 else f"bytes (sha256) as media_id {first.media_id}"
             )
             failures.append(
-                _failure(
-                    result.ref,
-                    "dedupe",
-                    "duplicate",
-                    f"same {same}, {first.ref.uri}; kept that one, counted once",
+                duplicate_failure(
+                    result, f"same {same}, {first.ref.uri}; kept that one, counted once"
                 )
             )
     deployments = cached_deployments(settings.deployments_file)

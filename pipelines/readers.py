@@ -1,23 +1,22 @@
-"""Read a result table back, whatever its layout: the one way our own tools read tables.
+"""Read a result table back through its Delta log: the one way our own tools read tables.
 
 Exports, the report, `sort`, the upload API's status and the tests read through `read_table`, so
-they do not depend on how the sink lays files out (Hive folders, part names, compaction).
-Bookkeeping files and folders start with `_` or `.` and are skipped, as every Parquet reader
-(pyarrow, Spark, DuckDB, Polars) skips them.
+they see exactly the committed rows (never a file written but not committed, never a file that
+compaction replaced) and can pin a version for a reproducible analysis. A plain Parquet reader
+pointed at the folder gets this wrong: it reads uncommitted and replaced files too.
 """
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
-import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+from trapline.pipelines.delta import open_table
 from trapline.pipelines.tables import TABLES
 
 
@@ -26,47 +25,78 @@ def read_table(
     table: str,
     columns: Sequence[str] | None = None,
     filter: ds.Expression | None = None,  # noqa: A002 - pyarrow's own name for it
-    storage_options: dict[str, Any] | None = None,
+    version: int | datetime | None = None,
 ) -> pa.Table:
-    """All rows of `table` under the results `root` (path or URL), in the documented schema.
+    """The committed rows of `table` under the results `root` (path or URL), in its schema.
 
-    A table with no file yet reads as an empty table, not an error: a run may have had no
-    failures, a fresh deployment no media.
+    `version`: the table as of that Delta version (an int) or time (a tz-aware datetime), for a
+    reproducible analysis; None reads the latest. A table nobody wrote yet reads as an empty
+    table, not an error: a run may have had no failures, a fresh deployment no media.
     """
     schema = TABLES[table]
-    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    folder = f"{path.rstrip('/')}/{table}"
-    fs.invalidate_cache(folder)  # another process (a worker, compaction) may have changed it
-    files = visible_part_files(fs, folder)[0] if fs.exists(folder) else []
-    if not files:
+    delta = open_table(root, table, version if isinstance(version, int) else None)
+    if delta is None:
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns else empty
-    dataset = ds.dataset(
-        files,
-        schema=schema,  # partition folders (deployment=, date=) are for pruning, not columns
-        format="parquet",
-        filesystem=PyFileSystem(FSSpecHandler(fs)),
+    if isinstance(version, datetime):
+        delta.load_as_version(version)
+    data = delta.to_pyarrow_dataset().to_table(
+        columns=list(columns) if columns else None, filter=filter
     )
-    return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
+    wanted = pa.schema([schema.field(name) for name in columns]) if columns else schema
+    return data.select(wanted.names).cast(wanted)  # Delta's types back to ours (string, metadata)
 
 
-def visible_part_files(fs: Any, folder: str) -> tuple[list[str], list[str]]:
-    """A table folder's part files, split into (visible, replaced by a compacted file).
+@dataclass
+class KnownMedia:
+    """Which photos the media table already holds, per deployment, loaded on first need.
 
-    On object stores `trapline compact` deletes a folder's inputs after writing their merged
-    file (services/compact.py); until it has, both are listed, and this keeps the merged one.
+    Deduplication across runs and partitions: a photo is a duplicate when its media_id or its
+    bytes (sha256) are already in the table. The message key is the deployment, so a photo's
+    repeats reach the same stream worker, which keeps what it committed here.
     """
-    files = [
-        p
-        for p in fs.find(folder)
-        if p.endswith(".parquet")
-        and not any(c.startswith(("_", ".")) for c in p[len(folder) :].split("/"))
-    ]
-    replaced: set[str] = set()
-    for path in files:
-        if posixpath.basename(path).startswith("part-compact-"):
-            with fs.open(path, "rb") as handle:
-                metadata = pq.read_schema(handle).metadata or {}
-            names = metadata.get(b"trapline.replaces", b"").decode().split("\n")
-            replaced.update(posixpath.join(posixpath.dirname(path), n) for n in names if n)
-    return sorted(p for p in files if p not in replaced), sorted(p for p in files if p in replaced)
+
+    root: str
+    ids: dict[str, set[str]] = field(default_factory=dict)  # deployment -> media ids and sha256s
+
+    def of(self, deployment_id: str) -> set[str]:
+        if deployment_id not in self.ids:
+            rows = read_table(
+                self.root,
+                "media",
+                columns=["media_id", "sha256"],
+                filter=pc.field("deployment_id") == deployment_id,
+            )
+            known = set(rows.column("media_id").to_pylist())
+            known.update(rows.column("sha256").to_pylist())
+            self.ids[deployment_id] = known
+        return self.ids[deployment_id]
+
+    def add(self, media: pa.Table) -> None:
+        """Remember rows just committed (only for deployments already loaded)."""
+        for deployment, media_id, sha256 in zip(
+            media.column("deployment_id").to_pylist(),
+            media.column("media_id").to_pylist(),
+            media.column("sha256").to_pylist(),
+        ):
+            if deployment in self.ids:
+                self.ids[deployment].update((media_id, sha256))
+
+    def forget(self, deployments: Iterable[str]) -> None:
+        """Someone else wrote these deployments: read them again when next needed."""
+        for deployment in deployments:
+            self.ids.pop(deployment, None)
+
+
+def committed_uris(root: str, deployment_ids: Iterable[str]) -> set[str]:
+    """Inputs already accounted for (a media or a failures row) in these deployments."""
+    deployments = sorted(set(deployment_ids))
+    if not deployments:
+        return set()
+    uris: set[str] = set()
+    for table in ("media", "failures"):
+        rows = read_table(
+            root, table, columns=["uri"], filter=pc.field("deployment_id").isin(deployments)
+        )
+        uris.update(rows.column("uri").to_pylist())
+    return uris

@@ -69,11 +69,65 @@ def media_observation_type(detections: list[Detection]) -> str:
     return "blank"
 
 
+@dataclass(frozen=True, slots=True)
+class HeldPhoto:
+    """A processed photo waiting in a stream batch: where it sits in the partition and in time."""
+
+    offset: int  # of its upload event in the Kafka partition
+    deployment_id: str
+    timestamp: datetime | None  # UTC capture time; None = an event of its own
+    arrived: float  # when the worker polled it (worker clock, seconds)
+
+
+def batch_end(
+    photos: list[HeldPhoto], last_offset: int, gap_seconds: float, hold_s: float, now: float
+) -> int:
+    """The last offset a stream batch may end at so that no burst is cut in two.
+
+    A burst (photos of one deployment at most `gap_seconds` apart) is one event with one id only
+    if all its photos are written together. So the batch ends before every deployment's last
+    burst that got a photo within `hold_s` (it may still grow), and never inside any burst's
+    span of offsets: with deployments interleaved in a partition, a burst of one camera may
+    span offsets that another camera's open burst has not reached. `last_offset` is the
+    batch's last record (records without photos, e.g. refused events, take no part); the
+    result is below the first offset when nothing can be written yet.
+    """
+    if hold_s <= 0 or not photos:
+        return last_offset
+    items = [SequenceItem(str(i), p.deployment_id, p.timestamp, []) for i, p in enumerate(photos)]
+    spans: list[tuple[int, int]] = []  # (first, last) offset of each burst
+    end = last_offset
+    latest: dict[str, datetime] = {}  # each deployment's newest capture time in the batch
+    for p in photos:
+        if p.timestamp is not None and (
+            p.deployment_id not in latest or p.timestamp > latest[p.deployment_id]
+        ):
+            latest[p.deployment_id] = p.timestamp
+    for group in group_sequences(items, gap_seconds):
+        members = [photos[int(item.media_id)] for item in group]
+        first, last = min(p.offset for p in members), max(p.offset for p in members)
+        spans.append((first, last))
+        newest = max(p.arrived for p in members)
+        is_tail = (
+            group[-1].timestamp is not None
+            and group[-1].timestamp == latest[group[-1].deployment_id]
+        )
+        if is_tail and now - newest < hold_s:
+            end = min(end, first - 1)  # still open: hold the whole burst
+    moved = True
+    while moved:  # step back out of any burst the end falls inside
+        moved = False
+        for first, last in spans:
+            if first <= end < last:
+                end, moved = first - 1, True
+    return end
+
+
 def last_sequences(items: list[SequenceItem], gap_seconds: float) -> list[SequenceItem]:
     """Each deployment's last event so far: the photos that a later photo could still join.
 
-    The stream holds them back from a segment while they may grow (services/stream.py), so a
-    burst that straddles a segment boundary is still one event, with one id, in every run.
+    A folder run keeps them out of an intermediate commit (services/runner.py): a later photo
+    may still join them.
     """
     by_deployment: dict[str, list[SequenceItem]] = defaultdict(list)
     for item in items:

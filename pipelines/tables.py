@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import pyarrow as pa
 
@@ -18,7 +18,7 @@ from trapline.pipelines.postprocess.decision import Decision
 from trapline.pipelines.sequences import Event, media_observation_type
 from trapline.pipelines.types import Failure, MediaResult
 
-SCHEMA_VERSION = "2"  # 2: deployments (timestamp_issue, file_public), post-processing, video frames; Hive layout
+SCHEMA_VERSION = "3"  # 3: Delta Lake tables, `date` partition column; 2: deployments, post-processing, video frames
 UTC_US = pa.timestamp("us", tz="UTC")
 
 
@@ -31,6 +31,7 @@ MEDIA = pa.schema([
     _field("deployment_id", pa.string(), "Camera deployment (folder below the input root, or the event's).", False),
     _field("uri", pa.string(), "Where the photo was read from (path or fsspec URL).", False),
     _field("timestamp", UTC_US, "Capture time in UTC; null when neither event nor EXIF had one."),
+    _field("date", pa.date32(), "Capture date in UTC (partition column); null when `timestamp` is."),
     _field("timestamp_source", pa.string(), "event | exif | none: where `timestamp` came from.", False),
     _field("timestamp_issue", pa.string(), "Why to doubt `timestamp`, null if nothing: no_timestamp, default_offset (naive EXIF, deployment has no zone), dst_ambiguous, dst_gap, outside_deployment (camera clock off?)."),
     _field("sha256", pa.string(), "SHA-256 of the file's bytes, hex.", False),
@@ -61,6 +62,7 @@ OBSERVATIONS = pa.schema([
     _field("deployment_id", pa.string(), "Camera deployment.", False),
     _field("event_id", pa.string(), "Sequence (event) of the photo.", False),
     _field("timestamp", UTC_US, "Capture time of the photo, UTC."),
+    _field("date", pa.date32(), "Capture date in UTC (partition column); null when `timestamp` is."),
     _field("frame_number", pa.int32(), "Videos: 0-based index in the file of the frame this detection was seen in (MegaDetector 1.6 `frame_number`); a video's detections are in frame order. Null for photos."),
     _field("category", pa.string(), "animal | person | vehicle (MegaDetector category).", False),
     _field("detection_conf", pa.float32(), "Detector score, 0-1 (objectness x class for YOLOv5 models).", False),
@@ -88,6 +90,7 @@ EVENTS = pa.schema([
     _field("deployment_id", pa.string(), "Camera deployment.", False),
     _field("start", UTC_US, "First photo's capture time, UTC."),
     _field("end", UTC_US, "Last photo's capture time, UTC."),
+    _field("date", pa.date32(), "Date of `start` in UTC (partition column); null when `start` is."),
     _field("media_count", pa.int32(), "Photos in the event.", False),
     _field("observation_type", pa.string(), "animal | human | vehicle | blank, by DeepFaune's sequence rules.", False),
     _field("label", pa.string(), "Sequence-level species vote, 'undefined' below the threshold."),
@@ -118,6 +121,11 @@ TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "failures": FAILURES,
 }
+
+
+def _date(when: datetime | None) -> date | None:
+    """The UTC day of a timestamp: the tables' date partition."""
+    return when.astimezone(timezone.utc).date() if when is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +169,8 @@ def media_table(
         counts = {c: sum(d.category == c for d in kept) for c in ("animal", "person", "vehicle")}
         rows.append({
             "media_id": result.media_id, "deployment_id": result.ref.deployment_id,
-            "uri": result.ref.uri, "timestamp": p.timestamp, "timestamp_source": p.timestamp_source,
+            "uri": result.ref.uri, "timestamp": p.timestamp, "date": _date(p.timestamp),
+            "timestamp_source": p.timestamp_source,
             "timestamp_issue": p.timestamp_issue,
             "sha256": result.sha256, "width": result.width, "height": result.height,
             "byte_size": result.byte_size, "camera_make": result.camera_make,
@@ -188,7 +197,7 @@ def observations_table(placed: Iterable[PlacedMedia], models: ModelNames) -> pa.
             rows.append({
                 "observation_id": f"{result.media_id}-{index}", "media_id": result.media_id,
                 "deployment_id": result.ref.deployment_id, "event_id": event.event_id,
-                "timestamp": timestamp, "category": d.category, "detection_conf": d.confidence,
+                "timestamp": timestamp, "date": _date(timestamp), "category": d.category, "detection_conf": d.confidence,
                 "frame_number": d.frame_number,
                 "bbox_x": d.bbox[0], "bbox_y": d.bbox[1], "bbox_width": d.bbox[2],
                 "bbox_height": d.bbox[3], "label": final.label,
@@ -210,6 +219,7 @@ def events_table(events: Iterable[Event]) -> pa.Table:
             "deployment_id": e.deployment_id,
             "start": e.start,
             "end": e.end,
+            "date": _date(e.start),
             "media_count": len(e.media_ids),
             "observation_type": e.observation_type,
             "label": e.label,

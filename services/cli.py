@@ -27,8 +27,12 @@ def run(
     batch_size: int | None = typer.Option(None, help="Photos per detector batch."),
     detector: Path | None = typer.Option(None, help="Detector ONNX file (with .json sidecar)."),
     classifier: Path | None = typer.Option(None, help="Classifier ONNX file (with .json sidecar)."),
-    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the summary as JSON."),
-    deployments: str | None = typer.Option(None, help="Deployments file (CSV/YAML/JSON): each camera's UTC offset, place, period."),
+    json_summary: Path | None = typer.Option(
+        None, "--json-summary", help="Also write the summary as JSON."
+    ),
+    deployments: str | None = typer.Option(
+        None, help="Deployments file (CSV/YAML/JSON): each camera's UTC offset, place, period."
+    ),
 ) -> None:
     """Detect and classify every photo under SOURCE; write media/observations/events/failures tables."""
     from trapline.services.runner import run_folder
@@ -43,7 +47,10 @@ def run(
     ) as progress:  # fmt: skip
         task = progress.add_task("photos", total=None)
         summary = run_folder(
-            source, out, settings, lambda done, total: progress.update(task, completed=done, total=total)
+            source,
+            out,
+            settings,
+            lambda done, total: progress.update(task, completed=done, total=total),
         )
     _print_summary(summary, out)
     if json_summary:
@@ -55,6 +62,7 @@ def summary_dict(summary) -> dict:
         "files": summary.files,
         "processed": summary.processed,
         "failed": summary.failed,
+        "already_done": summary.already_done,
         "events": summary.events,
         "observation_types": dict(summary.observation_types),
         "detections": dict(summary.detections),
@@ -74,7 +82,14 @@ def _print_summary(summary, out: str) -> None:
     table = Table(title="trapline run", show_header=False)
     table.add_row("photos read", f"{summary.files}")
     table.add_row("processed (media rows)", f"{summary.processed}")
-    table.add_row("failed (failures rows)", f"{summary.failed}  {dict(summary.failure_kinds) or ''}")
+    table.add_row(
+        "failed (failures rows)", f"{summary.failed}  {dict(summary.failure_kinds) or ''}"
+    )
+    if summary.already_done:
+        table.add_row(
+            "already in the tables",
+            f"{summary.already_done} (committed by an earlier run: skipped)",
+        )
     types = summary.observation_types
     table.add_row(
         "blank / animal / human / vehicle",
@@ -99,30 +114,53 @@ def _print_summary(summary, out: str) -> None:
 def submit(
     source: str = typer.Argument(..., help="Folder or fsspec URL (s3://bucket/prefix) of photos."),
     deployment: str | None = typer.Option(
-        None, "--deployment", "-d",
+        None,
+        "--deployment",
+        "-d",
         help="Deployment id of every photo (letters, digits, - _ . :); default: each photo's first folder below SOURCE.",
     ),
     bootstrap: str = typer.Option(
-        "127.0.0.1:9092", envvar="TRAPLINE_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers, host:port[,host:port]."
+        "127.0.0.1:9092",
+        envvar="TRAPLINE_KAFKA_BOOTSTRAP",
+        help="Kafka bootstrap servers, host:port[,host:port].",
     ),
-    topic: str = typer.Option("trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload events."),
+    topic: str = typer.Option(
+        "trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload events."
+    ),
     copy_to: str | None = typer.Option(
-        None, "--copy-to",
+        None,
+        "--copy-to",
         help="Copy each photo first to COPY_TO/DEPLOYMENT/SHA256.ext (fsspec URL) and point the event there; "
         "use it when the workers cannot read SOURCE.",
     ),
-    create_topic: int = typer.Option(0, help="Create the topic with this many partitions if it is missing (0: don't)."),
+    create_topic: int = typer.Option(
+        0, help="Create the topic with this many partitions if it is missing (0: don't)."
+    ),
     threads: int = typer.Option(4, min=1, help="Photos read, hashed and copied in parallel."),
-    rate: float | None = typer.Option(None, min=0.001, help="At most this many events per second (default: no limit)."),
-    security_protocol: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SECURITY_PROTOCOL", help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
-    sasl_mechanism: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
+    rate: float | None = typer.Option(
+        None, min=0.001, help="At most this many events per second (default: no limit)."
+    ),
+    security_protocol: str | None = typer.Option(
+        None,
+        envvar="TRAPLINE_KAFKA_SECURITY_PROTOCOL",
+        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    ),
+    sasl_mechanism: str | None = typer.Option(
+        None, envvar="TRAPLINE_KAFKA_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    ),
     sasl_username: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_USERNAME"),
     sasl_password: str | None = typer.Option(
-        None, envvar="TRAPLINE_KAFKA_SASL_PASSWORD", show_default=False,
+        None,
+        envvar="TRAPLINE_KAFKA_SASL_PASSWORD",
+        show_default=False,
         help="Prefer the environment variable: a flag lands in shell history.",
     ),
-    ssl_cafile: Path | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SSL_CAFILE", help="CA bundle of the brokers."),
-    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the report as JSON."),
+    ssl_cafile: Path | None = typer.Option(
+        None, envvar="TRAPLINE_KAFKA_SSL_CAFILE", help="CA bundle of the brokers."
+    ),
+    json_summary: Path | None = typer.Option(
+        None, "--json-summary", help="Also write the report as JSON."
+    ),
 ) -> None:
     """Send one upload event per photo under SOURCE to Kafka (media_id = sha256 of the bytes)."""
     from trapline.services import kafka_io
@@ -153,7 +191,9 @@ def submit(
     table.add_row("photos listed", f"{report.files}")
     table.add_row("events delivered", f"{report.submitted} to {report.topic} on {bootstrap}")
     if copy_to:
-        table.add_row("copied / already there", f"{report.copied} / {report.already_copied} under {copy_to}")
+        table.add_row(
+            "copied / already there", f"{report.copied} / {report.already_copied} under {copy_to}"
+        )
     table.add_row("not submitted (listed below)", f"{report.failed}")
     table.add_row("hidden files skipped", f"{report.hidden}")
     table.add_row("time", f"{report.seconds:.1f} s ({report.bytes_read / 1e6:.1f} MB read)")
@@ -172,12 +212,16 @@ def submit(
     # Unsupported file types (sidecars, videos) are listed but do not fail the command.
     if any(f.stage != "source" for f in report.failures):
         raise typer.Exit(1)
+
+
 # ---- END ----
 
 
 @app.command()
 def serve(
-    out: str = typer.Option(..., "--out", "-o", help="Folder or fsspec URL (s3://bucket/results) for the tables."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Folder or fsspec URL (s3://bucket/results) for the tables."
+    ),
     config: Path | None = typer.Option(None, help="YAML settings file."),
     workers: int | None = typer.Option(None, help="Consumers (Ray actors); 0 = one, in-process."),
 ) -> None:
@@ -186,7 +230,10 @@ def serve(
 
     from trapline.services.stream import serve as serve_forever
 
-    logging.basicConfig(level=logging.INFO, format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}')
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
+    )
     settings = load_settings(config, workers=workers)
     console.print_json(json.dumps(settings.echo()))
     for stats in serve_forever(settings, out):
@@ -217,7 +264,9 @@ def broker(port: int = typer.Option(9092, help="Loopback port to listen on.")) -
 @app.command()
 def evaluate(
     results: str = typer.Argument(..., help="Results folder written by `trapline run`."),
-    truth: Path = typer.Option(Path("examples/ground_truth.csv"), help="Ground-truth CSV of the sample."),
+    truth: Path = typer.Option(
+        Path("examples/ground_truth.csv"), help="Ground-truth CSV of the sample."
+    ),
     min_iou: float = typer.Option(0.5, help="IoU for a detection to match a true box."),
 ) -> None:
     """Detector recall and classifier accuracy of a run against the sample's ground truth."""
@@ -229,13 +278,25 @@ def evaluate(
 
 @app.command("sort")
 def sort_cmd(
-    results: str = typer.Argument(..., help="Results folder or URL written by `trapline run`/`serve`."),
+    results: str = typer.Argument(
+        ..., help="Results folder or URL written by `trapline run`/`serve`."
+    ),
     into: str = typer.Option(..., "--into", help="Folder or fsspec URL to arrange the photos in."),
     copy: bool = typer.Option(False, "--copy", help="Copy the photos (the default)."),
-    move: bool = typer.Option(False, "--move", help="Move the photos (the source is removed after the copy is written)."),
-    link: bool = typer.Option(False, "--link", help="Symbolic links to the photos (local folders only)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be done; write nothing."),
-    blur_people: bool = typer.Option(False, "--blur-people", help="With --copy: photos with person detections are written with every person box blurred."),
+    move: bool = typer.Option(
+        False, "--move", help="Move the photos (the source is removed after the copy is written)."
+    ),
+    link: bool = typer.Option(
+        False, "--link", help="Symbolic links to the photos (local folders only)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would be done; write nothing."
+    ),
+    blur_people: bool = typer.Option(
+        False,
+        "--blur-people",
+        help="With --copy: photos with person detections are written with every person box blurred.",
+    ),
 ) -> None:
     """Arrange photos in INTO/<label>/<deployment>/ by final label; never overwrites; safe to re-run.
 
@@ -253,7 +314,9 @@ def sort_cmd(
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    table = Table(title=f"trapline sort ({mode}{', dry run' if dry_run else ''})", show_header=False)
+    table = Table(
+        title=f"trapline sort ({mode}{', dry run' if dry_run else ''})", show_header=False
+    )
     for label, count in sorted(report.folders.items()):
         table.add_row(label, f"{count}")
     table.add_row("status", ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())))
@@ -270,10 +333,22 @@ def sort_cmd(
 
 @app.command("report")
 def report_cmd(
-    results: str = typer.Argument(..., help="Results folder or URL written by `trapline run`/`serve`."),
-    out: str = typer.Option("report", "--out", "-o", help="Folder (or fsspec URL) for index.html, photos.csv, photos.xlsx."),
-    deployments: str | None = typer.Option(None, help="Deployments file: each camera's zone (local times of day) and coordinates (the map)."),
-    json_summary: Path | None = typer.Option(None, "--json-summary", help="Also write the report's counts as JSON."),
+    results: str = typer.Argument(
+        ..., help="Results folder or URL written by `trapline run`/`serve`."
+    ),
+    out: str = typer.Option(
+        "report",
+        "--out",
+        "-o",
+        help="Folder (or fsspec URL) for index.html, photos.csv, photos.xlsx.",
+    ),
+    deployments: str | None = typer.Option(
+        None,
+        help="Deployments file: each camera's zone (local times of day) and coordinates (the map).",
+    ),
+    json_summary: Path | None = typer.Option(
+        None, "--json-summary", help="Also write the report's counts as JSON."
+    ),
 ) -> None:
     """Write a self-contained HTML report (opens offline) and a per-photo spreadsheet. See docs/report.md."""
     from dataclasses import asdict
@@ -299,23 +374,30 @@ def report_cmd(
 def compact(
     results: str = typer.Argument(..., help="Results folder or URL."),
     table: list[str] = typer.Option(None, help="Only these tables (repeatable); default all four."),
-    min_files: int = typer.Option(2, help="Leave partition folders with fewer part files alone."),
-    min_age: float = typer.Option(0.0, help="Only folders whose newest file is at least this old, seconds."),
-    out: str | None = typer.Option(None, help="Write a compacted copy here instead of compacting in place (object stores)."),
-    allow_brief_duplicates: bool = typer.Option(False, help="Object stores, in place: accept that plain readers may see a folder's rows twice for seconds."),
+    target_size_mb: int = typer.Option(128, help="Aim for files of about this size."),
+    vacuum_hours: float | None = typer.Option(
+        None,
+        "--vacuum",
+        help="Also delete files no version newer than this many hours reads (replaced or orphan files); at least 168 unless --force-retention.",
+    ),
+    force_retention: bool = typer.Option(
+        False, help="Allow --vacuum below 168 h (nothing may read older versions)."
+    ),
 ) -> None:
-    """Merge each partition folder's part files into one; readers never see a half-done folder."""
-    from trapline.services.compact import UnsafeOnObjectStore
+    """Delta OPTIMIZE (merge small files) and, with --vacuum, VACUUM; safe while workers write."""
+    from trapline.services.compact import RetentionTooShort
     from trapline.services.compact import compact as run_compact
+    from trapline.services.object_store import configure_fsspec
 
+    configure_fsspec(load_settings())  # s3:// endpoint and keys from TRAPLINE_S3_* / AWS_*
     try:
-        report = run_compact(results, table or None, min_files, min_age, out, allow_brief_duplicates)
-    except UnsafeOnObjectStore as error:
+        report = run_compact(results, table or None, target_size_mb, vacuum_hours, force_retention)
+    except RetentionTooShort as error:
         console.print(f"[red]refused:[/red] {error}")
         raise typer.Exit(2) from None
     console.print(
-        f"compacted {report.folders} folders: {report.files_before} files -> {report.files_after}, "
-        f"{report.rows} rows ({report.retried} retried after a concurrent write)"
+        f"optimized {', '.join(report.tables) or 'no tables'}: {report.files_removed} files -> "
+        f"{report.files_added} in {report.partitions} partitions; vacuumed {report.vacuumed} files"
     )
 
 
@@ -330,17 +412,40 @@ app.add_typer(export_app, name="export")  # services/exports/commands.py
 @models_app.command("build-repo")
 def models_build_repo(
     out: Path = typer.Argument(..., help="Folder to write the Triton model repository into."),
-    detector: Path = typer.Option(DEMO_MODELS / "detector.onnx", help="Detector ONNX file (with .json sidecar)."),
-    classifier: Path = typer.Option(DEMO_MODELS / "classifier.onnx", help="Classifier ONNX file (with .json sidecar)."),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime (official Triton image) or python (the local tritonserver from scripts/setup_triton.sh)."),
-    gpu: bool = typer.Option(False, "--gpu/--cpu", help="KIND_GPU instances (production) or KIND_CPU."),
-    fp16: bool = typer.Option(False, help="With --gpu: ONNX Runtime's TensorRT provider in FP16 (engines cached)."),
+    detector: Path = typer.Option(
+        DEMO_MODELS / "detector.onnx", help="Detector ONNX file (with .json sidecar)."
+    ),
+    classifier: Path = typer.Option(
+        DEMO_MODELS / "classifier.onnx", help="Classifier ONNX file (with .json sidecar)."
+    ),
+    backend: str = typer.Option(
+        "onnxruntime",
+        help="onnxruntime (official Triton image) or python (the local tritonserver from scripts/setup_triton.sh).",
+    ),
+    gpu: bool = typer.Option(
+        False, "--gpu/--cpu", help="KIND_GPU instances (production) or KIND_CPU."
+    ),
+    fp16: bool = typer.Option(
+        False, help="With --gpu: ONNX Runtime's TensorRT provider in FP16 (engines cached)."
+    ),
     max_batch_size: int = typer.Option(32, min=1, help="Largest batch Triton forms or accepts."),
-    max_queue_delay_us: int = typer.Option(2000, min=0, help="Longest a request waits for others to fill a batch."),
+    max_queue_delay_us: int = typer.Option(
+        2000, min=0, help="Longest a request waits for others to fill a batch."
+    ),
     instances: int = typer.Option(1, min=1, help="Model instances per GPU (or on the CPU)."),
-    nms: bool = typer.Option(True, "--nms/--no-nms", help="Run the detector's NMS on the server (answers of a few KB)."),
-    nms_iou: float = typer.Option(0.45, min=0.01, max=1.0, help="NMS IoU baked into the detector graph (keep equal to nms_iou)."),
-    triton_venv: Path | None = typer.Option(None, help="--backend python: the Triton venv (default .venv-triton or $TRAPLINE_TRITON_VENV)."),
+    nms: bool = typer.Option(
+        True, "--nms/--no-nms", help="Run the detector's NMS on the server (answers of a few KB)."
+    ),
+    nms_iou: float = typer.Option(
+        0.45,
+        min=0.01,
+        max=1.0,
+        help="NMS IoU baked into the detector graph (keep equal to nms_iou).",
+    ),
+    triton_venv: Path | None = typer.Option(
+        None,
+        help="--backend python: the Triton venv (default .venv-triton or $TRAPLINE_TRITON_VENV).",
+    ),
 ) -> None:
     """Write a Triton model repository (uint8 inputs, normalisation and NMS in the graphs)."""
     from trapline.models.contracts import ModelContractError
@@ -381,7 +486,9 @@ def tables_doc(docs: Path = typer.Option(Path("docs"), help="The docs folder."))
 @app.command("postprocess-report")
 def postprocess_report(
     results: str = typer.Argument(..., help="Results folder or fsspec URL (the tables of a run)."),
-    csv_out: Path | None = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
+    csv_out: Path | None = typer.Option(
+        None, "--csv", help="Also write the rows to this CSV file."
+    ),
 ) -> None:
     """Static (repeat) detections suppressed per deployment, for review (docs/postprocessing.md)."""
     from rich.table import Table
@@ -389,7 +496,9 @@ def postprocess_report(
     from trapline.pipelines.postprocess.report import static_report, to_csv
 
     rows = static_report(results)
-    table = Table("deployment", "group", "category", "photos", "first", "last", "box x,y,w,h", "examples")
+    table = Table(
+        "deployment", "group", "category", "photos", "first", "last", "box x,y,w,h", "examples"
+    )
     for r in rows:
         box = ",".join(f"{r[k]:.2f}" for k in ("bbox_x", "bbox_y", "bbox_width", "bbox_height"))
         table.add_row(r["deployment_id"], r["static_group"], r["category"], str(r["photos"]),
@@ -400,7 +509,9 @@ def postprocess_report(
         console.print(f"wrote {csv_out} ({len(rows)} rows)")
 
 
-api_app = typer.Typer(help="The self-service upload API (docs/api.md).", invoke_without_command=True)
+api_app = typer.Typer(
+    help="The self-service upload API (docs/api.md).", invoke_without_command=True
+)
 app.add_typer(api_app, name="api")
 
 
@@ -418,7 +529,10 @@ def api(
 
     from trapline.services.api_serve import serve_api
 
-    logging.basicConfig(level=logging.INFO, format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}')
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
+    )
     settings = load_settings(config, api_host=host, api_port=port)
     console.print_json(json.dumps(settings.echo()))
     serve_api(settings)
@@ -456,7 +570,9 @@ def _api_token(name: str, config: Path | None, registry: str | None, *, new_prog
     except RegistryError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    console.print(f"token for program {name!r} (shown once; only its sha256 is stored in {settings.api_registry}):")
+    console.print(
+        f"token for program {name!r} (shown once; only its sha256 is stored in {settings.api_registry}):"
+    )
     typer.echo(token)
 
 

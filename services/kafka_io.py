@@ -407,20 +407,22 @@ def wait_delivered(
 RebalanceListener = ConsumerRebalanceListener  # workers subclass it to flush before a revoke
 
 
-def commit_offset(consumer: KafkaConsumer, tp: TopicPartition, next_offset: int) -> bool:
-    """Commit `next_offset` (the first offset not yet durable) for one partition, synchronously.
+def commit_offsets(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> bool:
+    """Commit, in one request, the first offset not yet in the tables for each partition.
 
     Returns False, instead of raising, when the broker or the group refuses or is away: the
-    segment log in storage is the truth about what is written, Kafka's offset only a hint, so
-    a missed commit costs nothing that the next commit (or a restart) does not repair.
+    tables' transaction versions are the truth about what is written, Kafka's offsets only
+    advice (for lag, KEDA and a group that has no tables yet), so a missed commit costs
+    nothing that the next one (or a restart) does not repair.
     """
     try:
-        consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+        consumer.commit(
+            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()}
+        )
     except KafkaError as error:
         log.warning(
-            "offset commit for %s at %d failed (%s); storage keeps the truth",
-            tp,
-            next_offset,
+            "offset commit for %s failed (%s); the tables keep the truth",
+            ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in next_offsets.items()),
             error,
         )
         return False

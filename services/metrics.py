@@ -56,12 +56,27 @@ CONSUMER_LAG = Gauge(
 )
 INFLIGHT_BATCHES = Gauge("trapline_inflight_batches", "Batches being processed now.")
 BYTES_READ = Counter("trapline_bytes_read_total", "Photo bytes read from storage.")
-BYTES_WRITTEN = Counter("trapline_bytes_written_total", "Parquet bytes written.")
-SEGMENTS_WRITTEN = Counter("trapline_segments_written_total", "Segments written and committed.")
-SEGMENT_RETRIES = Counter(
-    "trapline_segment_retries_total",
-    "Segments put back to be retried after an outage (model backend, storage, dead-letter topic).",
+BYTES_WRITTEN = Counter(
+    "trapline_bytes_written_total",
+    "Row bytes committed to the tables (Arrow size, before Parquet compression).",
+)
+CHECKPOINTS = Counter(
+    "trapline_checkpoints_total", "Checkpoints that committed every table for their batches."
+)
+CHECKPOINT_RETRIES = Counter(
+    "trapline_checkpoint_retries_total",
+    "Checkpoints put back to be retried after an outage (model backend, storage, dead-letter topic).",
     ["cause"],
+)
+TABLE_COMMITS = Counter("trapline_table_commits_total", "Delta commits made, per table.", ["table"])
+COMMITS_REFUSED = Counter(
+    "trapline_commits_refused_total",
+    "Delta commits refused because another writer committed one of our partitions first.",
+    ["table"],
+)
+BATCHES_FENCED = Counter(
+    "trapline_batches_fenced_total",
+    "Partition batches dropped because the tables show another worker moved the partition on.",
 )
 MODEL_REQUEST_SECONDS = Histogram(
     "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],

@@ -1,7 +1,7 @@
 """Object storage settings in one place: endpoint, region, credentials and TLS for `s3://` URLs.
 
-The stages never take storage options: `pipelines/source.py` and `pipelines/sinks.py` call
-`fsspec.open(url)` and `fsspec.core.url_to_fs(url)` as they would for a local path. So the
+The stages never take storage options: `pipelines/source.py` calls `fsspec.open(url)` as it
+would for a local path, and `pipelines/delta.py` opens tables by URL. So the
 options go where fsspec itself looks for defaults, `fsspec.config.conf["s3"]`, which it applies
 to every `s3://` (and `s3a://`) filesystem it creates in this process: the stages and anything
 else that goes through fsspec pick them up with no code change. The alternatives were worse:
@@ -9,6 +9,8 @@ threading `storage_options` through every stage signature, or exporting `AWS_*` 
 which leaks the keys into every child process. (pandas' `read_parquet("s3://...")` with no
 `storage_options` tries pyarrow's own S3 client first, which ignores fsspec's config: give it
 `storage_options=storage_options_for(url, settings)`.)
+The Delta tables (delta-rs, Rust) have their own S3 client: `configure_fsspec` hands it the
+same settings (`S3Options.delta_options`, set in `pipelines/delta.py`).
 It is per process: call `configure_fsspec(settings)` at the start of `run` and `serve` and in
 every worker process (a Ray actor's `__init__`), before the first `s3://` URL is opened.
 
@@ -29,6 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
+
+from trapline.pipelines import delta
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,36 @@ class S3Options:
             options["config_kwargs"] = config
         return options
 
+    def delta_options(self) -> dict[str, str]:
+        """The same options as delta-rs (Rust object_store) spells them, for the Delta tables.
+
+        Unset keys are left to delta-rs, which reads the usual AWS variables itself. A custom CA
+        bundle (`s3_verify` = a file) is not passed: delta-rs trusts the system's roots (add the
+        CA there); `s3_verify=false` turns certificate checks off for it too.
+        """
+        options: dict[str, str] = {}
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+            if self.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        if self.region:
+            options["AWS_REGION"] = self.region
+        elif self.endpoint_url:
+            options["AWS_REGION"] = (
+                "us-east-1"  # S3-compatible stores accept any; delta-rs wants one
+            )
+        if self.access_key_id and self.secret_access_key:
+            options["AWS_ACCESS_KEY_ID"] = self.access_key_id
+            options["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
+            if self.session_token:
+                options["AWS_SESSION_TOKEN"] = self.session_token
+        style = self.addressing_style or ("path" if self.endpoint_url else None)
+        if style in ("path", "virtual"):
+            options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "true" if style == "virtual" else "false"
+        if self.verify is False:
+            options["AWS_ALLOW_INVALID_CERTIFICATES"] = "true"
+        return options
+
     def masked(self) -> dict[str, str]:
         """What to show at start-up and in logs: everything but the keys."""
         return {
@@ -169,6 +203,7 @@ def configure_fsspec(settings_like: Any = None) -> S3Options:
     if _configured_from is None:
         _configured_from = dict(fsspec.config.conf.get("s3", {}))
     fsspec.config.conf["s3"] = {**_configured_from, **options.storage_options()}
+    delta.set_s3_options(options.delta_options())  # the Delta tables' own S3 client
     if options.endpoint_url:
         # pyarrow (AWS SDK for C++) sends chunked-trailer checksums RGW 16.2 rejects (HTTP 411
         # MissingContentLength on UploadPart); these variables are its only switch.
@@ -186,6 +221,7 @@ def reset_fsspec() -> None:
         if not _configured_from:
             del fsspec.config.conf["s3"]
         _configured_from = None
+    delta.set_s3_options(None)
 
 
 def storage_options_for(url: str, settings_like: Any = None) -> dict[str, Any]:

@@ -11,20 +11,29 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
-from trapline.pipelines.flow import BatchOutput, PhotoPipeline, Tables, assemble
-from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines.deployments import cached_deployments
+from trapline.pipelines.flow import (
+    BatchOutput,
+    PhotoPipeline,
+    Tables,
+    assemble,
+    drop_known,
+    resolve_timestamp,
+)
+from trapline.pipelines.readers import KnownMedia
+from trapline.pipelines.sequences import SequenceItem, last_sequences
 from trapline.pipelines.source import Listing, list_media
 from trapline.pipelines.tables import ModelNames
-from trapline.pipelines.types import MediaRef
+from trapline.pipelines.types import Failure, MediaRef, MediaResult
 from trapline.pipelines.uri_safety import configure_storage_roots
 from trapline.services import metrics
+from trapline.services.folder_tables import commit_tables, pending_refs
 from trapline.services.object_store import configure_fsspec
 from trapline.services.settings import Settings
 
@@ -54,6 +63,7 @@ class RunSummary:
     processed: int = 0  # rows in media
     failed: int = 0  # rows in failures
     hidden_skipped: int = 0
+    already_done: int = 0  # inputs a previous run of this folder committed: skipped
     observation_types: Counter = field(default_factory=Counter)
     detections: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
@@ -68,7 +78,6 @@ class RunSummary:
     ray_started_here: bool = False
     models: ModelNames | None = None  # as the workers' backends report them
     classifier_labels: tuple[str, ...] = ()  # in logit order
-    written: list[str] = field(default_factory=list)
 
     @property
     def photos_per_second(self) -> float:
@@ -177,11 +186,14 @@ def run_folder(
     listing = list_media(source)
     summary = RunSummary(files=len(listing.refs) + len(listing.unsupported))
     summary.hidden_skipped = listing.hidden
+    refs, unsupported, summary.already_done = pending_refs(out, listing.refs, listing.unsupported)
+    listing = Listing(refs, unsupported, listing.hidden)
     work = list(batches(listing.refs, settings.batch_size))
     execute = _on_ray if settings.workers > 0 else _in_process
     threading.Thread(target=_warm_imports, daemon=True, name="warm-imports").start()
     try:
         _process_and_write(
+            source,
             out,
             settings,
             summary,
@@ -210,6 +222,7 @@ def _warm_imports() -> None:
 
 
 def _process_and_write(
+    source: str,
     out: str,
     settings: Settings,
     summary: RunSummary,
@@ -217,47 +230,107 @@ def _process_and_write(
     listing: Listing,
     on_progress: Callable[[int, int], None],
 ) -> None:
-    """Gather the batches' outputs, then assemble and write the tables (Ray still up)."""
-    results, failures = [], list(listing.unsupported)
-    on_progress(len(listing.unsupported), summary.files)
+    """Gather the batches' outputs per deployment and commit each deployment once all its
+    photos are back (a long one every `folder_commit_every` photos, at an event boundary)."""
+    remaining = Counter(ref.deployment_id for ref in listing.refs)
+    results: dict[str, list[MediaResult]] = defaultdict(list)
+    failures: dict[str, list[Failure]] = defaultdict(list)
+    for failure in listing.unsupported:
+        failures[failure.deployment_id or ""].append(failure)
     done = len(listing.unsupported)
+    on_progress(done, summary.files)
+    known = KnownMedia(out)
     for output in outputs:
-        results.extend(output.results)
-        failures.extend(output.failures)
         for stage, seconds in output.stage_seconds.items():
             summary.stage_seconds[stage] += seconds
         metrics.observe_batch(output.stage_seconds, len(output.results), output.bytes_read)
         summary.bytes_read += output.bytes_read
+        touched = set()
+        for result in output.results:
+            results[result.ref.deployment_id].append(result)
+            touched.add(result.ref.deployment_id)
+        for failure in output.failures:
+            failures[failure.deployment_id or ""].append(failure)
+            touched.add(failure.deployment_id or "")
+        for deployment in touched:
+            remaining[deployment] -= sum(
+                1 for r in output.results if r.ref.deployment_id == deployment
+            ) + sum(1 for f in output.failures if (f.deployment_id or "") == deployment)
+            finished = remaining[deployment] <= 0
+            if finished or len(results[deployment]) >= settings.folder_commit_every:
+                _commit(
+                    source, out, settings, summary, known, deployment, results, failures, finished
+                )
         done += len(output.results) + len(output.failures)
         on_progress(done, summary.files)
+    for deployment in sorted(set(results) | set(failures)):  # nothing left out (e.g. no photos)
+        _commit(source, out, settings, summary, known, deployment, results, failures, True)
 
-    if summary.models is None:  # nothing to process: name the configured models anyway
+
+def _commit(
+    source: str,
+    out: str,
+    settings: Settings,
+    summary: RunSummary,
+    known: KnownMedia,
+    deployment: str,
+    results: dict[str, list[MediaResult]],
+    failures: dict[str, list[Failure]],
+    finished: bool,
+) -> None:
+    """Commit what one deployment has; unless `finished`, keep its last burst for later."""
+    held: list[MediaResult] = []
+    ready = results.pop(deployment, [])
+    if not finished:
+        ready, held = _split_last_burst(ready, settings)
+    ready_failures = failures.pop(deployment, [])
+    if held:
+        results[deployment] = held
+    if not ready and not ready_failures:
+        return
+    if summary.models is None:  # nothing processed: name the configured models anyway
         pipeline = build_pipeline(settings)
         summary.models, summary.classifier_labels = (
             pipeline.model_names,
             pipeline.classifier.spec.labels,
         )
-    write_started = time.perf_counter()
-    tables = assemble(results, failures, settings, summary.models, summary.classifier_labels)
-    summary.written = write_tables(tables, out, settings)
-    summary.stage_seconds["write"] += time.perf_counter() - write_started
-    _summarise(tables, summary)
+    started = time.perf_counter()
+    fresh, duplicates = drop_known(ready, known.of)
+    tables = assemble(
+        fresh, ready_failures + duplicates, settings, summary.models, summary.classifier_labels
+    )
+    added = commit_tables(out, source, deployment, tables, settings.output_compression)
+    known.add(added.media)
+    summary.stage_seconds["write"] += time.perf_counter() - started
+    _summarise(added, summary)
 
 
-def write_tables(tables: Tables, out: str, settings: Settings) -> list[str]:
-    """Write all four tables, then drop the parts an earlier run of this folder left."""
-    sink = ParquetSink(out, settings.output_compression)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    written: list[str] = []
-    for name, table in tables.as_dict().items():
-        written.extend(sink.replace(name, table, run_id))  # one file per partition folder
-    return written
+def _split_last_burst(
+    results: list[MediaResult], settings: Settings
+) -> tuple[list[MediaResult], list[MediaResult]]:
+    """(all but the deployment's last event so far, that event): a later photo may join it."""
+    deployments = cached_deployments(settings.deployments_file)
+    tz = settings.tzinfo()
+    items = [
+        SequenceItem(r.media_id, r.ref.deployment_id, resolve_timestamp(r, deployments, tz)[0], [])
+        for r in results
+    ]
+    tail = {item.media_id for item in last_sequences(items, settings.sequence_gap_s)}
+    return [r for r in results if r.media_id not in tail], [
+        r for r in results if r.media_id in tail
+    ]
+
+
+def write_tables(tables: Tables, out: str, settings: Settings) -> Tables:
+    """Append ready-made tables to `out` (rows whose key is there already are left out)."""
+    return commit_tables(out, "write_tables", "*", tables, settings.output_compression)
 
 
 def _summarise(tables: Tables, summary: RunSummary) -> None:
-    summary.processed = tables.media.num_rows
-    summary.failed = tables.failures.num_rows
-    summary.events = tables.events.num_rows
+    """Add one commit's rows to the run's summary."""
+    summary.processed += tables.media.num_rows
+    summary.failed += tables.failures.num_rows
+    summary.events += tables.events.num_rows
     summary.observation_types.update(tables.media.column("observation_type").to_pylist())
     summary.detections.update(tables.observations.column("category").to_pylist())
     summary.labels.update(x for x in tables.observations.column("label").to_pylist() if x)

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     sequence_hold_s: float = Field(
         5.0,
         ge=0,
-        description="Service mode: a deployment's last event is held out of a segment until no photo joined it for this long, so a burst is one event whatever the segment boundaries; 0 = off.",
+        description="Service mode: a deployment's last event is held out of a commit until no photo joined it for this long, so a burst is one event whatever the commit boundaries; 0 = off.",
     )
     utc_offset: str = Field(
         "+00:00",
@@ -275,13 +275,20 @@ class Settings(BaseSettings):
     )
     session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer group session timeout.")
     poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
-    segment_max_records: int = Field(
+    folder_commit_every: int = Field(
+        2000,
+        ge=1,
+        description="Folder runs: a deployment is committed when all its photos are done, and a long one every this many photos (at an event boundary), so a killed run keeps its work.",
+    )
+    batch_max_records: int = Field(
         500,
         ge=1,
-        description="A partition's rows are written (and its offsets committed) after this many records...",
+        description="Service mode: a checkpoint (one Delta commit per table) is made once a partition holds this many unwritten records...",
     )
-    segment_max_wait_s: float = Field(
-        5.0, ge=0, description="... or when its oldest unwritten record waited this long."
+    commit_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="... or once the oldest unwritten record waited this long: latency against commits (each table gets at most one commit per interval per worker; 5 s = 17,280 a day, checkpointed every 100).",
     )
     metrics_port: int = Field(
         9400,

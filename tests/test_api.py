@@ -186,7 +186,7 @@ def test_fifty_photos_uploaded_over_http_become_fifty_events_then_fifty_media_ro
     settings = Settings(
         kafka_bootstrap=stack.tansu.bootstrap, uploads_topic=stack.topic,
         dlq_topic=f"{stack.topic}.dlq", consumer_group="api-test", workers=0,
-        session_timeout_ms=TEST_SESSION_TIMEOUT_MS, segment_max_records=25, segment_max_wait_s=0.5,
+        session_timeout_ms=TEST_SESSION_TIMEOUT_MS, batch_max_records=25, commit_interval_s=0.5,
         deployments_file=f"s3://{stack.bucket}/registry/deployments",
         s3_endpoint_url=stack.s3_settings.s3_endpoint_url, s3_region=stack.s3_settings.s3_region,
         s3_access_key_id=stack.s3_settings.s3_access_key_id,

@@ -133,7 +133,7 @@ def exported_metric_names() -> set[str]:
     for collector in (
         metrics.EVENTS_CONSUMED, metrics.PHOTOS_PROCESSED, metrics.PHOTOS_FAILED, metrics.DEAD_LETTERS,
         metrics.BATCH_SIZE, metrics.STAGE_SECONDS, metrics.END_TO_END_SECONDS, metrics.CONSUMER_LAG,
-        metrics.INFLIGHT_BATCHES, metrics.BYTES_READ, metrics.BYTES_WRITTEN, metrics.SEGMENTS_WRITTEN,
+        metrics.INFLIGHT_BATCHES, metrics.BYTES_READ, metrics.BYTES_WRITTEN, metrics.CHECKPOINTS,
         metrics.MODEL_REQUEST_SECONDS, metrics.MODEL_ERRORS,
     ):  # fmt: skip
         for family in collector.describe():
@@ -259,7 +259,7 @@ def test_prometheus_scrapes_a_real_worker_until_every_photo_is_counted(
     settings = Settings(
         kafka_bootstrap=tansu.bootstrap, uploads_topic=topic, dlq_topic=f"{topic}.dlq",
         consumer_group=f"g-prom-{uuid.uuid4().hex[:8]}", session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
-        segment_max_wait_s=0.5, workers=0,
+        commit_interval_s=0.5, workers=0,
     )  # fmt: skip
     before = counted(metrics.PHOTOS_PROCESSED, metrics.PHOTOS_FAILED)
     worker = StreamWorker(settings, str(tmp_path / "out"), build_pipeline(settings))

@@ -13,8 +13,7 @@ from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.pipelines.segment_log import SegmentLog
-from trapline.pipelines.sinks import ParquetSink
+from trapline.pipelines import delta
 from trapline.services import kafka_io
 from trapline.services.runner import build_pipeline
 from trapline.services.settings import Settings
@@ -31,8 +30,8 @@ def settings_for(tansu, topic: str, group: str, **overrides) -> Settings:
         dlq_topic=f"{topic}.dlq",
         consumer_group=group,
         session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
-        segment_max_records=overrides.pop("segment_max_records", 8),
-        segment_max_wait_s=overrides.pop("segment_max_wait_s", 0.5),
+        batch_max_records=overrides.pop("batch_max_records", 8),
+        commit_interval_s=overrides.pop("commit_interval_s", 0.5),
         sequence_hold_s=overrides.pop("sequence_hold_s", 1.0),  # tests: a quiet event closes fast
         workers=0,
         **overrides,
@@ -104,16 +103,16 @@ def test_a_crash_between_write_and_commit_duplicates_nothing(
 ):
     topic = kafka_topic("uploads", partitions=1)
     submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
-    settings = settings_for(tansu, topic, "g-crash", segment_max_records=4)
+    settings = settings_for(tansu, topic, "g-crash", batch_max_records=4)
 
     def crash(*args, **kwargs):
         raise SystemExit("worker killed before its offset commit")
 
-    monkeypatch.setattr(kafka_io, "commit_offset", crash)
+    monkeypatch.setattr(kafka_io, "commit_offsets", crash)
     with pytest.raises(SystemExit):
         run_worker(settings, tmp_path / "out")
     written = rows(tmp_path / "out", "media")
-    assert 0 < len(written) < submitted  # one segment is in storage, its offsets are not committed
+    assert 0 < len(written) < submitted  # one batch is in the tables, its offsets are not committed
     monkeypatch.undo()
 
     run_worker(settings, tmp_path / "out")  # a new worker of the same group resumes from storage
@@ -123,63 +122,43 @@ def test_a_crash_between_write_and_commit_duplicates_nothing(
     assert not [f for f in failures if f["kind"] == "duplicate"]
 
 
-def test_orphan_parts_of_a_half_written_segment_are_completed_not_duplicated(
+def test_a_crash_between_two_tables_commits_replays_exactly_the_range_the_first_holds(
     tansu, kafka_topic, card, tmp_path, monkeypatch
 ):
+    """Killed after observations, events and failures were committed but before media: the next
+    worker resumes after media's version, replays exactly up to the others' and skips them."""
     topic = kafka_topic("uploads", partitions=1)
     submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
-    settings = settings_for(tansu, topic, "g-orphan", segment_max_records=5)
-    from trapline.pipelines.sinks import ParquetSink
+    settings = settings_for(tansu, topic, "g-half", batch_max_records=5)
+    real_append = delta.append
 
-    real_create = ParquetSink.create
+    def die_before_media(table, name, *args, **kwargs):
+        if name == "media":
+            raise SystemExit("killed between two tables' commits")
+        return real_append(table, name, *args, **kwargs)
 
-    def die_before_media(self, table, data, part, metadata):
-        if table == "media":
-            raise SystemExit("killed while writing")
-        return real_create(self, table, data, part, metadata)
-
-    monkeypatch.setattr(ParquetSink, "create", die_before_media)
+    monkeypatch.setattr(delta, "append", die_before_media)
     with pytest.raises(SystemExit):
         run_worker(settings, tmp_path / "out")
     assert rows(tmp_path / "out", "observations") and not rows(tmp_path / "out", "media")
     monkeypatch.undo()
 
-    run_worker(
-        settings,
-        tmp_path / "out",
-    )
+    run_worker(settings, tmp_path / "out")
     media, failures = rows(tmp_path / "out", "media"), rows(tmp_path / "out", "failures")
     observations = rows(tmp_path / "out", "observations")
+    events = rows(tmp_path / "out", "events")
     assert len(media) + len(failures) == submitted
+    assert len({m["media_id"] for m in media}) == len(media)
+    assert len({f["uri"] for f in failures}) == len(failures)
     assert len({o["observation_id"] for o in observations}) == len(observations)
+    assert len({e["event_id"] for e in events}) == len(events)
     assert {o["media_id"] for o in observations} <= {m["media_id"] for m in media}
 
 
-def test_a_range_claimed_by_another_worker_is_adopted_exactly(tansu, kafka_topic, card, tmp_path):
-    """A zombie (or a crashed worker) claimed offsets 0-2 first: whoever comes next writes that
-    segment with exactly that range, then goes on with its own segments."""
-    topic = kafka_topic("uploads", partitions=1)
-    submitted = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted
-    out = tmp_path / "out"
-    sink = ParquetSink(str(out))
-    log = SegmentLog(sink.fs, sink.root)
-    assert log.claim(topic, 0, 0, 2) == 2
-
-    worker = run_worker(settings_for(tansu, topic, "g-claim", segment_max_records=5), out)
-
-    commits = log.commits(topic, 0)
-    assert [(c.first_offset, c.last_offset) for c in commits][0] == (0, 2)
-    assert commits[-1].last_offset == submitted - 1
-    media, failures = rows(out, "media"), rows(out, "failures")
-    assert len(media) + len(failures) == submitted
-    assert len({m["media_id"] for m in media}) == len(media)
-    assert worker.stats.adopted_claims == 1
-
-
-def test_a_burst_straddling_segment_boundaries_is_one_event_as_in_a_folder_run(
+def test_a_burst_straddling_commit_boundaries_is_one_event_as_in_a_folder_run(
     tansu, kafka_topic, card, tmp_path
 ):
-    """Segments of 2 records cut the sample's 3-photo bursts; holding each deployment's last
+    """Commits of 2 records cut the sample's 3-photo bursts; holding each deployment's last
     event back until it is quiet gives the folder run's events, ids included."""
     from trapline.services.runner import run_folder
 
@@ -194,8 +173,9 @@ def test_a_burst_straddling_segment_boundaries_is_one_event_as_in_a_folder_run(
         topic = kafka_topic("uploads", partitions=1)
         submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b")
         settings = settings_for(
-            tansu, topic, f"g-{name}", segment_max_records=2, sequence_hold_s=hold_s
-        )
+            tansu, topic, f"g-{name}", batch_max_records=2, poll_max_records=2,
+            sequence_hold_s=hold_s,
+        )  # fmt: skip
         run_worker(settings, tmp_path / name)
         return sorted((e["event_id"], e["media_count"]) for e in rows(tmp_path / name, "events"))
 

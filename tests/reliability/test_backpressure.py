@@ -50,7 +50,7 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
     photos = make_photos(tmp_path / "card", EVENTS, deployments=1, seed=31)
     out, log = tmp_path / "out", tmp_path / "worker.log"
     env = worker_env(
-        tansu.bootstrap, topic, "g-backpressure", segment_max_records=10, poll_max_records=10,
+        tansu.bootstrap, topic, "g-backpressure", batch_max_records=10, poll_max_records=10,
         s3_access_key_id="bp-access-key", s3_secret_access_key=SECRET,  # must never be echoed
     )  # fmt: skip
     worker = start_worker(env, out, log)

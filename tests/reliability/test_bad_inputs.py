@@ -104,7 +104,7 @@ def test_stream_worker_sends_each_bad_input_to_failures_and_the_dlq(
     settings = Settings(
         kafka_bootstrap=tansu.bootstrap, uploads_topic=topic, dlq_topic=f"{topic}.dlq",
         consumer_group="g-bad-inputs", session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
-        segment_max_records=50, segment_max_wait_s=0.5, workers=0, metrics_port=0,
+        batch_max_records=50, commit_interval_s=0.5, workers=0, metrics_port=0,
     )  # fmt: skip
     worker = StreamWorker(settings, str(tmp_path / "out"), build_pipeline(settings))
     worker.run(idle_exit_s=4)

@@ -65,7 +65,7 @@ def test_broker_gone_30_s_then_back_every_photo_exactly_once(proxied_broker, tmp
     photos = make_photos(tmp_path / "card", 150, deployments=4, seed=41)
     assert submit_folder(str(tmp_path / "card"), bootstrap, topic).submitted == 150
     out, log = tmp_path / "out", tmp_path / "worker.log"
-    env = worker_env(bootstrap, topic, "g-broker-outage", segment_max_records=10)
+    env = worker_env(bootstrap, topic, "g-broker-outage", batch_max_records=10)
     supervisor = Supervisor(lambda: start_worker(env, out, log))
     try:
         supervisor.wait_until(lambda: accounted(out) >= 20, 90, "the first segments", log)

@@ -58,7 +58,7 @@ def test_s3_gateway_gone_20_s_during_writes_every_photo_exactly_once(
     assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 120
     log = tmp_path / "worker.log"
     env = worker_env(
-        tansu.bootstrap, topic, "g-s3-outage", segment_max_records=10,
+        tansu.bootstrap, topic, "g-s3-outage", batch_max_records=10,
         s3_endpoint_url=ceph_rgw.endpoint_url, s3_region=ceph_rgw.region,
         s3_access_key_id=ceph_rgw.access_key, s3_secret_access_key=ceph_rgw.secret_key,
     )  # fmt: skip

@@ -49,7 +49,7 @@ def test_sigkill_in_the_middle_of_writing_a_part_loses_and_duplicates_nothing(
     photos = make_photos(tmp_path / "card", 80, deployments=4, seed=11)
     assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 80
     out, log = tmp_path / "out", tmp_path / "worker.log"
-    env = worker_env(tansu.bootstrap, topic, "g-kill-mid-write", segment_max_records=10)
+    env = worker_env(tansu.bootstrap, topic, "g-kill-mid-write", batch_max_records=10)
     for kill_at in (3, 8):  # early in the first segment's files; later, in another segment's
         worker = start_worker(env, out, log, preamble=KILL_MID_WRITE.format(kill_at=kill_at))
         assert worker.wait(timeout=60) == -9, tail_of(log)
@@ -119,7 +119,7 @@ def _disk_full_run(tansu, kafka_topic, tmp_path, small_disk, group: str):
     out, log = small_disk / "out", tmp_path / "worker.log"
     out.mkdir()
     filler = fill(small_disk)
-    env = worker_env(tansu.bootstrap, topic, group, segment_max_records=20)
+    env = worker_env(tansu.bootstrap, topic, group, batch_max_records=20)
     return photos, out, log, filler, env, start_worker(env, out, log)
 
 

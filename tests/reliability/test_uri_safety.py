@@ -123,7 +123,7 @@ def test_worker_refuses_events_outside_its_roots_and_dead_letters_them(
     settings = Settings(
         kafka_bootstrap=tansu.bootstrap, uploads_topic=topic, dlq_topic=f"{topic}.dlq",
         consumer_group="g-uri-safety", session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
-        segment_max_records=50, segment_max_wait_s=0.5, workers=0, metrics_port=0,
+        batch_max_records=50, commit_interval_s=0.5, workers=0, metrics_port=0,
         storage_roots=[str(tmp_path / "card")],
     )  # fmt: skip
     StreamWorker(settings, str(tmp_path / "out"), build_pipeline(settings)).run(idle_exit_s=4)

@@ -1,0 +1,202 @@
+"""The result tables as Delta Lake tables: Parquet files plus a transaction log (delta-rs).
+
+A table is `ROOT/<name>/` with its log in `_delta_log/`; a Parquet file is part of the table only
+once a commit in the log adds it. So a reader that goes through the log (deltalake, Polars'
+`read_delta`, Spark, DuckDB's delta extension, `pipelines/readers.py`) never sees a file that was
+written but not committed, and a failed or refused commit leaves only an orphan file that VACUUM
+removes later. Files are Hive-partitioned as before (`deployment_id=<id>/date=<YYYY-MM-DD>/`;
+failures by deployment only), so readers that want one camera or one season open only those.
+
+Exactly once rests on Delta's application transactions (SetTransaction): every commit can carry
+(app id, version) pairs, the table remembers the last version per app id (also through
+checkpoints), and delta-rs refuses a commit when a concurrent commit since its snapshot carried
+one of the same app ids (`CommitFailedError`, "Concurrent transaction failed"). The stream uses
+one app id per Kafka partition (version = last offset written, `services/stream_checkpoint.py`);
+folder runs one per input folder and deployment (`services/runner.py`).
+
+Object stores: delta-rs needs an atomic "create if absent" for the log's next version. Local
+disks have it (hard link); on S3-compatible stores it is a conditional PUT (`If-None-Match: *`),
+which AWS S3, MinIO and Ceph RGW (checked on 16.2) all support: `conditional_put=etag` below.
+Without it two writers could both write version N and one commit would be lost; see
+docs/operations.md for the DynamoDB locking alternative.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from trapline.pipelines.tables import SCHEMA_VERSION, TABLES
+
+log = logging.getLogger(__name__)
+
+# Partition columns per table: a camera, then a capture day (UTC). A failure has no capture time.
+PARTITION_BY: dict[str, list[str]] = {
+    "media": ["deployment_id", "date"],
+    "observations": ["deployment_id", "date"],
+    "events": ["deployment_id", "date"],
+    "failures": ["deployment_id"],
+}
+# Written last: a reader joining on media sees whole photos (their observations and events are
+# committed before them). See docs/architecture.md for what one table alone may show.
+WRITE_ORDER = ("observations", "events", "failures", "media")
+# Table properties. A checkpoint every 100 commits keeps opening a table (and reading its app
+# transactions) at one Parquet checkpoint plus < 100 JSON commits, however long the history.
+TABLE_CONFIGURATION = {
+    "delta.checkpointInterval": "100",
+    "delta.logRetentionDuration": "interval 30 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+}
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or failing store raises: OSError from local disks and fsspec,
+    botocore's and aiohttp's own errors (not OSErrors) from s3fs, and delta-rs's DeltaError
+    (an S3 error inside a write or a log read). A refused commit is not among them: `append`
+    turns it into `ConcurrentCommit`, which is a decision, not an outage."""
+    errors: list[type[BaseException]] = [OSError, DeltaError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # no S3 support installed: local disks only
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        errors.append(HttpClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+STORAGE_ERRORS = _storage_errors()  # catch these to retry a write later, not to skip it
+
+_s3_options: dict[str, str] = {}  # this process's delta-rs options for s3:// (set_s3_options)
+
+
+def set_s3_options(options: Mapping[str, str] | None) -> None:
+    """Use these delta-rs storage options for every `s3://` table this process opens.
+
+    Per process, like fsspec's config (services/object_store.py calls this from
+    `configure_fsspec`, with the endpoint, region and keys of the settings).
+    """
+    _s3_options.clear()
+    _s3_options.update(options or {})
+
+
+def storage_options(uri: str) -> dict[str, str]:
+    """delta-rs options for `uri`: the S3 ones (with conditional put) for s3://, else none."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in ("s3", "s3a"):
+        return {}
+    return {"conditional_put": "etag", **_s3_options}
+
+
+def table_uri(root: str, table: str) -> str:
+    """`ROOT/<table>` as delta-rs wants it: a local path or a URL (s3a:// read as s3://)."""
+    root = root.rstrip("/")
+    if root.startswith("s3a://"):
+        root = "s3://" + root[len("s3a://") :]
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    return posixpath.join(root, table)
+
+
+def open_table(root: str, table: str, version: int | None = None) -> DeltaTable | None:
+    """The Delta table `table` under `root`, or None if nobody created it yet."""
+    uri = table_uri(root, table)
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage_options(uri))
+    except TableNotFoundError:
+        return None
+
+
+def create_table(root: str, table: str) -> DeltaTable:
+    """Open `table`, creating it (empty, with its schema and partitions) if it is absent.
+
+    Two writers may create it at once: one wins the first log entry, the other opens it.
+    """
+    uri = table_uri(root, table)
+    options = storage_options(uri)
+    for _attempt in range(5):
+        existing = open_table(root, table)
+        if existing is not None:
+            return existing
+        if "://" not in uri:
+            import os
+
+            os.makedirs(uri, exist_ok=True)
+        try:
+            return DeltaTable.create(
+                uri,
+                TABLES[table],
+                mode="ignore",
+                partition_by=PARTITION_BY[table],
+                name=table,
+                # delta-rs refuses table properties it does not know: the version goes here.
+                description=f"Trapline {table} table, schema version {SCHEMA_VERSION} (docs/tables/{table}.md)",
+                configuration=TABLE_CONFIGURATION,
+                storage_options=options,
+            )
+        except DeltaError as error:  # lost the race for version 0: the winner's table is there
+            log.info("%s: created concurrently (%s); opening it", uri, error)
+            time.sleep(0.1)
+    raise RuntimeError(f"{uri}: cannot create or open the Delta table")
+
+
+@dataclass(frozen=True, slots=True)
+class AppVersion:
+    """One application transaction: `app_id` has written everything up to `version`."""
+
+    app_id: str
+    version: int
+
+
+class ConcurrentCommit(Exception):
+    """Another writer committed one of our app ids since our snapshot: our commit was refused."""
+
+
+def append(
+    table: DeltaTable,
+    name: str,
+    data: pa.Table,
+    transactions: Sequence[AppVersion] = (),
+    compression: str = "zstd",
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Append `data` to `table` in one commit carrying `transactions`, against the snapshot
+    `table` holds (refresh it with `update_incremental` first).
+
+    Raises `ConcurrentCommit` when a commit since that snapshot carried one of the same app ids:
+    the caller re-reads the versions and decides again (a zombie learns it was fenced). An
+    empty `data` still commits the transactions: a partition's position moves on although none
+    of its photos had, say, a failure.
+    """
+    properties = CommitProperties(
+        app_transactions=[Transaction(t.app_id, t.version) for t in transactions],
+        custom_metadata=dict(metadata or {}),
+    )
+    try:
+        write_deltalake(
+            table,
+            data.cast(TABLES[name]),
+            mode="append",
+            partition_by=PARTITION_BY[name],
+            commit_properties=properties,
+            writer_properties=WriterProperties(compression=compression.upper()),
+        )
+    except CommitFailedError as error:
+        raise ConcurrentCommit(f"{table.table_uri}: {error}") from error
+
+
+def app_version(table: DeltaTable, app_id: str) -> int | None:
+    """The last version `app_id` committed to `table` (in its current snapshot), None if none."""
+    return table.transaction_version(app_id)

@@ -1,0 +1,114 @@
+"""How a folder run writes its tables: appends, skips what is committed, resumes after a crash.
+
+A folder run commits one deployment at a time (and a long deployment every `folder_commit_every`
+photos, at an event boundary), so a run killed with kill -9 keeps what it committed and a new
+run of the same folder does only the rest: inputs already in `media` or `failures` are skipped
+before they are read (`pending_refs`). Nothing else in `--out` is touched: another folder, or
+the stream's output, stays.
+
+Exactly once per table, also when the same folder runs twice at once or a crash fell between two
+tables' commits: each commit first drops the rows whose key the table already holds (media_id,
+observation_id, event_id, failed uri), and carries an application transaction whose id names
+the input folder and the deployment, so two runs committing the same deployment at once
+conflict (delta-rs refuses the second) and the loser filters again on the new snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trapline.pipelines import delta
+from trapline.pipelines.flow import Tables
+from trapline.pipelines.readers import committed_uris, read_table
+from trapline.pipelines.types import Failure, MediaRef
+
+log = logging.getLogger(__name__)
+
+KEY = {
+    "media": "media_id",
+    "observations": "observation_id",
+    "events": "event_id",
+    "failures": "uri",
+}
+MAX_COMMIT_ATTEMPTS = 20
+
+
+def run_app_id(source: str, deployment_id: str | None) -> str:
+    """The Delta application id of one deployment of one input folder."""
+    digest = hashlib.sha256(f"{source.rstrip('/')}|{deployment_id}".encode()).hexdigest()[:24]
+    return f"trapline-run:{digest}"
+
+
+def pending_refs(
+    out: str, refs: list[MediaRef], unsupported: list[Failure]
+) -> tuple[list[MediaRef], list[Failure], int]:
+    """The inputs not yet accounted for in `out`, and how many were skipped as done."""
+    done = committed_uris(
+        out, {r.deployment_id for r in refs} | {f.deployment_id or "" for f in unsupported}
+    )
+    todo = [r for r in refs if r.uri not in done]
+    todo_unsupported = [f for f in unsupported if f.uri not in done]
+    skipped = len(refs) - len(todo) + len(unsupported) - len(todo_unsupported)
+    return todo, todo_unsupported, skipped
+
+
+def commit_tables(
+    out: str, source: str, deployment_id: str, tables: Tables, compression: str
+) -> Tables:
+    """Append `tables` (one deployment's rows) to the tables under `out`; returns what was
+    actually added (rows whose key a table already held are left out)."""
+    app = run_app_id(source, deployment_id)
+    added = {}
+    for name in delta.WRITE_ORDER:
+        added[name] = _commit_one(
+            out, name, app, deployment_id, tables.as_dict()[name], compression
+        )
+    failed_uris = set(added["failures"].column("uri").to_pylist())
+    return Tables(
+        media=added["media"],
+        observations=added["observations"],
+        events=added["events"],
+        failures=added["failures"],
+        failed=[f for f in tables.failed if f.uri in failed_uris],
+    )
+
+
+def _commit_one(
+    out: str, name: str, app: str, deployment_id: str, data: pa.Table, compression: str
+) -> pa.Table:
+    for _attempt in range(MAX_COMMIT_ATTEMPTS):
+        table = delta.create_table(out, name)
+        table.update_incremental()
+        fresh = _without_known_keys(out, name, deployment_id, data)
+        version = delta.app_version(table, app)
+        try:
+            delta.append(
+                table, name, fresh, [delta.AppVersion(app, (version or 0) + 1)], compression
+            )
+        except delta.ConcurrentCommit as refused:
+            log.info(
+                "%s: another run committed this deployment meanwhile (%s); filtering again",
+                name,
+                refused,
+            )
+            continue
+        return fresh
+    raise RuntimeError(f"{out}/{name}: {MAX_COMMIT_ATTEMPTS} commits refused in a row")
+
+
+def _without_known_keys(out: str, name: str, deployment_id: str, data: pa.Table) -> pa.Table:
+    if data.num_rows == 0:
+        return data
+    key = KEY[name]
+    deployments = sorted({d for d in data.column("deployment_id").to_pylist() if d is not None})
+    where = pc.field("deployment_id").isin(deployments)
+    if len(deployments) < len(set(data.column("deployment_id").to_pylist())):
+        where = where | pc.field("deployment_id").is_null()
+    known = read_table(out, name, columns=[key], filter=where).column(key)
+    if len(known) == 0:
+        return data
+    return data.filter(pc.invert(pc.is_in(data.column(key), value_set=known)))
