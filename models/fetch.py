@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,18 +204,20 @@ def _import(rel: Release, checkpoint: Path, onnx: Path, sums: Digests, console: 
             import_deepfaune(checkpoint, out, options, release=rel.version)
         else:
             import_megadetector(checkpoint, out, options)
+        sidecar_path = out.with_suffix(".json")
+        sidecar = json.loads(sidecar_path.read_text())
+        sidecar["fetched"] = {
+            "catalogue_name": rel.name, "url": source_url(rel), "sha256": sums.sha256,
+            "md5": sums.md5, "size": sums.size, "licence": rel.licence,
+            "verified_by": f"published {rel.verified_by}" if rel.verified_by else "--sha256",
+        }  # fmt: skip
+        sidecar_path.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+        os.replace(out, onnx)
+        os.replace(sidecar_path, onnx.with_suffix(".json"))
     except CheckpointError as error:
         raise FetchError(f"{rel.name}: the import failed: {error}") from None
-    sidecar_path = out.with_suffix(".json")
-    sidecar = json.loads(sidecar_path.read_text())
-    sidecar["fetched"] = {
-        "catalogue_name": rel.name, "url": source_url(rel), "sha256": sums.sha256,
-        "md5": sums.md5, "size": sums.size, "licence": rel.licence,
-        "verified_by": f"published {rel.verified_by}" if rel.verified_by else "--sha256",
-    }  # fmt: skip
-    sidecar_path.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
-    os.replace(out, onnx)
-    os.replace(sidecar_path, onnx.with_suffix(".json"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     console.print(f"cached {rel.name} at {onnx}")
 
 

@@ -188,12 +188,8 @@ def test_fetch_shows_progress_verifies_imports_and_caches(server, md_checkpoint,
     assert sidecar["fetched"]["verified_by"] == "published md5"
     assert sidecar["input_size"] == SIDE and sidecar["version"] == "5a.0.1"
     assert OnnxDetector(result.onnx_path).spec.input_size == SIDE
-    assert sorted(p.name for p in result.onnx_path.parent.iterdir()) == [
-        ".import",
-        ".lock",
-        "tiny-md.json",
-        "tiny-md.onnx",
-    ]  # fmt: skip  (the .pt is gone)
+    kept = sorted(p.name for p in result.onnx_path.parent.iterdir())
+    assert kept == [".lock", "tiny-md.json", "tiny-md.onnx"]  # the .pt and scratch are gone
     assert server.log == [("/" + md_checkpoint.name, None)]
 
 
