@@ -1,97 +1,137 @@
-"""Load a checkpoint the user marked trusted, resolving only the names we expect.
+"""Load a checkpoint the user marked trusted, resolving only exact names we expect.
 
-Even with `--trust`, unpickling goes through an allow-list: torch's own tensor/storage/module
-classes, a few containers, numpy scalars, and the YOLOv5 / ultralytics classes that
-`yolov5_arch.YOLOV5_CLASSES` / `ultralytics_arch.ULTRALYTICS_CLASSES` /
-`ultralytics_v9.YOLOV9_CLASSES` map to our plain-torch re-implementations. A pickle that names anything else (`os.system`,
-an unknown YOLOv5 block, a training-only helper) is refused with that name, so an import never
-runs code the user did not expect, and a checkpoint from a YOLOv5 variant we do not cover says
-exactly which class is missing.
+`--trust` says the user vouches for the file, but a pickle from the wrong place should still
+not run code, so two independent gates stand between the file and Python:
 
-torch.load(pickle_module=...) builds its unpickler by subclassing `pickle_module.Unpickler`, and
-its own `find_class` handles the `*Storage` names first; everything else reaches ours.
+1. `pickle_scan.check_checkpoint` reads every pickle torch.load would read (zip and legacy
+   files alike) without running it, and refuses any name outside `ALLOWED` (exact
+   (module, name) pairs: no prefixes, no dotted names), any opcode that builds objects some
+   other way (INST, OBJ, EXT*), any call of a value that is not an allowed name, and any call
+   real files never make (`may_call`). Its refusal is one line that names the culprit.
+2. The bytes that were checked (not the file again) go to `torch.load(weights_only=True)`,
+   torch's own restricted unpickler, with `ALLOWED`'s names added as safe globals: even a pickle
+   the scan misread could reach nothing else.
+
+The pairs are the ones real files name: MegaDetector v5 (YOLOv5 `models.yolo` / `models.common`,
+released and straight out of `train.py`, whose optimizer state and `best_fitness` hold numpy
+values pickled under protocol 2 through `_codecs.encode`), MDv1000 / MDv6 (ultralytics), and
+DeepFaune (tensors in dicts). YOLOv5 / ultralytics class names map to the plain-torch
+re-implementations in `yolov5_arch` / `ultralytics_arch` / `ultralytics_v9`.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
+import io
+import pathlib
 import pickle
-import types
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from trapline.models.importers.identify import CheckpointError
+from trapline.models.importers.pickle_scan import PickleRefused, check_checkpoint
 from trapline.models.importers.ultralytics_arch import ULTRALYTICS_CLASSES
 from trapline.models.importers.ultralytics_v9 import YOLOV9_CLASSES
 from trapline.models.importers.yolov5_arch import YOLOV5_CLASSES
 
-_ALLOWED_PREFIXES = ("torch.nn.modules.", "torch._utils", "torch.storage", "torch._tensor",
-                     "torch.nn.parameter", "torch.serialization")  # fmt: skip
-_ALLOWED = {
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("argparse", "Namespace"),
+# torch.nn classes YOLOv5 (v3-v7) and ultralytics (v8-11, v9 blocks, criterion) pickle.
+_NN = {
+    "conv": ("Conv2d",),
+    "batchnorm": ("BatchNorm2d",),
+    "activation": ("SiLU", "LeakyReLU", "Hardswish", "ReLU", "Sigmoid"),
+    "linear": ("Identity",),
+    "container": ("Sequential", "ModuleList"),
+    "pooling": ("MaxPool2d",),
+    "upsampling": ("Upsample",),
+    "loss": ("BCEWithLogitsLoss",),
 }
-_TORCH_DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)}
+_REBUILD = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+            "_rebuild_parameter_with_state")  # fmt: skip
+_reconstruct = np.ndarray(0).__reduce__()[0]  # numpy's own, whatever its module is called
+_scalar = np.float64(0).__reduce__()[0]
+
+# (module, name) as written in the file -> the object it loads as.
+ALLOWED: dict[tuple[str, str], Any] = {
+    **YOLOV5_CLASSES,
+    **ULTRALYTICS_CLASSES,
+    **YOLOV9_CLASSES,
+    **{(f"torch.nn.modules.{m}", n): getattr(nn, n) for m, names in _NN.items() for n in names},
+    **{("torch._utils", n): getattr(torch._utils, n) for n in _REBUILD},
+    **{("torch", n): getattr(torch, n) for n in dir(torch)
+       if n.endswith("Storage") and not n.startswith("_") and isinstance(getattr(torch, n), type)},
+    **{("torch", n): getattr(torch, n) for n in dir(torch)
+       if isinstance(getattr(torch, n), torch.dtype)},
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("torch.nn.parameter", "Parameter"): nn.Parameter,
+    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): __import__("_codecs").encode,  # protocol 2 bytes; latin1 only
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1 names
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 names
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("argparse", "Namespace"): Namespace,  # YOLOv5 / ultralytics `opt`
+    # Paths in `opt` load as pure paths: data only, and a Windows path loads on Linux too.
+    **{(module, kind + "Path"): getattr(pathlib, "Pure" + kind + "Path")
+       for module in ("pathlib", "pathlib._local") for kind in ("Posix", "Windows")},
+}  # fmt: skip
+# Objects torch's unpickler must also accept as BUILD targets: numpy's dtype classes.
+_BUILD_ONLY = {type(np.dtype(c)) for c in np.typecodes["All"]}
+SAFE_GLOBALS = [(obj, f"{module}.{name}") for (module, name), obj in ALLOWED.items()] + [
+    (cls, f"trapline.allowed_build.{cls.__name__}") for cls in _BUILD_ONLY
+]
+
+KNOWN = (
+    "known: YOLOv5 Conv/C3/Bottleneck/SPPF/SPP/Focus/Concat/Detect/Model; ultralytics "
+    "YOLOv8/YOLO11 Conv/DWConv/C2f/C3k2/C3k/SPPF/C2PSA/PSABlock/Attention/Concat/DFL/Detect/"
+    "DetectionModel and YOLOv9-c RepNCSPELAN4/RepCSP/RepBottleneck/RepConv/ADown/SPPELAN; "
+    "torch modules and tensors; numpy arrays"
+)
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        # torch.save writes protocol 2, whose names are Python 2's (`__builtin__.set`).
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in YOLOV5_CLASSES:
-            return YOLOV5_CLASSES[(module, name)]
-        if (module, name) in ULTRALYTICS_CLASSES:
-            return ULTRALYTICS_CLASSES[(module, name)]
-        if (module, name) in YOLOV9_CLASSES:
-            return YOLOV9_CLASSES[(module, name)]
-        if module.startswith(("numpy.dtypes",)) and name.endswith("DType"):
-            return super().find_class(module, name)
-        allowed = (
-            (module, name) in _ALLOWED
-            or module.startswith(_ALLOWED_PREFIXES)
-            or (module == "torch" and (name in _TORCH_DTYPES or name.endswith("Storage")))
-        )
-        if not allowed:
-            raise CheckpointError(
-                f"the checkpoint refers to {module}.{name}, which the importer does not load "
-                "(known: YOLOv5 Conv/C3/Bottleneck/SPPF/SPP/Focus/Concat/Detect/Model; "
-                "ultralytics YOLOv8/YOLO11 Conv/DWConv/C2f/C3k2/C3k/SPPF/C2PSA/PSABlock/"
-                "Attention/Concat/DFL/Detect/DetectionModel and YOLOv9-c RepNCSPELAN4/RepCSP/"
-                "RepBottleneck/RepConv/ADown/SPPELAN; torch modules and tensors)"
-            )
-        return super().find_class(module, name)
+def is_allowed(module: str, name: str) -> bool:
+    return (module, name) in ALLOWED
 
 
-_pickle_module = types.ModuleType("trapline_allowlist_pickle")
-_pickle_module.Unpickler = _AllowListUnpickler  # type: ignore[attr-defined]
-_pickle_module.load = lambda f, **kw: _AllowListUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-_pickle_module.__name__ = "trapline_allowlist_pickle"
+def may_call(module: str, name: str, opcode: str) -> bool:
+    """How real files call what they name: classes are made with NEWOBJ (modules only so,
+    whose constructors would allocate whatever the arguments ask); storages and dtypes are
+    named, never called."""
+    obj = ALLOWED[(module, name)]
+    if isinstance(obj, torch.dtype) or (module == "torch" and name.endswith("Storage")):
+        return False
+    if opcode != "REDUCE":
+        return isinstance(obj, type)
+    return not (isinstance(obj, type) and issubclass(obj, nn.Module))
 
 
 def load_trusted(path: Path) -> Any:
     """The unpickled checkpoint, on the CPU. Call only after the user passed --trust."""
     try:
-        return torch.load(
-            str(path), map_location="cpu", pickle_module=_pickle_module, weights_only=False
-        )
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as error:
-        raise CheckpointError(f"{path}: cannot load the checkpoint: {error}") from None
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read: {error}") from None
+    try:
+        check_checkpoint(data, is_allowed, may_call)
+    except PickleRefused as error:
+        raise CheckpointError(
+            f"{path}: refused before loading anything: {error} (the importer loads exact names "
+            f"only; {KNOWN})"
+        ) from None
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's own gate; its message spans lines
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"{path}: refused while loading: {reason}") from None
+    except (RuntimeError, EOFError, AttributeError, ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"{path}: cannot load the checkpoint: {reason}") from None

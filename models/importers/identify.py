@@ -1,7 +1,7 @@
 """Say what a checkpoint is without unpickling it.
 
-A torch checkpoint is a zip (`<root>/data.pkl` + tensor blobs) or, before torch 1.6, a run of
-pickles. Unpickling runs whatever the file names, so identification only *reads* the pickle's
+A torch checkpoint is a zip (`<root>/data.pkl` + tensor blobs) or, before torch 1.6, five
+pickles then raw storages (told apart as torch.load does: by the zip header at byte 0). Unpickling runs whatever the file names, so identification only *reads* the pickle's
 opcode stream (`pickletools.genops`): the modules and classes it would import (GLOBAL /
 STACK_GLOBAL) and the strings it holds (dict keys). That, an optional
 `megadetector_info.json` inside the zip, and the md5 of known public files are enough:
@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from trapline.models.importers.pickle_scan import ZIP_MAGIC, PickleRefused, legacy_pickles
 
 Kind = Literal["megadetector-yolov5", "megadetector-ultralytics", "deepfaune", "unknown"]
 
@@ -121,7 +123,9 @@ def identify(path: Path) -> CheckpointInfo:
         raise CheckpointError(f"{path}: no such file")
     md5 = md5sum(path)
     metadata: dict = {}
-    if zipfile.is_zipfile(path):
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head == ZIP_MAGIC:  # torch's own test: a zip is what starts with a local header
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -137,8 +141,11 @@ def identify(path: Path) -> CheckpointInfo:
                     metadata = json.loads(archive.read(info[0]))
                 except ValueError:
                     metadata = {}
-    else:
-        data = path.read_bytes()  # torch < 1.6: several pickles, then raw storages
+    else:  # torch < 1.6: five pickles, then raw storages
+        try:
+            data = b"".join(chunk for _, chunk in legacy_pickles(path.read_bytes()))
+        except PickleRefused as error:
+            raise CheckpointError(f"{path}: {error} (is it a torch .pt checkpoint?)") from None
     try:
         found, strings = scan_pickle(data)
     except CheckpointError as error:
