@@ -73,12 +73,17 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -
     """Greedy class-aware NMS (boxes of different classes never suppress each other).
 
     Returns kept indices, best score first. Classes are separated by offsetting boxes, the
-    YOLOv5 trick, so one pass handles all classes.
+    YOLOv5 trick, so one pass handles all classes. The offset is the boxes' full extent
+    (max - min + 1, not max + 1), so each class lands in its own interval whatever the
+    coordinates: boxes may reach past the canvas origin, where a max-based offset lets one
+    class overlap the next. Shifting happens in float64, exact for any realistic extent.
     """
     if scores.size == 0:
         return np.empty(0, dtype=np.int64)
-    offset = classes[:, None].astype(np.float32) * (float(xyxy.max()) + 1.0)
-    shifted = xyxy + offset
+    boxes = np.asarray(xyxy, dtype=np.float64)
+    low = float(boxes.min())
+    extent = float(boxes.max()) - low + 1.0
+    shifted = (boxes - low) + classes[:, None].astype(np.float64) * extent
     order = np.argsort(-scores, kind="stable")
     kept = []
     while order.size:

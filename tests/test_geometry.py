@@ -70,3 +70,36 @@ def test_square_crop_extends_the_short_side_and_clips_at_the_border():
     # A tall box at the left edge: widened to 300 but clipped at x = 0.
     left, top, right, bottom = square_crop_box((0.0, 0.0, 0.1, 0.375), 1000, 800)
     assert (left, top, bottom) == (0, 0, 300) and right == 200
+
+
+def test_nms_keeps_a_person_beside_an_animal_when_boxes_reach_past_the_origin():
+    """The class offset is the boxes' extent, not max + 1: with coordinates reaching far below
+    zero, a max-based offset moved the animal box onto the person box of the next class."""
+    xyxy = np.array([
+        [-1000.0, -1000.0, 0.0, 0.0],  # animal (class 0), all of it past the origin
+        [-990.0, -990.0, -5.0, -5.0],  # person (class 1) over it: max + 1 = 1 was its shift
+        [-995.0, -995.0, -2.0, -2.0],  # animal again: suppressed by the first
+    ], dtype=np.float32)  # fmt: skip
+    scores = np.array([0.9, 0.8, 0.7], dtype=np.float32)
+    classes = np.array([0, 1, 0])
+    assert nms(xyxy, scores, classes, 0.45).tolist() == [0, 1]
+
+
+def test_nms_never_lets_classes_meet_for_any_coordinates():
+    """Randomised: per-class NMS by hand equals the one-pass offset NMS, coordinates anywhere."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 30))
+        centre = rng.uniform(-5000, 5000, (n, 2))
+        size = rng.uniform(1, 3000, (n, 2))
+        xyxy = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
+        scores = rng.permutation(n).astype(np.float32) / n
+        classes = rng.integers(0, 4, n)
+        expected = []
+        for c in np.unique(classes):
+            members = np.flatnonzero(classes == c)
+            kept = nms(xyxy[members], scores[members], np.zeros(len(members), np.int64), 0.45)
+            expected.extend(members[kept].tolist())
+        got = nms(xyxy, scores, classes, 0.45).tolist()
+        assert sorted(got) == sorted(expected)
+        assert got == sorted(got, key=lambda i: -scores[i])

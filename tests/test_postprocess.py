@@ -293,3 +293,35 @@ def test_the_static_report_lists_each_suppressed_place_with_its_period_and_examp
         "/photos/d1/p14.jpg",
         "/photos/d1/p29.jpg",
     ]
+
+
+def test_an_undefined_event_vote_counts_frames_not_boxes():
+    """One vote per frame: three foxes in one photo do not outvote three frames of cat."""
+    from trapline.pipelines.postprocess.decision import Decision
+    from trapline.pipelines.postprocess.options import PostprocessOptions
+    from trapline.pipelines.postprocess.smoothing import majority_vote
+
+    def box(label: str) -> Decision:
+        return Decision(label, 0.95, "classifier")
+
+    frames = [[box("fox"), box("fox"), box("fox")], [box("cat")], [box("cat")], [box("cat")]]
+    vote = Decision(UNDEFINED, 0.6, "sequence")
+    majority_vote(vote, frames, 4, PostprocessOptions())
+    assert vote.label == "cat" and "cat in 3 of 4 frames" in vote.rule
+    # Two classes each in a majority of frames (both in every frame) is no majority.
+    vote = Decision(UNDEFINED, 0.6, "sequence")
+    majority_vote(vote, [[box("fox"), box("cat")]] * 3, 3, PostprocessOptions())
+    assert vote.label == UNDEFINED
+
+
+def test_a_herd_of_foxes_in_one_photo_does_not_take_an_event_of_cats():
+    """End to end: the event's own vote is undefined (cat, fox and badger frames); the
+    fallback gives it to cat, seen in 3 of 5 frames, not to fox, in 3 boxes of one frame."""
+    herd = [animal((0.1 + 0.3 * k, 0.3, 0.2, 0.2), fox=0.95) for k in range(3)]
+    results = [photo("s0", START, *herd)] + [
+        photo(f"s{i}", START + timedelta(seconds=2 * i), animal((0.3, 0.3, 0.2, 0.2), **{k: 0.95}))
+        for i, k in enumerate(["cat", "cat", "cat", "badger"], start=1)
+    ]
+    (event,) = run(results).events.to_pylist()
+    assert event["label"] == "cat", event
+    assert "cat in 3 of 5 frames" in event["rule"]

@@ -125,9 +125,10 @@ def apply_postprocessing(
         if event.label is None:
             continue
         vote = Decision(event.label, event.probability, "sequence")
-        boxes = [d for m in event.media_ids for d in decisions.get(m, ())]
+        frames = [decisions.get(m, []) for m in event.media_ids]
+        boxes = [d for frame in frames for d in frame]
         if on and options.smooth_sequence and vote.label == UNDEFINED:
-            majority_vote(vote, boxes, event.classified_frames, options)
+            majority_vote(vote, frames, event.classified_frames, options)
         if on:
             labeller.decide(vote, event.probabilities, country_of(event.deployment_id))
         event.label, event.probability = vote.label, vote.probability

@@ -33,7 +33,7 @@ class PostprocessOptions:
     # Smoothing (MegaDetector classification_postprocessing, DeepFaune sequence rule).
     smooth_image: bool = True
     smooth_sequence: bool = True
-    min_dominant: int = 2  # confident boxes the photo's dominant class needs to relabel others
+    min_dominant: int = 2  # confident boxes (in an event: frames) a dominant class needs
     max_nondominant: int = 1  # a class with more confident boxes than this is a second animal
 
     def __post_init__(self) -> None:

@@ -8,11 +8,12 @@ rolled up to one of its ancestors, and classes with at most `max_nondominant` bo
 Within an event (DeepFaune): the event's label is the vote over its frames (mean logits,
 temperature, threshold: `pipelines/sequences.py`); DeepFaune gives it to every frame. One
 confident dissenting frame can pull that vote under the threshold (4 foxes at 0.95 and a cat at
-0.95 vote fox 0.79), so an undefined vote falls back to the majority of confident boxes when one
-class holds more than half of the classified frames and at least `min_dominant` boxes. The
-event's label then goes to its boxes with the photo rule's guard: a class with more than `max_nondominant` confident boxes in
-the event is taken for a second animal and kept, and a confident species is never replaced by
-one of its own ancestors.
+0.95 vote fox 0.79), so an undefined vote falls back to the class confidently seen in more than
+half of the classified frames (k of n frames: each frame votes once, however many boxes it has)
+and in at least `min_dominant` of them. The event's label then goes to its boxes with the photo
+rule's guard: a class with more than `max_nondominant` confident boxes in the event is taken for
+a second animal and kept (here boxes, not frames: three foxes in one photo are foxes), and a
+confident species is never replaced by one of its own ancestors.
 """
 
 from __future__ import annotations
@@ -93,19 +94,30 @@ def smooth_sequence(
                 d.label, d.probability, d.source = label, probability, "sequence"
 
 
+def frame_counts(photos: Iterable[Iterable[Decision]]) -> Counter[str]:
+    """Frames per class that hold at least one confident box of it: one vote per frame, so a
+    herd in one photo counts once (three foxes in a frame do not outvote three frames of cat)."""
+    return Counter(label for photo in photos for label in confident_counts(photo))
+
+
 def majority_vote(
-    vote: Decision, boxes: list[Decision], classified_frames: int, options: PostprocessOptions
+    vote: Decision,
+    photos: list[list[Decision]],
+    classified_frames: int,
+    options: PostprocessOptions,
 ) -> None:
-    """An undefined event vote becomes the confident majority, if there is one (module doc)."""
-    ranked = confident_counts(boxes).most_common(1)
-    if not ranked:
+    """An undefined event vote becomes the class confidently seen in more than half of its
+    classified frames (and in at least `min_dominant` of them), if exactly one class is."""
+    ranked = frame_counts(photos).most_common(2)
+    if not ranked or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
         return
-    top, count = ranked[0]
-    if count * 2 > classified_frames and count >= options.min_dominant:
-        shares = [d.probability for d in boxes if d.label == top and d.probability is not None]
+    top, frames = ranked[0]
+    if frames * 2 > classified_frames and frames >= options.min_dominant:
+        shares = [d.probability for photo in photos for d in photo
+                  if d.label == top and d.probability is not None]  # fmt: skip
         vote.rule = (
-            f"sequence: vote {vote.label} {vote.probability}; {count} of {classified_frames} "
-            f"frames confidently {top}"
+            f"sequence: vote {vote.label} {vote.probability}; {top} in {frames} of "
+            f"{classified_frames} frames"
         )
         vote.label = top
         vote.probability = round(sum(shares) / len(shares), 4) if shares else None
