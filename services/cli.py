@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trapline.models.importers.cli import identify_command, import_app
+from trapline.models.importers.cli import fetch_command, identify_command, import_app
 from trapline.services.exports.commands import export_app
 from trapline.services.settings import DEMO_MODELS, load_settings
 
@@ -405,6 +405,7 @@ models_app = typer.Typer(help="Model files and the Triton model repository.", no
 app.add_typer(models_app, name="models")
 models_app.add_typer(import_app, name="import")  # models/importers/cli.py
 models_app.command("identify")(identify_command)
+models_app.command("fetch")(fetch_command)
 
 app.add_typer(export_app, name="export")  # services/exports/commands.py
 

@@ -8,11 +8,10 @@ not only whether it runs.
 from __future__ import annotations
 
 import csv
-import posixpath
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from trapline.pipelines.readers import read_table
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -25,10 +24,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def evaluate_run(results: str, truth_csv: Path, min_iou: float = 0.5) -> dict:
-    media = pq.read_table(posixpath.join(results, "media")).to_pylist()
-    observations = pq.read_table(posixpath.join(results, "observations")).to_pylist()
-    failures = pq.read_table(posixpath.join(results, "failures")).to_pylist()
-    events = {e["event_id"]: e for e in pq.read_table(posixpath.join(results, "events")).to_pylist()}
+    media = read_table(results, "media").to_pylist()
+    observations = read_table(results, "observations").to_pylist()
+    failures = read_table(results, "failures").to_pylist()
+    events = {e["event_id"]: e for e in read_table(results, "events").to_pylist()}
     boxes_of = defaultdict(list)
     for row in observations:
         boxes_of[row["media_id"]].append(row)
@@ -42,6 +41,7 @@ def evaluate_run(results: str, truth_csv: Path, min_iou: float = 0.5) -> dict:
     blank_total = blank_right = failed_expected = failed_right = 0
     misses = []
     for row in truth:
+
         def find(table: dict[str, dict], file: str = row["file"]) -> dict | None:
             return next((v for k, v in table.items() if k.endswith("/" + file)), None)
 

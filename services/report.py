@@ -63,12 +63,11 @@ def build_report(
     from trapline.services import report_plots as plots
 
     deployments = load_deployments(deployments_file, storage_options)
-    media = read_table(results, "media", storage_options=storage_options).to_pandas()
+    media = read_table(results, "media").to_pandas()
     observations = read_table(
-        results, "observations", columns=["media_id", "category", "label", "detection_conf"],
-        storage_options=storage_options,
+        results, "observations", columns=["media_id", "category", "label", "detection_conf"]
     ).to_pandas()  # fmt: skip
-    failures = read_table(results, "failures", columns=["uri"], storage_options=storage_options)
+    failures = read_table(results, "failures", columns=["uri"])
     media = _with_local_time(media, deployments)
     media["final_label"] = [
         final_label(e if isinstance(e, str) else None, t)

@@ -114,7 +114,6 @@ def sort_results(
             "event_label",
             "person_count",
         ],
-        storage_options=storage_options,
     ).to_pylist()
     people = _person_boxes(results, storage_options) if blur_people else {}
     out_fs, out_root = fsspec.core.url_to_fs(into, **(storage_options or {}))
@@ -153,7 +152,6 @@ def _person_boxes(results: str, storage_options: dict[str, Any] | None) -> dict[
         results,
         "observations",
         columns=["media_id", "category", "bbox_x", "bbox_y", "bbox_width", "bbox_height"],
-        storage_options=storage_options,
     )
     obs = obs.filter(pc.equal(obs["category"], "person"))
     boxes: dict[str, list] = {}

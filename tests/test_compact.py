@@ -1,125 +1,106 @@
-"""`trapline compact`: same rows, fewer files, and no reader ever sees a half-compacted folder."""
+"""`trapline compact`: Delta OPTIMIZE and VACUUM, while a writer commits."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
+import threading
 
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
+from typer.testing import CliRunner
 
 from trapline.models.labels import DEEPFAUNE_LABELS
+from trapline.pipelines import delta
 from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
-from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult
-from trapline.services import compact as compact_module
-from trapline.services.compact import UnsafeOnObjectStore, compact
+from trapline.services.cli import app
+from trapline.services.compact import RetentionTooShort, compact
 from trapline.services.settings import Settings
 
-pytest_plugins = ["s3_fixtures"]
 MODELS = ModelNames("det", "1", "cls", "1")
 
 
-def media(*ids: str, day: int = 1) -> object:
+def commit_photos(root: str, first: int, count: int, app_id: str = "writer") -> None:
+    """One commit of `count` photos, as a stream worker makes them (with an app version)."""
     results = [
         MediaResult(
-            MediaRef(uri=f"/p/{i}.jpg", deployment_id="cam"),
-            i,
-            i,
-            10,
-            10,
-            datetime(2024, 6, day, 12, n),
-            None,
-            None,
-            1,
-            [],
+            MediaRef(uri=f"/cards/cam/{i}.jpg", deployment_id="cam"),
+            f"m{i:05d}", f"{i:064d}", 4000, 3000, None, None, None, 1, [],
         )  # fmt: skip
-        for n, i in enumerate(ids)
+        for i in range(first, first + count)
     ]
-    return assemble(results, [], Settings(), MODELS, DEEPFAUNE_LABELS).media
+    tables = assemble(results, [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    table = delta.create_table(root, "media")
+    table.update_incremental()
+    delta.append(table, "media", tables.media, [delta.AppVersion(app_id, first + count - 1)])
 
 
-def write_segments(root: str, count: int) -> ParquetSink:
-    sink = ParquetSink(root)
-    for n in range(count):
-        sink.create(
-            "media", media(f"m{n}a", f"m{n}b"), f"t-00000-{n:020d}", {"last_offset": str(n)}
-        )
-    sink.create(
-        "media", media("other", day=2), "t-00000-99", {"last_offset": "99"}
-    )  # 1 file: left alone
-    return sink
+def data_files(root: str) -> int:
+    return len(DeltaTable(f"{root}/media").file_uris())
 
 
-def test_compaction_keeps_every_row_once_in_one_file_per_folder(tmp_path):
-    sink = write_segments(str(tmp_path), 5)
-    before = sorted(read_table(str(tmp_path), "media").column("media_id").to_pylist())
-
-    report = compact(str(tmp_path), ["media"])
-
-    assert (report.folders, report.files_before, report.files_after, report.rows) == (1, 5, 1, 10)
-    files = [Path(p) for p in sink.part_files("media")]
-    assert sorted(f.parent.name for f in files) == ["date=2024-06-01", "date=2024-06-02"]
-    assert sorted(pd.read_parquet(tmp_path / "media")["media_id"]) == before  # a plain reader
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".compacting")]
-    merged = next(f for f in files if f.name.startswith("part-compact-"))
-    assert pq.read_schema(merged).metadata[b"trapline.replaces"].count(b"\n") == 4
+def test_optimize_merges_small_files_and_keeps_rows_and_app_versions(tmp_path):
+    root = str(tmp_path)
+    for batch in range(6):
+        commit_photos(root, batch * 5, 5)
+    before = read_table(root, "media").column("media_id").to_pylist()
+    assert data_files(root) == 6
+    report = compact(root, ["media"])
+    assert report.files_removed == 6 and report.files_added == 1 and data_files(root) == 1
+    assert sorted(read_table(root, "media").column("media_id").to_pylist()) == sorted(before)
+    assert delta.app_version(delta.open_table(root, "media"), "writer") == 29  # resume unchanged
 
 
-def test_a_file_written_during_compaction_is_not_lost(tmp_path, monkeypatch):
-    """A worker adds a segment while the folder is merged: the swap is undone and retried."""
-    sink = write_segments(str(tmp_path), 3)
-    real_merged = compact_module._merged
-    calls = []
+def test_compaction_while_a_writer_commits_loses_and_duplicates_nothing(tmp_path):
+    root = str(tmp_path)
+    commit_photos(root, 0, 5)
+    commit_photos(root, 5, 5)
+    done = threading.Event()
+    errors: list[BaseException] = []
 
-    def merge_while_a_worker_writes(sink_, table, files):
-        if not calls:
-            sink.create(
-                "media", media("late"), "t-00000-00000000000000000777", {"last_offset": "777"}
-            )
-        calls.append(files)
-        return real_merged(sink_, table, files)
+    def writer() -> None:
+        try:
+            for batch in range(2, 30):
+                commit_photos(root, batch * 5, 5)
+        except BaseException as error:  # reported below, from the test's thread
+            errors.append(error)
+        finally:
+            done.set()
 
-    monkeypatch.setattr(compact_module, "_merged", merge_while_a_worker_writes)
-    report = compact(str(tmp_path), ["media"])
-
-    assert report.retried == 1 and len(calls) == 2
-    ids = read_table(str(tmp_path), "media").column("media_id").to_pylist()
-    assert "late" in ids and len(ids) == len(set(ids)) == 8
-
-
-def test_on_s3_our_readers_never_see_the_inputs_twice(s3, s3_bucket, monkeypatch):
-    root = f"s3://{s3_bucket('results')}/results"
-    write_segments(root, 3)
-    removed = []
-    monkeypatch.setattr(s3, "rm", lambda path, **kw: removed.append(path))  # crash before deleting
-
-    compact(root, ["media"], allow_brief_duplicates=True)
-
-    assert len(removed) == 3  # the inputs are still there ...
-    ids = read_table(root, "media").column("media_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 7  # ... and read_table keeps only the merged file's rows
-    monkeypatch.undo()
-    compact(
-        root, ["media"], allow_brief_duplicates=True
-    )  # a second run finishes the job: merged + leftovers -> one file
-    assert sorted(read_table(root, "media").column("media_id").to_pylist()) == sorted(ids)
-
-
-def test_on_s3_in_place_compaction_is_refused_unless_asked_and_a_copy_changes_nothing_visible(
-    s3, s3_bucket
-):
-    root = f"s3://{s3_bucket('results')}/results"
-    write_segments(root, 3)
-    before = sorted(read_table(root, "media").column("media_id").to_pylist())
-    with pytest.raises(UnsafeOnObjectStore, match="--out"):
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rounds = 0
+    while not done.is_set() or rounds < 2:
         compact(root, ["media"])
-    copy = f"s3://{s3_bucket('compacted')}/results"
-    report = compact(root, ["media"], out=copy)
-    assert (report.folders, report.files_after) == (2, 2)
-    assert len(ParquetSink(root).part_files("media")) == 4  # the original is untouched
-    assert len(ParquetSink(copy).part_files("media")) == 2
-    assert sorted(read_table(copy, "media").column("media_id").to_pylist()) == before
+        ids = read_table(root, "media").column("media_id").to_pylist()
+        assert len(ids) == len(set(ids))  # a reader between rounds never sees a row twice
+        rounds += 1
+    thread.join()
+    assert errors == []
+    ids = read_table(root, "media").column("media_id").to_pylist()
+    assert sorted(ids) == [f"m{i:05d}" for i in range(150)]
+    assert delta.app_version(delta.open_table(root, "media"), "writer") == 149
+
+
+def test_vacuum_below_a_week_needs_force_and_then_deletes_replaced_files(tmp_path):
+    root = str(tmp_path)
+    for batch in range(3):
+        commit_photos(root, batch * 5, 5)
+    with pytest.raises(RetentionTooShort, match="--force-retention"):
+        compact(root, ["media"], vacuum_hours=1)
+    report = compact(root, ["media"], vacuum_hours=0, force_retention=True)
+    assert report.vacuumed == 3  # the three replaced files
+    on_disk = list((tmp_path / "media").rglob("*.parquet"))
+    assert len([p for p in on_disk if "_delta_log" not in str(p)]) == 1
+    assert read_table(root, "media").num_rows == 15
+
+
+def test_compact_command_refuses_a_short_vacuum_and_reports_what_it_did(tmp_path):
+    root = str(tmp_path)
+    commit_photos(root, 0, 5)
+    commit_photos(root, 5, 5)
+    refused = CliRunner().invoke(app, ["compact", root, "--vacuum", "2"])
+    assert refused.exit_code == 2 and "--force-retention" in refused.output
+    done = CliRunner().invoke(app, ["compact", root])
+    assert done.exit_code == 0 and "2 files -> 1" in done.output

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from trapline.pipelines.deployments import load_deployments
 from trapline.pipelines.readers import read_table
-from trapline.services import object_store
 from trapline.services.cli import app
 from trapline.services.exports.camtrap_dp import export_camtrap_dp, write_package
 from trapline.services.exports.camtrap_metadata import descriptor, read_metadata
@@ -210,7 +209,7 @@ def test_the_metadata_file_fills_datapackage_and_a_misspelt_key_is_refused(sampl
 def assert_round_trip(document: dict, root: str, storage_options: dict | None = None) -> None:
     """Every media row once with its detections, every failure with `failure`, nothing else."""
     tables = {
-        name: read_table(root, name, storage_options=storage_options).to_pylist()
+        name: read_table(root, name).to_pylist()
         for name in ("media", "observations", "failures")
     }
     base = document["info"]["custom_metadata"]["base"]
@@ -330,11 +329,10 @@ def test_s3_photos_to_s3_tables_to_both_exports_through_the_cli(
     media = read_csv(local / "media.csv")
     assert len(media) == summary.processed
     assert all(m["filePath"].startswith(f"s3://{bucket}/card/deployment-") for m in media)
-    options = object_store.storage_options_for(results, s3_settings)
-    observations = read_table(results, "observations", storage_options=options).to_pylist()
+    observations = read_table(results, "observations").to_pylist()
     people = {o["media_id"] for o in observations if o["category"] == "person"}
     assert people and {m["mediaID"] for m in media if m["filePublic"] == "false"} == people
     document = load_megadetector(s3.cat(f"{bucket}/exports/md.json").decode())
     assert document["info"]["custom_metadata"]["base"] == f"s3://{bucket}/card"
-    assert_round_trip(document, results, options)
+    assert_round_trip(document, results)
     shutil.rmtree(local)

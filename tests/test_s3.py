@@ -1,4 +1,4 @@
-"""Against a real S3 server (Ceph RGW): the source, the sink and a whole run on s3:// URLs.
+"""Against a real S3 server (Ceph RGW): the source, the Delta tables and a whole run on s3:// URLs.
 
 The stages are unchanged: `object_store.configure_fsspec` is the only S3-specific call, as in
 `trapline run` and `serve`. The server starts once per session (`s3_fixtures.ceph_rgw`, ~2 s).
@@ -12,18 +12,17 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-import fsspec
-import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from trapline.pipelines.segment_log import Commit, SegmentLog
-from trapline.pipelines.sinks import ParquetSink, create_if_absent, put_if_absent
+from trapline.models.labels import DEEPFAUNE_LABELS
+from trapline.pipelines import delta
+from trapline.pipelines.flow import assemble
+from trapline.pipelines.readers import read_table
 from trapline.pipelines.source import list_media, read_bytes
-from trapline.pipelines.types import StageError
+from trapline.pipelines.tables import ModelNames
+from trapline.pipelines.types import MediaRef, MediaResult, StageError
 from trapline.services import object_store
 from trapline.services.object_store import S3Options
 from trapline.services.runner import run_folder
@@ -34,11 +33,12 @@ pytest_plugins = ["s3_fixtures"]
 MB = 2**20
 
 
-def tagged_table(writer: str, rows: int = 3) -> pa.Table:
-    return pa.table({
-        "media_id": [f"{writer}-{i}" for i in range(rows)], "writer": [writer] * rows,
-        "deployment_id": ["cam 1"] * rows, "timestamp": pa.array([None] * rows, pa.timestamp("us", "UTC")),
-    })  # fmt: skip
+MODELS = ModelNames("det", "1", "cls", "1")
+
+
+def media_result(media_id: str) -> MediaResult:
+    ref = MediaRef(uri=f"s3://photos/cam 1/{media_id}.jpg", deployment_id="cam 1")
+    return MediaResult(ref, media_id, media_id.ljust(64, "0"), 4000, 3000, None, None, None, 1, [])
 
 
 # --- options: no server needed ---------------------------------------------------------------
@@ -142,99 +142,75 @@ def test_read_bytes_refuses_an_object_above_the_size_limit(s3, s3_bucket):
     assert refused.value.kind == "too_large"
 
 
-# --- sink --------------------------------------------------------------------------------------
+# --- Delta tables on S3 ---------------------------------------------------------------------
 
 
-def test_sink_write_leaves_hive_partitioned_parts_that_pandas_and_pyarrow_read_back_from_s3(
-    s3, s3_bucket, s3_settings, ceph_rgw, monkeypatch
-):
+def media_rows(tag: str, rows: int = 3) -> pa.Table:
+    """`rows` media rows of deployment 'cam 1' (a space: %-encoded in the partition folder)."""
+    tables = assemble(
+        [media_result(f"{tag}-{i}") for i in range(rows)], [], Settings(), MODELS, DEEPFAUNE_LABELS
+    )
+    return tables.media
+
+
+def test_delta_tables_on_s3_read_back_through_the_log_and_hold_app_versions(s3, s3_bucket):
     out = f"s3://{s3_bucket('results')}/results"
-    sink = ParquetSink(out)
-    [path] = sink.write("media", tagged_table("w1"), "run-1")
-
-    leaf = f"{out}/media/deployment=cam%201/date=unknown"
-    assert [Path(p).name for p in s3.ls(leaf, refresh=True)] == [
-        "part-run-1.parquet"
-    ]  # no temp left
-    assert path == f"{leaf}/part-run-1.parquet".removeprefix("s3://")
-    # pandas (pyarrow engine) uses fsspec only when given storage_options, else pyarrow's S3
-    options = object_store.storage_options_for(out, s3_settings)
-    frame = pd.read_parquet(f"{out}/media", storage_options=options)
-    assert frame["writer"].tolist() == ["w1"] * 3
-    assert frame["deployment"].astype(str).tolist() == ["cam 1"] * 3  # the folder, %-decoded
-    # pyarrow's own S3 client needs the checksum variables against RGW (set by configure_fsspec)
-    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-    arrow_fs = pafs.S3FileSystem(
-        access_key=ceph_rgw.access_key, secret_key=ceph_rgw.secret_key,
-        endpoint_override=ceph_rgw.endpoint_url, region=ceph_rgw.region,
-    )  # fmt: skip
-    table = pq.read_table(out.removeprefix("s3://") + "/media", filesystem=arrow_fs)
-    assert table.column("media_id").to_pylist() == ["w1-0", "w1-1", "w1-2"]
-    assert table.schema.metadata[b"trapline.table"] == b"media"
+    table = delta.create_table(out, "media")
+    delta.append(table, "media", media_rows("w1"), [delta.AppVersion("g:t:0", 41)])
+    assert read_table(out, "media").column("media_id").to_pylist() == ["w1-0", "w1-1", "w1-2"]
+    assert delta.app_version(delta.open_table(out, "media"), "g:t:0") == 41
+    keys = s3.find(out.removeprefix("s3://") + "/media", refresh=True)
+    assert any("deployment_id=cam%201" in k for k in keys)  # Hive folders, %-encoded
+    assert any("/_delta_log/00000000000000000001.json" in k for k in keys)
 
 
-_CREATE_RAISED = (
-    "create_if_absent raised {error!r} for an existing object instead of returning False: RGW "
-    "16.2 answers 412 without <Condition>, which s3fs does not map to FileExistsError; "
-    "it should use sinks.put_if_absent (or is_precondition_failed)"
-)
+def test_on_s3_a_stale_writer_of_the_same_app_id_is_refused_another_app_id_commits(s3, s3_bucket):
+    """The fence the stream relies on, on the real gateway: conditional put (etag) makes the
+    log's next version create-if-absent, and delta-rs refuses a commit whose app id a
+    concurrent commit carried."""
+    out = f"s3://{s3_bucket('results')}/results"
+    delta.create_table(out, "media")
+    zombie, owner, other = (delta.open_table(out, "media") for _ in range(3))
+    delta.append(owner, "media", media_rows("owner"), [delta.AppVersion("g:t:0", 9)])
+    with pytest.raises(delta.ConcurrentCommit):
+        delta.append(zombie, "media", media_rows("zombie"), [delta.AppVersion("g:t:0", 9)])
+    delta.append(other, "media", media_rows("other"), [delta.AppVersion("g:t:1", 4)])
+    ids = read_table(out, "media").column("media_id").to_pylist()
+    assert sorted(ids) == sorted(
+        [f"owner-{i}" for i in range(3)] + [f"other-{i}" for i in range(3)]
+    )
 
 
-def _race(path: str, writer: str, start: threading.Barrier, outcome: dict) -> None:
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)  # a client of its own, as a worker has
-    start.wait()  # all writers send their PutObject at the same moment
+def _racing_commit(out: str, writer: str, start: threading.Barrier, outcome: dict) -> None:
+    table = delta.open_table(out, "media")
+    start.wait()  # every writer commits from the same snapshot at the same moment
     try:
-        outcome[writer] = create_if_absent(fs, path, writer.encode())
+        delta.append(table, "media", media_rows(writer, 1), [delta.AppVersion("g:t:0", 1)])
+        outcome[writer] = True
+    except delta.ConcurrentCommit:
+        outcome[writer] = False
     except BaseException as error:  # reported by the test, from its own thread
         outcome[writer] = error
 
 
-def test_of_racing_creates_of_one_object_exactly_one_wins_and_its_content_stays(s3, s3_bucket):
-    """The conditional put is real: writers released together, per name one True, and the
-    stored object is the winner's (a check-then-put would let several 'win' and overwrite)."""
-    bucket = s3_bucket("results")
+def test_of_racing_commits_of_one_app_id_on_s3_exactly_one_wins(s3, s3_bucket):
+    out = f"s3://{s3_bucket('results')}/results"
+    delta.create_table(out, "media")
     writers = 4
-    for index in range(6):
-        path = f"{bucket}/_segments/t/00000/{index:020d}.claim.json"
-        start = threading.Barrier(writers)
-        outcome: dict[str, bool | BaseException] = {}
-        threads = [
-            threading.Thread(target=_race, args=(path, f"w{i}", start, outcome))
-            for i in range(writers)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        errors = [error for error in outcome.values() if isinstance(error, BaseException)]
-        if errors:
-            pytest.fail(_CREATE_RAISED.format(error=errors[0]))
-        winners = [writer for writer, won in outcome.items() if won is True]
-        assert len(outcome) == writers and len(winners) == 1, outcome
-        assert s3.cat(path) == winners[0].encode()
-
-
-def test_segment_log_on_s3_fixes_a_range_for_the_first_claimer_only(s3, s3_bucket):
-    log = SegmentLog(s3, f"{s3_bucket('results')}/results")
-    assert log.claim("uploads", 3, 100, 149) == 149
-    assert log.claim("uploads", 3, 100, 180) == 149  # a zombie adopts the first claim
-    assert log.open_claim("uploads", 3, 100) == 149
-    assert log.commit("uploads", 3, Commit(100, 149, ["media/x.parquet"], ["m1"]))
-    assert not log.commit("uploads", 3, Commit(100, 149, ["media/y.parquet"], ["m2"]))
-    assert log.commits("uploads", 3) == [Commit(100, 149, ["media/x.parquet"], ["m1"])]
-
-
-def test_put_if_absent_stays_conditional_for_payloads_above_the_upload_block_size(s3, s3_bucket):
-    # RGW 16.2 ignores If-None-Match on CompleteMultipartUpload: a multipart "create" would
-    # overwrite. put_if_absent always sends one PutObject, whatever the filesystem's block size.
-    fs = s3fs.S3FileSystem(
-        **s3.storage_options, default_block_size=5 * MB, skip_instance_cache=True
-    )
-    path = f"{s3_bucket('results')}/big.bin"
-    assert put_if_absent(fs, path, b"a" * (6 * MB)) is True
-    assert put_if_absent(fs, path, b"b" * (6 * MB)) is False
-    assert fs.cat_file(path, start=0, end=4) == b"aaaa"
+    start = threading.Barrier(writers)
+    outcome: dict[str, bool | BaseException] = {}
+    threads = [
+        threading.Thread(target=_racing_commit, args=(out, f"w{i}", start, outcome))
+        for i in range(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [o for o in outcome.values() if isinstance(o, BaseException)] == []
+    winners = [writer for writer, won in outcome.items() if won is True]
+    assert len(winners) == 1, outcome
+    assert read_table(out, "media").column("media_id").to_pylist() == [f"{winners[0]}-0"]
 
 
 def test_https_with_the_gateways_ca_bundle_and_rgw_compatible_checksums(ceph_rgw, s3_settings):
@@ -287,9 +263,8 @@ def test_run_folder_from_a_bucket_prefix_to_a_bucket_accounts_for_every_object(
     settings = Settings(workers=0, **vars(s3_settings))  # run_folder configures fsspec from it
     summary = run_folder("s3://photos/card", "s3://results/run1", settings)
 
-    options = object_store.storage_options_for("s3://results", s3_settings)
-    media = pd.read_parquet("s3://results/run1/media", storage_options=options)
-    failures = pd.read_parquet("s3://results/run1/failures", storage_options=options)
+    media = read_table("s3://results/run1", "media").to_pandas()
+    failures = read_table("s3://results/run1", "failures").to_pandas()
     assert len(media) + len(failures) == len(objects) == summary.files
     assert sorted(media["uri"].tolist() + failures["uri"].tolist()) == sorted(
         f"s3://photos/{k}" for k in objects
@@ -309,12 +284,9 @@ def test_keys_never_appear_in_masked_output_or_logs(ceph_rgw, s3_settings, s3, s
     caplog.set_level(logging.DEBUG, logger="trapline")
     caplog.set_level(logging.INFO)
     options = object_store.configure_fsspec(s3_settings)
-    sink = ParquetSink(f"s3://{s3_bucket('results')}/results")
-    sink.write("media", tagged_table("w"), "run-1")
-    assert (
-        sink.file_metadata(sink.part_files("media")[0].removeprefix(sink.root + "/"))["table"]
-        == "media"
-    )
+    out = f"s3://{s3_bucket('results')}/results"
+    delta.append(delta.create_table(out, "media"), "media", media_rows("w"))
+    assert read_table(out, "media").num_rows == 3
 
     shown = f"{options.masked()} {options!r} {options!s} {caplog.text}"
     assert "object storage" in caplog.text  # the start-up echo happened

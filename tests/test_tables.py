@@ -1,20 +1,19 @@
-"""Tables: schemas hold, files are complete Parquet that pandas, Polars and DuckDB read."""
+"""Tables: schemas hold; Delta tables that deltalake, Polars and DuckDB read through the log."""
 
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import date, datetime, timezone
 
 import duckdb
 import numpy as np
-import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
-from trapline.pipelines.sinks import ParquetSink
 from trapline.pipelines.tables import SCHEMA_VERSION, TABLES, ModelNames
 from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
+from trapline.services.runner import write_tables
 from trapline.services.settings import Settings
 
 MODELS = ModelNames("det", "1", "cls", "2")
@@ -60,61 +59,66 @@ def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
     )
 
 
-def test_parts_are_hive_partitioned_and_readable_by_pandas_polars_and_duckdb(tmp_path):
+def test_delta_tables_are_hive_partitioned_and_readable_by_deltalake_polars_and_duckdb(tmp_path):
     when = datetime(2024, 6, 1, 22, 0, 0)
     tables = assemble(
         [result("a", when, fox()), result("b", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS
     )
-    sink = ParquetSink(str(tmp_path))
-    paths = sink.write("media", tables.media, "run1")
-    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
-        "media/deployment=d1/date=2024-06-01/part-run1.parquet",
-        "media/deployment=d1/date=unknown/part-run1.parquet",
+    write_tables(tables, str(tmp_path), Settings())
+    folders = sorted(
+        p.parent.relative_to(tmp_path).as_posix() for p in (tmp_path / "media").rglob("*.parquet")
+    )
+    assert folders == [
+        "media/deployment_id=d1/date=2024-06-01",
+        "media/deployment_id=d1/date=__HIVE_DEFAULT_PARTITION__",
     ]
-    assert pq.read_schema(paths[0]).metadata[b"trapline.schema_version"] == SCHEMA_VERSION.encode()
-    assert sorted(pd.read_parquet(tmp_path / "media")["media_id"]) == ["a", "b"]
     assert (
-        pl.read_parquet(str(tmp_path / "media" / "**" / "*.parquet"), hive_partitioning=True).height
-        == 2
+        f"schema version {SCHEMA_VERSION}"
+        in DeltaTable(str(tmp_path / "media")).metadata().description
     )
-    rows = duckdb.sql(
-        f"select date, count(*) from read_parquet('{tmp_path}/media/*/*/*.parquet', hive_partitioning=true)"
-        " group by date order by date"
-    )
-    assert rows.fetchall() == [("2024-06-01", 1), ("unknown", 1)]
-    assert read_table(str(tmp_path), "media").num_rows == 2
-    assert not list(tmp_path.rglob(".tmp-*"))
+    assert sorted(DeltaTable(str(tmp_path / "media")).to_pandas()["media_id"]) == ["a", "b"]
+    assert pl.read_delta(str(tmp_path / "media")).height == 2
+    media = DeltaTable(str(tmp_path / "media")).to_pyarrow_dataset()  # noqa: F841 - duckdb reads it
+    rows = duckdb.sql("select date, count(*) from media group by date order by date nulls last")
+    assert rows.fetchall() == [(date(2024, 6, 1), 1), (None, 1)]
+    back = read_table(str(tmp_path), "media")
+    assert back.schema.equals(TABLES["media"], check_metadata=True) and back.num_rows == 2
 
 
-def test_an_empty_table_still_leaves_one_readable_file(tmp_path):
+def test_a_plain_parquet_reader_sees_uncommitted_files_the_log_hides(tmp_path):
+    """What docs/tables.md warns about: a file written but never committed (a crashed or
+    refused commit) is in the folder, and only readers that go through the log skip it."""
     tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
-    ParquetSink(str(tmp_path)).write("failures", tables.failures, "run1")
-    assert len(pd.read_parquet(tmp_path / "failures")) == 0
+    write_tables(tables, str(tmp_path), Settings())
+    folder = next((tmp_path / "media").rglob("*.parquet")).parent
+    pq.write_table(pq.read_table(next(folder.glob("*.parquet"))), folder / "part-orphan.parquet")
+    assert read_table(str(tmp_path), "media").num_rows == 1
+    assert pl.read_delta(str(tmp_path / "media")).height == 1
+    assert len(pq.read_table(folder)) == 2  # the plain reader counts the orphan too
 
 
-def test_a_rerun_replaces_the_previous_parts(tmp_path):
-    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
-    sink = ParquetSink(str(tmp_path))
-    first = sink.write("media", tables.media, "run1")
-    second = sink.replace("media", tables.media, "run2")
-    assert [Path(p).name for p in sink.part_files("media")] == ["part-run2.parquet"]
-    assert first != second
+def test_a_table_read_as_of_an_earlier_version_shows_what_it_held_then(tmp_path):
+    first = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    write_tables(first, str(tmp_path), Settings())
+    version = DeltaTable(str(tmp_path / "media")).version()
+    second = assemble([result("b", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    write_tables(second, str(tmp_path), Settings())
+    latest = read_table(str(tmp_path), "media", columns=["media_id"]).column(0).to_pylist()
+    then = read_table(str(tmp_path), "media", columns=["media_id"], version=version)
+    assert sorted(latest) == ["a", "b"] and then.column(0).to_pylist() == ["a"]
 
 
-def test_create_writes_each_partition_file_only_once(tmp_path):
-    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
-    sink = ParquetSink(str(tmp_path))
-    [name] = sink.create(
-        "media", tables.media, "t-00000-00000000000000000010", {"last_offset": "19"}
-    )
-    again = assemble([result("z", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
-    assert sink.create(
-        "media", again.media, "t-00000-00000000000000000010", {"last_offset": "19"}
-    ) == [name]
-    assert sink.file_metadata(name)["last_offset"] == "19"
-    assert read_table(str(tmp_path), "media", columns=["media_id"]).column(0).to_pylist() == ["a"]
-    assert sink.file_metadata("media/nope.parquet") is None
-    assert not list(tmp_path.rglob(".tmp-*"))
+def test_an_unwritten_table_reads_as_empty_with_its_schema(tmp_path):
+    assert read_table(str(tmp_path), "failures").schema.equals(TABLES["failures"])
+    assert read_table(str(tmp_path), "failures", columns=["uri"]).num_rows == 0
+
+
+def test_writing_the_same_rows_again_adds_nothing(tmp_path):
+    tables = assemble([result("a", None, fox())], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    write_tables(tables, str(tmp_path), Settings())
+    again = write_tables(tables, str(tmp_path), Settings())
+    assert again.media.num_rows == again.observations.num_rows == 0
+    assert read_table(str(tmp_path), "observations").num_rows == 1
 
 
 def test_the_same_bytes_under_two_producer_ids_are_counted_once_and_reported():

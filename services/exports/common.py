@@ -44,9 +44,8 @@ class Results:
 
 def read_results(root: str, storage_options: Mapping[str, Any] | None = None) -> Results:
     """All rows under `root`; a root with neither media nor failures is an error, not a no-op."""
-    options = dict(storage_options or {})
-    tables = {
-        name: read_table(root, name, storage_options=options).to_pylist()
+    tables = {  # the tables' S3 options come from the process (configure_fsspec)
+        name: read_table(root, name).to_pylist()
         for name in ("media", "observations", "events", "failures")
     }
     if not tables["media"] and not tables["failures"]:
