@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from PIL import Image, UnidentifiedImageError
 
+from trapline.pipelines.file_kind import describe, without_bytes
 from trapline.pipelines.types import StageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -61,14 +62,8 @@ def sniff_format(data: bytes) -> str:
         return "png"
     if not data:
         raise StageError("empty", "zero-byte file")
-    head = data[:64].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
-        what = "an HTML page"
-    elif data[4:8] == b"ftyp" or data.startswith(b"RIFF"):
-        what = "a video or RIFF container"
-    else:
-        what = f"unknown bytes starting {data[:8].hex()}"
-    raise StageError("not_an_image", f"not a JPEG or PNG photo: {what}")
+    # The reason reaches the failures table and dead-letter headers: words, never input bytes.
+    raise StageError("not_an_image", f"not a JPEG or PNG photo: {describe(data)}")
 
 
 def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded:
@@ -84,7 +79,8 @@ def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded
     except Image.DecompressionBombError as error:
         raise StageError("too_large", f"refused before decoding: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise StageError("corrupt", f"unreadable {fmt.upper()} header: {error}") from None
+        reason = without_bytes(str(error))
+        raise StageError("corrupt", f"unreadable {fmt.upper()} header: {reason}") from None
 
     stored_w, stored_h = img.size
     if stored_w * stored_h > max_pixels:
@@ -104,9 +100,9 @@ def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded
         img.load()
     except OSError as error:
         kind = "truncated" if "truncated" in str(error) else "corrupt"
-        raise StageError(kind, f"corrupt {fmt.upper()}: {error}") from None
+        raise StageError(kind, f"corrupt {fmt.upper()}: {without_bytes(str(error))}") from None
     except (ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise StageError("corrupt", f"corrupt {fmt.upper()}: {error}") from None
+        raise StageError("corrupt", f"corrupt {fmt.upper()}: {without_bytes(str(error))}") from None
 
     image = _to_rgb(img)
     if fmt == "png":

@@ -105,3 +105,50 @@ def test_exif_datetime_parsing_never_raises(raw, expected):
 def test_exif_offset_tag_makes_timestamp_aware():
     parsed = parse_exif_datetime("2024:05:03 21:14:02", "+02:00")
     assert parsed is not None and parsed.utcoffset().total_seconds() == 7200
+
+
+SECRET = b"Dear Ana, the wolf den is at 45.1234N 6.5432E"
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (SECRET, "a text file"),
+        (b"%PDF-1.7\n" + SECRET, "a PDF document"),
+        (b"\x00\x00\x00\x1cftypheic" + SECRET, "HEIC"),
+        (b"\x00\x00\x00\x18ftypmp42" + SECRET, "MP4/MOV video"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 " + SECRET, "a WebP image"),
+        (b"GIF89a" + SECRET, "a GIF image"),
+        (bytes([0x93, 0x42, 0x17, 0xE5, 0x00, 0x9A, 0x11, 0x07]) + SECRET, "unrecognised content"),
+    ],
+)
+def test_a_non_photo_is_named_by_kind_without_any_of_its_bytes(data, what):
+    with pytest.raises(StageError) as error:
+        decode_image(data, min_long_side=320, max_pixels=LIMIT)
+    reason = error.value.message
+    assert error.value.kind == "not_an_image" and what in reason
+    for leak in (data[:8].hex(), data[:4].hex(), "Dear Ana", "wolf", "45.1234"):
+        assert leak not in reason
+    assert repr(data[:4])[2:-1] not in reason  # nor the bytes as Python would quote them
+
+
+def test_a_broken_png_chunk_is_reported_without_the_chunk_bytes():
+    """Pillow quotes the chunk id it choked on (b'...'); the reason keeps the words only."""
+
+    def chunk(cid: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + cid + body + struct.pack(">I", zlib.crc32(cid + body))
+
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    png = buffer.getvalue()
+    start = png.index(b"IDAT") - 4
+    size = struct.unpack(">I", png[start : start + 4])[0]
+    idat = png[start + 8 : start + 8 + size]
+    # The image data continues in a chunk whose id is not a chunk id (bytes of the file).
+    data = png[:start] + chunk(b"IDAT", idat[: size // 2]) + chunk(b"\x01wo\xff", idat[size // 2 :])
+    with pytest.raises(StageError) as error:
+        decode_image(data + chunk(b"IEND", b""), min_long_side=64, max_pixels=LIMIT)
+    reason = error.value.message
+    assert error.value.kind == "corrupt" and "broken PNG file" in reason
+    assert "\\x01" not in reason and "\\xff" not in reason and "wo" not in reason, reason
