@@ -1,0 +1,108 @@
+"""An in-memory stand-in for a Kafka consumer and producer, to drive a `StreamWorker` in unit tests.
+
+Fake on purpose (the integration tests use the real Tansu broker): it has just the calls the
+worker makes, one partition log per (topic, partition), and a fixed assignment that the test
+hands out and takes back (`revoke`), so a zombie and its successor can be staged exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import TopicPartition
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list = field(default_factory=list)
+
+
+class MemoryLog:
+    """The broker's partitions: (topic, partition) -> records, and the DLQ's sent records."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[tuple[str, int], list[MemoryRecord]] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.sent: list[tuple[str, bytes | None, bytes, list]] = []
+
+    def append(self, topic: str, partition: int, value: bytes, key: bytes | None = None) -> None:
+        records = self.partitions.setdefault((topic, partition), [])
+        records.append(MemoryRecord(topic, partition, len(records), key, value))
+
+
+class _Delivered:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+class MemoryProducer:
+    def __init__(self, log: MemoryLog):
+        self.log = log
+
+    def send(
+        self, topic: str, key: bytes | None = None, value: bytes = b"", headers: list | None = None
+    ):
+        self.log.sent.append((topic, key, value, headers or []))
+        return _Delivered()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class MemoryConsumer:
+    """Owns `partitions` of `log` from the first poll on, until `revoke()`."""
+
+    def __init__(self, log: MemoryLog, partitions: list[tuple[str, int]], max_records: int = 500):
+        self.log = log
+        self.owned = [TopicPartition(t, p) for t, p in partitions]
+        self.max_records = max_records
+        self.position: dict[TopicPartition, int] = {}
+        self.listener: Any = None
+        self._announced = False
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        self.listener = listener
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[MemoryRecord]]:
+        if not self._announced:
+            self._announced = True
+            self.listener.on_partitions_assigned(set(self.owned))
+            return {}
+        polled = {}
+        for tp in self.owned:
+            records = self.log.partitions.get((tp.topic, tp.partition), [])
+            start = self.position.get(tp, 0)
+            batch = records[start : start + self.max_records]
+            if batch:
+                polled[tp] = batch
+                self.position[tp] = start + len(batch)
+        return polled
+
+    def revoke(self) -> None:
+        self.listener.on_partitions_revoked(set(self.owned))
+        self.owned = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position[tp] = offset
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        return self.log.committed.get((tp.topic, tp.partition))
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        for tp, meta in offsets.items():
+            self.log.committed[(tp.topic, tp.partition)] = meta.offset
+
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.log.partitions.get((tp.topic, tp.partition), [])) for tp in partitions}
+
+    def close(self, autocommit: bool = False) -> None:
+        pass

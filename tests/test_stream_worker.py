@@ -1,0 +1,179 @@
+"""The stream worker driven from an in-memory source (tests/memory_kafka.py): zombies, races and
+replays staged exactly, against real Delta tables on disk. The same worker runs against the real
+broker in tests/test_stream.py and tests/reliability/."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
+
+from trapline.pipelines import delta
+from trapline.pipelines.deployments import cached_deployments
+from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.readers import read_table
+from trapline.services.runner import build_pipeline
+from trapline.services.settings import Settings
+from trapline.services.stream import StreamWorker
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+TOPIC = "uploads"
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return build_pipeline(Settings(workers=0))
+
+
+@pytest.fixture
+def uploads(tmp_path) -> MemoryLog:
+    """Every file of the sample's deployment-b (one corrupt) as upload events in partition 0."""
+    card = tmp_path / "card" / "cam-b"
+    shutil.copytree(SAMPLE / "deployment-b", card)
+    log = MemoryLog()
+    for path in sorted(card.iterdir()):
+        event = UploadEvent(uri=path.resolve().as_uri(), deployment_id="cam-b")
+        log.append(TOPIC, 0, encode_upload_event(event), key=b"cam-b")
+    return log
+
+
+def settings(**overrides) -> Settings:
+    values = dict(
+        consumer_group="g", uploads_topic=TOPIC, dlq_topic=f"{TOPIC}.dlq", workers=0,
+        metrics_port=0, commit_interval_s=0, sequence_hold_s=0, batch_max_records=500,
+    )  # fmt: skip
+    values.update(overrides)
+    return Settings(**values)
+
+
+def worker(
+    log: MemoryLog, out: Path, pipeline, max_records: int = 500, **overrides
+) -> StreamWorker:
+    consumer = MemoryConsumer(log, [(TOPIC, 0)], max_records=max_records)
+    return StreamWorker(
+        settings(**overrides), str(out), pipeline, consumer=consumer, producer=MemoryProducer(log)
+    )
+
+
+def poll(w: StreamWorker) -> None:
+    """One turn of the worker's loop without the checkpoint: poll, rebalance, buffer."""
+    polled = w.consumer.poll()
+    w._apply_rebalance()
+    for tp, records in polled.items():
+        w._accept(tp, records)
+
+
+def accounted(out: Path) -> tuple[list[str], list[str]]:
+    media = read_table(str(out), "media").column("media_id").to_pylist()
+    failed = read_table(str(out), "failures").column("uri").to_pylist()
+    return media, failed
+
+
+def assert_exactly_once(out: Path, submitted: int) -> None:
+    media, failed = accounted(out)
+    assert len(media) == len(set(media)) and len(failed) == len(set(failed))
+    assert len(media) + len(failed) == submitted
+    observations = read_table(str(out), "observations").column("observation_id").to_pylist()
+    assert len(observations) == len(set(observations))
+    events = read_table(str(out), "events").column("event_id").to_pylist()
+    assert len(events) == len(set(events))
+
+
+def test_a_zombie_whose_partition_moved_on_is_fenced_and_drops_its_batch(
+    uploads, tmp_path, pipeline, caplog
+):
+    submitted = len(uploads.partitions[(TOPIC, 0)])
+    out = tmp_path / "out"
+    zombie = worker(uploads, out, pipeline)
+    poll(zombie)
+    poll(zombie)  # the zombie holds every record, processed at its checkpoint
+    owner = worker(uploads, out, pipeline, max_records=5)
+    poll(owner)
+    poll(owner)
+    owner.checkpoint()  # the new owner commits offsets 0-4 first
+    assert len(read_table(str(out), "media")) + len(read_table(str(out), "failures")) == 5
+
+    with caplog.at_level(logging.WARNING):
+        zombie.checkpoint()  # its batch is [0, last]: the tables say 4, so someone else owns it
+    assert zombie.stats.fenced == 1 and "fenced" in caplog.text
+    assert accounted(out)[0] == read_table(str(out), "media").column("media_id").to_pylist()
+
+    owner.run(idle_exit_s=0.5)
+    assert_exactly_once(out, submitted)
+
+
+def test_a_commit_racing_the_new_owners_is_refused_and_decided_again(
+    uploads, tmp_path, pipeline, monkeypatch, caplog
+):
+    """The zombie reads the tables' versions, then the owner commits before the zombie's own
+    commit lands: delta-rs refuses the zombie's commit (same app id), and on the new snapshot
+    the zombie sees the range is held."""
+    submitted = len(uploads.partitions[(TOPIC, 0)])
+    out = tmp_path / "out"
+    zombie = worker(uploads, out, pipeline)
+    owner = worker(uploads, out, pipeline)
+    poll(zombie)
+    poll(zombie)
+    real_append = delta.append
+    raced = []
+
+    def owner_commits_first(table, name, *args, **kwargs):
+        if not raced and name == "observations":
+            raced.append(True)
+            owner.run(idle_exit_s=0.5)  # the owner writes everything meanwhile
+        return real_append(table, name, *args, **kwargs)
+
+    monkeypatch.setattr(delta, "append", owner_commits_first)
+    with caplog.at_level(logging.WARNING):
+        zombie.checkpoint()
+    assert raced and "commit refused" in caplog.text
+    assert_exactly_once(out, submitted)
+
+
+def test_a_replay_after_the_deployments_registry_changed_writes_nothing_twice(
+    uploads, tmp_path, pipeline, monkeypatch
+):
+    """Killed after observations were committed; the camera's UTC offset is corrected before
+    the restart, so the replay puts the photos on other dates: each table still holds each
+    photo once (observations keep the first attempt's rows, the others get the replay's)."""
+    submitted = len(uploads.partitions[(TOPIC, 0)])
+    out = tmp_path / "out"
+    registry = tmp_path / "deployments.csv"
+    registry.write_text("deployment_id,utc_offset\ncam-b,+14:00\n")
+    real_append = delta.append
+
+    def killed_after_observations(table, name, *args, **kwargs):
+        if name == "events":
+            raise SystemExit("killed between two tables' commits")
+        return real_append(table, name, *args, **kwargs)
+
+    monkeypatch.setattr(delta, "append", killed_after_observations)
+    with pytest.raises(SystemExit):
+        worker(uploads, out, pipeline, deployments_file=str(registry)).run(idle_exit_s=0.5)
+    monkeypatch.undo()
+    first_dates = set(read_table(str(out), "observations").column("date").to_pylist())
+
+    registry.write_text("deployment_id,utc_offset\ncam-b,-11:00\n")
+    cached_deployments.cache_clear()  # what the restart's new process does
+    worker(uploads, out, pipeline, deployments_file=str(registry)).run(idle_exit_s=0.5)
+    assert_exactly_once(out, submitted)
+    media_dates = set(read_table(str(out), "media").column("date").to_pylist())
+    assert media_dates != first_dates  # the replay did place the photos elsewhere
+
+
+def test_dead_letters_are_sent_once_per_failures_row_and_not_again_on_replay(
+    uploads, tmp_path, pipeline
+):
+    out = tmp_path / "out"
+    uploads.append(TOPIC, 0, b"{not json", key=b"cam-b")
+    worker(uploads, out, pipeline).run(idle_exit_s=0.5)
+    sent = [s for s in uploads.sent if s[0] == f"{TOPIC}.dlq"]
+    failures = read_table(str(out), "failures").to_pylist()
+    assert len(sent) == len(failures) == 2  # the corrupt photo and the malformed event
+    uploads.committed.clear()  # Kafka forgot: the tables still know where the partition is
+    again = worker(uploads, out, pipeline)
+    again.run(idle_exit_s=0.5)
+    assert again.stats.records == 0 and len(uploads.sent) == len(sent)
