@@ -34,6 +34,7 @@ from trapline.services.api_models import (
     UploadStatus,
 )
 from trapline.services.api_multipart import FIELD, MultipartFiles
+from trapline.services.api_presigned import complete_presigned, presigned_path
 from trapline.services.api_registry import Conflict
 from trapline.services.api_service import CONTROL, Api, uploaded
 from trapline.services.api_storage import Refused, StreamingUpload
@@ -215,7 +216,7 @@ def build_app(settings: Settings) -> FastAPI:
         uploads = []
         for _ in range(body.count):
             upload_id = _new_upload_id()
-            path = api.store.incoming_path(f"presigned/{deployment_id}/{upload_id}")
+            path = presigned_path(api.store, deployment_id, upload_id)
             uploads.append(
                 PresignedUpload(upload_id=upload_id, url=api.store.presign_put(path, expiry))
             )
@@ -230,16 +231,19 @@ def build_app(settings: Settings) -> FastAPI:
     ) -> CompleteResult:
         """Check each presigned upload (exists, size, type by its bytes), store it, announce it.
 
-        Each file is judged alone: refused ones are deleted and listed with their reason.
+        Each file is judged alone: refused ones are deleted and listed with their reason. What
+        is stored is a private copy of the object, taken before the check: a later PUT with
+        the same URL changes nothing, and an upload id completes once (409 after).
         """
         api.own_deployment(program, deployment_id)
         if len(body.upload_ids) > settings.api_max_files_per_request:
             raise Refused(413, f"at most {settings.api_max_files_per_request} ids per request")
         accepted, refused = [], []
         for upload_id in body.upload_ids:
-            path = api.store.incoming_path(f"presigned/{deployment_id}/{upload_id}")
             try:
-                stored = api.store.verify_presigned(path, deployment_id, settings.max_file_bytes)
+                stored = complete_presigned(
+                    api.store, deployment_id, upload_id, settings.max_file_bytes
+                )
             except Refused as error:
                 refused.append(
                     RefusedUpload(upload_id=upload_id, status=error.status, reason=error.reason)

@@ -5,11 +5,15 @@ database to run:
 
     REGISTRY/programs/<program>.json                    {"program", "token_sha256": [...], ...}
     REGISTRY/deployments/<program>/<deployment_id>.json  Deployment.to_record() + "program"
+    REGISTRY/deployment-ids/<deployment_id>.json        {"program", "claimed_at"}: the claim
 
 `REGISTRY/deployments` is a folder `load_deployments` reads as it is: point the pipeline's
 `deployments_file` at it. Only the sha256 of a token is stored; the token itself is shown once
 by `add_program`. A deployment id is unique across programs (the result tables are partitioned
 by it), so creating one that another program holds is refused like a duplicate of one's own.
+Uniqueness is decided by one conditional create (`api_conditional.create_if_absent`) of the
+id's claim, not by looking first: of two programs registering one id at once, exactly one
+wins. Programs are created the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import fsspec
 
 from trapline.pipelines.deployments import Deployment, load_deployments
+from trapline.services.api_conditional import create_if_absent
 
 PROGRAM_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # no '.': it separates a token's parts
 _DUMMY_HASH = hashlib.sha256(b"no such program").hexdigest()
@@ -68,16 +73,14 @@ class Registry:
     def add_program(self, program: str) -> str:
         """Create `program` and return its first token (shown once; only its hash is kept)."""
         _check_program(program)
-        path = self._program_path(program)
-        if self.fs.exists(path):
-            raise Conflict(f"program {program!r} exists; use add-token to give it another token")
         token = new_token(program)
         record = {
             "program": program,
             "token_sha256": [hash_token(token)],
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
-        self._write(path, record)
+        if not create_if_absent(self.fs, self._program_path(program), _encode(record)):
+            raise Conflict(f"program {program!r} exists; use add-token to give it another token")
         return token
 
     def add_token(self, program: str) -> str:
@@ -109,15 +112,31 @@ class Registry:
     # -- deployments ---------------------------------------------------------------------------
 
     def create_deployment(self, program: str, deployment: Deployment) -> None:
-        """Store a new deployment; `Conflict` if its id exists under any program."""
-        taken = self.fs.glob(f"{self.path}/deployments/*/{deployment.deployment_id}.json")
-        if taken:
-            raise Conflict(
-                f"deployment id {deployment.deployment_id!r} is taken; ids are unique across "
-                "programs, choose another (e.g. prefix it with your program's name)"
-            )
+        """Store a new deployment; `Conflict` if its id exists under any program.
+
+        The claim is created first and only if absent; the record is written by its winner.
+        The listing before it catches records from before claims existed.
+        """
+        deployment_id = deployment.deployment_id
+        taken = Conflict(
+            f"deployment id {deployment_id!r} is taken; ids are unique across programs, choose "
+            "another (e.g. prefix it with your program's name)"
+        )
+        if self.fs.glob(f"{self.path}/deployments/*/{deployment_id}.json"):
+            raise taken
+        claim = {"program": program, "claimed_at": datetime.now(timezone.utc).isoformat()}
+        if not create_if_absent(self.fs, self._claim_path(deployment_id), _encode(claim)):
+            holder = self._read(self._claim_path(deployment_id)) or {}
+            if holder.get("program") == program and self.deployment(program, deployment_id) is None:
+                raise Conflict(
+                    f"deployment id {deployment_id!r} was claimed by your program at "
+                    f"{holder.get('claimed_at')} and its record is not there (being written, or "
+                    f"an interrupted request: an operator can remove "
+                    f"{self._claim_path(deployment_id)})"
+                )
+            raise taken
         record = {**deployment.to_record(), "program": program}
-        self._write(self._deployment_path(program, deployment.deployment_id), record)
+        self._write(self._deployment_path(program, deployment_id), record)
 
     def deployment(self, program: str, deployment_id: str) -> Deployment | None:
         """The program's deployment, or None (another program's deployment is None too)."""
@@ -137,6 +156,9 @@ class Registry:
     def _program_path(self, program: str) -> str:
         return f"{self.path}/programs/{program}.json"
 
+    def _claim_path(self, deployment_id: str) -> str:
+        return f"{self.path}/deployment-ids/{deployment_id}.json"
+
     def _deployment_path(self, program: str, deployment_id: str) -> str:
         return f"{self.path}/deployments/{program}/{deployment_id}.json"
 
@@ -154,7 +176,11 @@ class Registry:
     def _write(self, path: str, record: dict[str, Any]) -> None:
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(path, "wb") as handle:
-            handle.write(json.dumps(record, indent=2).encode("utf-8"))
+            handle.write(_encode(record))
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, indent=2).encode("utf-8")
 
 
 def new_token(program: str) -> str:

@@ -4,7 +4,8 @@ An upload is written first to `PREFIX/_incoming/<random>` while it is hashed and
 moved to its content-addressed name (`media_store.content_uri`). So a refused or interrupted
 upload never sits at a name the pipeline would read, and `discard` removes what was written.
 The type comes from the first bytes (`sniff`), never from the file name or the declared
-Content-Type; the name is kept only as the event's `original_name` attribute.
+Content-Type; the name is kept only as the event's `original_name` attribute. Presigned uploads
+are completed in `api_presigned.py`.
 """
 
 from __future__ import annotations
@@ -138,38 +139,6 @@ class MediaStore:
             Params={"Bucket": bucket, "Key": key},
             ExpiresIn=expires_s,
         )
-
-    def verify_presigned(self, path: str, deployment_id: str, max_bytes: int) -> Stored:
-        """Check an object a client PUT to a presigned URL, then store it like an upload.
-
-        Refused objects are deleted: the client's URL cannot enforce size or type, so this does.
-        """
-        self.fs.invalidate_cache(path.rsplit("/", 1)[0])
-        try:
-            size = self.fs.size(path)
-        except FileNotFoundError:
-            raise Refused(
-                404, "nothing was uploaded to this upload's URL (or it expired)"
-            ) from None
-        if size > max_bytes:
-            self.delete(path)
-            raise Refused(413, f"{size:,} bytes is more than the {max_bytes:,} allowed per file")
-        digest = hashlib.sha256()
-        sniffed = None
-        with self.fs.open(path, "rb", block_size=READ_CHUNK) as handle:
-            head = handle.read(SNIFF_BYTES)
-            sniffed = sniff(head)
-            if sniffed is None:
-                self.fs_close_and_delete(handle, path)
-                raise Refused(415, f"not a {ACCEPTED} file (by its first bytes)")
-            digest.update(head)
-            while chunk := handle.read(READ_CHUNK):
-                digest.update(chunk)
-        return self.finalize(path, deployment_id, digest.hexdigest(), size, sniffed)
-
-    def fs_close_and_delete(self, handle: Any, path: str) -> None:
-        handle.close()
-        self.delete(path)
 
     def _url(self, path: str) -> str:
         return f"s3://{path}" if self.is_s3 else path

@@ -443,3 +443,129 @@ def test_tokens_are_stored_hashed_and_only_the_exact_token_authenticates(tmp_pat
         assert registry.authenticate(wrong) is None
     rotated = registry.add_token("north")
     assert registry.authenticate(rotated) == registry.authenticate(token) == "north"
+
+
+# --------------------------------------------------------------------------------------------
+# Presigned uploads keep the bytes they checked; deployment ids register atomically
+
+
+def test_a_put_after_complete_cannot_change_what_was_checked(stack):
+    create_deployment(stack, stack.alpha, "alpha-cam-p1")
+    base = f"{stack.base}/v1/deployments/alpha-cam-p1/presigned-uploads"
+    granted = requests.post(base, json={"count": 1}, headers=auth(stack.alpha)).json()
+    (item,) = granted["uploads"]
+    checked, other = photo(601), photo(602)
+    assert requests.put(item["url"], data=checked, timeout=30).status_code == 200
+    ids = {"upload_ids": [item["upload_id"]]}
+    first = requests.post(f"{base}/complete", json=ids, headers=auth(stack.alpha)).json()
+    (accepted,) = first["accepted"]
+    assert accepted["sha256"] == hashlib.sha256(checked).hexdigest()
+
+    # The URL is still valid (S3 cannot revoke it), so the PUT lands, but on nothing kept.
+    assert requests.put(item["url"], data=other, timeout=30).status_code == 200
+    again = requests.post(f"{base}/complete", json=ids, headers=auth(stack.alpha)).json()
+    assert again["accepted"] == [] and [r["status"] for r in again["refused"]] == [409]
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    assert fs.cat(accepted["uri"]) == checked
+    kept = fs.find(f"{stack.bucket}/uploads/alpha-cam-p1")
+    assert [name.rsplit("/", 1)[1].split(".")[0] for name in kept] == [accepted["sha256"]]
+    events = events_for(stack, "alpha-cam-p1", at_least=2, timeout_s=5)
+    assert [parse_upload_event(r.value).events[0].ref.media_id for r in events] == [
+        accepted["sha256"]
+    ]
+
+
+def test_the_bytes_kept_are_the_bytes_checked_while_puts_race_the_completion(stack):
+    """A client keeps PUTting other bytes to its URL while `complete` runs: whatever was
+    stored must hash to its name (the check reads a private copy, which is what is kept)."""
+    import threading
+
+    from trapline.services.api_presigned import complete_presigned, presigned_path
+    from trapline.services.api_storage import MediaStore
+
+    store = MediaStore(f"s3://{stack.bucket}/race")
+    bodies = [b"\xff\xd8\xff\xe0" + os.urandom(3_000_000) for _ in range(2)]  # JPEG by its head
+    for attempt in range(4):
+        upload_id = uuid.uuid4().hex
+        url = store.presign_put(presigned_path(store, "race-cam", upload_id), 300)
+        assert requests.put(url, data=bodies[0], timeout=60).status_code == 200
+        stop = threading.Event()
+
+        def keep_putting(url=url, stop=stop) -> None:
+            i = 1
+            while not stop.is_set():
+                requests.put(url, data=bodies[i % 2], timeout=60)
+                i += 1
+
+        racer = threading.Thread(target=keep_putting)
+        racer.start()
+        try:
+            stored = complete_presigned(store, "race-cam", upload_id, 10_000_000)
+        finally:
+            stop.set()
+            racer.join()
+        kept = fsspec.filesystem("s3").cat(stored.uri)
+        assert hashlib.sha256(kept).hexdigest() == stored.sha256, attempt
+        assert stored.sha256 in {hashlib.sha256(b).hexdigest() for b in bodies}
+
+
+def test_two_programs_racing_for_one_deployment_id_exactly_one_wins(stack):
+    """Over HTTP, alpha and beta ask for the same new id at the same moment, ten times."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    barrier = Barrier(2)
+
+    def create(token: str, deployment_id: str) -> int:
+        body = {"deployment_id": deployment_id, "utc_offset": "+01:00"}
+        barrier.wait()
+        return requests.post(
+            f"{stack.base}/v1/deployments", json=body, headers=auth(token), timeout=30
+        ).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        for round_ in range(10):
+            deployment_id = f"race-{round_}-{uuid.uuid4().hex[:6]}"
+            answers = list(pool.map(create, (stack.alpha, stack.beta), [deployment_id] * 2))
+            assert sorted(answers) == [201, 409], (deployment_id, answers)
+            winner = (stack.alpha, stack.beta)[answers.index(201)]
+            loser = (stack.alpha, stack.beta)[answers.index(409)]
+            listed = requests.get(f"{stack.base}/v1/deployments", headers=auth(winner)).json()
+            assert deployment_id in [d["deployment_id"] for d in listed]
+            listed = requests.get(f"{stack.base}/v1/deployments", headers=auth(loser)).json()
+            assert deployment_id not in [d["deployment_id"] for d in listed]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_registries_racing_on_one_storage_let_exactly_one_program_have_an_id(
+    where, stack, tmp_path
+):
+    """Eight registry clients (eight replicas or CLIs) register one id at once, twenty times:
+    one winner each time, and the registry holds exactly its record."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from trapline.pipelines.deployments import Deployment
+    from trapline.services.api_registry import Conflict
+
+    root = f"s3://{stack.bucket}/race-registry" if where == "s3" else str(tmp_path / "registry")
+    clients = [Registry(root) for _ in range(8)]
+    barrier = Barrier(len(clients))
+
+    def create(index: int, deployment_id: str) -> bool:
+        barrier.wait()
+        try:
+            clients[index].create_deployment(f"program-{index}", Deployment(deployment_id))
+        except Conflict:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        for round_ in range(20):
+            deployment_id = f"cam-{round_}"
+            won = list(pool.map(create, range(len(clients)), [deployment_id] * len(clients)))
+            assert won.count(True) == 1, (deployment_id, won)
+            holders = [i for i, c in enumerate(clients)
+                       if c.deployment(f"program-{i}", deployment_id) is not None]  # fmt: skip
+            assert holders == [won.index(True)]
