@@ -267,6 +267,25 @@ def test_a_torchscript_archive_is_refused_not_handed_to_jit(tmp_path):
         load_trusted(path)
 
 
+def test_a_zip_bomb_pickle_is_refused_before_it_is_unpacked(tmp_path):
+    path = tmp_path / "bomb.pt"
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith("/data.pkl"):
+                with dst.open(info.filename, "w", force_zip64=True) as handle:
+                    for _ in range(300):
+                        handle.write(bytes(1 << 20))  # 300 MB of zeros, a few hundred kB packed
+            else:
+                dst.writestr(info.filename, src.read(info))
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(CheckpointError, match="unpacks to more than"):
+        load_trusted(path)
+    with pytest.raises(CheckpointError, match="unpacks to more than"):
+        identify(path)
+
+
 def test_prefixes_of_allowed_modules_are_not_allowed():
     assert is_allowed("torch._utils", "_rebuild_tensor_v2")
     for module, name in [("torch._utils", "_import_dotted_name"), ("torch._utils_internal", "os"),

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trapline.models.importers.pickle_scan import ZIP_MAGIC, PickleRefused, legacy_pickles
+from trapline.models.importers.pickle_scan import (
+    MAX_PICKLE_BYTES,
+    ZIP_MAGIC,
+    PickleRefused,
+    legacy_pickles,
+)
 
 Kind = Literal["megadetector-yolov5", "megadetector-ultralytics", "deepfaune", "unknown"]
 
@@ -133,6 +138,11 @@ def identify(path: Path) -> CheckpointInfo:
                 raise CheckpointError(
                     f"{path}: a zip without data.pkl is not a torch checkpoint "
                     "(pass the .pt file that torch.save wrote)"
+                )
+            if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(
+                    f"{path}: {pickles[0]} unpacks to more than {MAX_PICKLE_BYTES:,} bytes "
+                    "(tensors are stored beside the pickle; this is no torch checkpoint)"
                 )
             data = archive.read(pickles[0])
             info = [n for n in names if n.endswith("/" + MD_INFO) or n == MD_INFO]

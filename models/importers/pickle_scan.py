@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 ZIP_MAGIC = b"PK\x03\x04"  # what torch.serialization._is_zipfile compares
 LEGACY_PICKLES = 5  # magic number, protocol version, sys info, the object, storage keys
+MAX_PICKLE_BYTES = 256 << 20  # tensors live outside the pickle; a bigger one is a zip bomb
 LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "latin_1"}
 _STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
             "BINSTRING", "STRING"}  # fmt: skip
@@ -248,7 +249,11 @@ def checkpoint_pickles(data: bytes) -> list[tuple[str, bytes]]:
                         "a TorchScript archive (constants.pkl), which torch.load would run "
                         "through torch.jit.load"
                     )
-                pickles = [(n, archive.read(n)) for n in names if n.endswith(".pkl")]
+                members = [i for i in archive.infolist() if i.filename.endswith(".pkl")]
+                big = [i.filename for i in members if i.file_size > MAX_PICKLE_BYTES]
+                if big:
+                    raise PickleRefused(f"{big[0]} unpacks to more than {MAX_PICKLE_BYTES:,} bytes")
+                pickles = [(i.filename, archive.read(i)) for i in members]
         except zipfile.BadZipFile as error:
             raise PickleRefused(f"a damaged zip: {error}") from None
         if not any(n == "data.pkl" or n.endswith("/data.pkl") for n, _ in pickles):
