@@ -459,3 +459,38 @@ def test_a_deepfaune_checkpoint_with_namespace_args_loads(tmp_path):
     torch.save({"args": args, "state_dict": {"base_model.cls_token": torch.zeros(1, 1, 8)}}, path)
     ckpt = load_trusted(path)
     assert ckpt["args"].num_classes == 38
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_a_payload_in_any_of_the_five_legacy_pickles_is_refused(position, tmp_path):
+    """torch.load unpickles all five (magic, protocol, sys info, object, storage keys)."""
+    marker = tmp_path / "ran"
+    payload = b"\x80\x02" + _call(_global("os", "system"), _str(f"touch {marker}")) + b"."
+    sys_info = {"protocol_version": 1001, "little_endian": True,
+                "type_sizes": {"short": 2, "int": 4, "long": 4}}  # fmt: skip
+    parts = [pickle.dumps(v, protocol=2) for v in (0x1950A86A20F9469CFC6C, 1001, sys_info)]
+    parts += [_envelope(2, DISGUISES["megadetector"], b"N"), pickle.dumps([], protocol=2)]
+    parts[position] = payload
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(b"".join(parts))
+    with pytest.raises(CheckpointError, match=rf"pickle {position + 1} of the legacy file"):
+        load_trusted(path)
+    assert not marker.exists()
+
+
+def test_a_legacy_file_with_a_zip_appended_is_read_as_torch_reads_it(tmp_path):
+    """torch tells a zip by its first bytes, Python's zipfile by its last: a hostile legacy
+    pickle with a harmless zip checkpoint appended must be judged by the legacy pickles."""
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pt"
+    payload = _call(_global("os", "system"), _str(f"touch {marker}"))
+    _as_legacy(_envelope(2, DISGUISES["megadetector"], payload), hostile)
+    harmless = io.BytesIO()
+    torch.save({"model": None}, harmless)
+    polyglot = tmp_path / "polyglot.pt"
+    polyglot.write_bytes(hostile.read_bytes() + harmless.getvalue())
+    assert zipfile.is_zipfile(polyglot)
+    assert ("os", "system") in identify(polyglot).globals
+    with pytest.raises(CheckpointError, match=r"refers to os\.system"):
+        load_trusted(polyglot)
+    assert not marker.exists()
