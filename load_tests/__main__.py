@@ -5,6 +5,7 @@
     .venv/bin/python -m load_tests --mode stream --photos 300 --rate 15
     .venv/bin/python -m load_tests --storage s3://bucket/bench   # photos read from S3 (TRAPLINE_S3_*)
     .venv/bin/python -m load_tests --gpu                 # also the GPU benchmark (CUDA node)
+    .venv/bin/python -m load_tests --mode delta          # Delta commits/s, resume vs history
 
 One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
 classify, write), decode variants, a naive MegaDetector-style loop, `trapline run` with each
@@ -40,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mode", choices=("all", "folder", "stream"), default="all")
+    parser.add_argument("--mode", choices=("all", "folder", "stream", "delta"), default="all")
+    parser.add_argument(
+        "--history",
+        default="10,10000",
+        help="--mode delta (and all): prior commits before timing a partition's resume",
+    )
     parser.add_argument(
         "--photos", type=int, default=300, help="photos per folder run and events per stream phase"
     )
@@ -91,6 +97,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.mode == "delta":  # the table log alone: no photos, no models
+        from load_tests.delta_log import run_delta_bench
+
+        histories = [int(h) for h in args.history.split(",")]
+        print(f"Delta log: {histories} prior commits ({args.storage or 'local disk'})", flush=True)
+        if args.storage:
+            configure_fsspec(Settings())
+        result = run_delta_bench(histories, args.storage)
+        ratio = result["resume_ratio_longest_to_shortest"]
+        print(f"resume after {histories[-1]} / after {histories[0]} commits: {ratio} (flat: ~1)")
+        return result
     width, height = (int(v) for v in args.size.split("x"))
     cores = os.cpu_count() or 1
     counts = sorted({int(w) for w in args.workers.split(",")})

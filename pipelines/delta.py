@@ -191,10 +191,17 @@ def append(
             mode="append",
             partition_by=PARTITION_BY[name],
             commit_properties=properties,
-            writer_properties=WriterProperties(compression=compression.upper()),
+            writer_properties=WriterProperties(compression=codec(compression)),
         )
     except CommitFailedError as error:
         raise ConcurrentCommit(f"{table.table_uri}: {error}") from error
+
+
+def codec(compression: str) -> str:
+    """Our setting's codec name as delta-rs spells it ("none" is "UNCOMPRESSED" there)."""
+    return (
+        "UNCOMPRESSED" if compression.lower() in ("none", "uncompressed") else compression.upper()
+    )
 
 
 def app_version(table: DeltaTable, app_id: str) -> int | None:

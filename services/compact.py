@@ -62,7 +62,7 @@ def compact(
             continue
         metrics = table.optimize.compact(
             target_size=target_size_mb * 2**20,
-            writer_properties=WriterProperties(compression=compression.upper()),
+            writer_properties=WriterProperties(compression=delta.codec(compression)),
         )
         report.tables.append(name)
         report.files_removed += metrics.get("numFilesRemoved", 0)

@@ -239,8 +239,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         buffers = {tp: b for tp, b in self.buffers.items() if only is None or tp in only}
         try:
             process_pending(
-                buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__
-            )
+                buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__,
+                limit=None if drain else self.settings.batch_max_records,
+            )  # fmt: skip
         except BackendUnavailable as error:
             metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
             self._retry_later("model backend", error, owned)
@@ -327,7 +328,11 @@ class StreamWorker(kafka_io.RebalanceListener):
         assigned = list(self.buffers)
         if not assigned:
             return
-        ends = self.consumer.end_offsets(assigned)
+        try:
+            ends = self.consumer.end_offsets(assigned)
+        except kafka_io.KafkaError as error:  # advisory: a broker outage must not stop the worker
+            log.warning("consumer lag not published: %s", error)
+            return
         metrics.publish_lag(
             metrics.consumer_lag(
                 {(tp.topic, tp.partition): end for tp, end in ends.items()},

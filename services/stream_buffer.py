@@ -51,9 +51,10 @@ class PartitionBuffer:
 
     def ready_end(self, settings: Settings, now: float, drain: bool = False) -> int | None:
         """The last offset to write now, or None if nothing can be written yet."""
-        if not self.records:
+        processed = self._processed()
+        if not processed:
             return None
-        last = self.records[-1].offset
+        last = processed[-1].offset
         if self.forced_end is not None:  # a replay: exactly the range some tables hold
             return self.forced_end if last >= self.forced_end else None
         if drain or len(self.records) >= 4 * settings.batch_max_records:
@@ -61,6 +62,13 @@ class PartitionBuffer:
         end = batch_end(self._held_photos(settings), last, settings.sequence_gap_s,
                         settings.sequence_hold_s, now)  # fmt: skip
         return end if end >= self.start else None
+
+    def _processed(self) -> list[Any]:
+        """The records whose results are in (a prefix: they are processed in offset order)."""
+        for index, record in enumerate(self.records):
+            if record.offset not in self.done:
+                return self.records[:index]
+        return self.records
 
     def batch(self, end: int) -> tuple[list[Any], list[MediaResult], list[Failure]]:
         """The records up to `end` with their results and failures (already processed)."""
@@ -87,7 +95,7 @@ class PartitionBuffer:
         deployments = cached_deployments(settings.deployments_file)
         default_tz = settings.tzinfo()
         photos = []
-        for record in self.records:
+        for record in self._processed():
             for result in self.done[record.offset][0]:
                 when: datetime | None = resolve_timestamp(result, deployments, default_tz)[0]
                 photos.append(
@@ -102,13 +110,17 @@ def process_pending(
     pipeline: PhotoPipeline,
     settings: Settings,
     on_uploaded_at: Callable[[str, datetime], None] = lambda source, when: None,
+    limit: int | None = None,
 ) -> None:
-    """Parse every record not processed yet and run the stages on them, across partitions,
-    in model-sized batches; results are kept per offset until written.
+    """Parse the records not processed yet (at most `limit` per partition, oldest first) and
+    run the stages on them, across partitions, in model-sized batches; results are kept per
+    offset until written. The limit bounds one checkpoint's work (and so its latency).
 
     Raises `BackendUnavailable` (models away): nothing is recorded, the records stay pending.
     """
-    pending = [(b, r) for b in buffers for r in b.records if r.offset not in b.done]
+    pending = [
+        (b, r) for b in buffers for r in [r for r in b.records if r.offset not in b.done][:limit]
+    ]
     if not pending:
         return
     refs = []

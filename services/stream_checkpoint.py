@@ -167,6 +167,11 @@ class Checkpointer:
                 version = delta.app_version(table, app_id(self.group, *key))
                 if version is not None and version >= batch.end:
                     held.add(key)  # a replay: this table holds the range already
+                    log.info(
+                        "table %s already holds %s/%d up to offset %d: batch [%d, %d] skipped "
+                        "there (a replay, or another worker wrote it)",
+                        name, *key, version, batch.start, batch.end,
+                    )  # fmt: skip
                 elif version is None or version == batch.start - 1:
                     write.append(key)
                 else:

@@ -7,8 +7,10 @@ import pytest
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.sequences import (
+    HeldPhoto,
     SequenceItem,
     SequenceOptions,
+    batch_end,
     build_events,
     group_sequences,
     last_sequences,
@@ -108,3 +110,31 @@ def test_last_sequences_are_each_deployments_final_event_only():
         item("n", None),  # no time: never held
     ]  # fmt: skip
     assert sorted(i.media_id for i in last_sequences(items, gap_seconds=10)) == ["c", "d", "x"]
+
+
+def held(offset: int, deployment: str, second: int, arrived: float = 0.0) -> HeldPhoto:
+    return HeldPhoto(
+        offset, deployment, datetime(2024, 5, 1, 6, 0, second, tzinfo=timezone.utc), arrived
+    )
+
+
+def test_a_batch_ends_before_each_deployments_open_burst_and_never_inside_a_closed_one():
+    """Deployments interleaved in one partition: cam-b's burst (offsets 0-4) is closed but
+    spans offset 2, where cam-a's open burst starts. Ending at 1 would cut cam-b's burst in
+    two events; the end steps back before it."""
+    photos = [
+        held(0, "cam-b", 0), held(1, "cam-b", 2), held(2, "cam-a", 30, arrived=9.5),
+        held(3, "cam-b", 4), held(4, "cam-b", 6), held(5, "cam-a", 31, arrived=9.9),
+    ]  # fmt: skip
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=10.0) == -1  # nothing yet
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=11.0) == 5  # all quiet
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=0.0, now=10.0) == 5  # hold off
+
+
+def test_a_batch_ends_after_closed_bursts_of_every_deployment():
+    photos = [
+        held(0, "cam-a", 0), held(1, "cam-b", 0), held(2, "cam-a", 1), held(3, "cam-b", 1),
+        held(4, "cam-a", 40, arrived=9.8), held(5, "cam-b", 50, arrived=9.9),
+    ]  # fmt: skip
+    # both deployments' first bursts are closed (a later photo exists 39 s on); the last ones open
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=10.0) == 3

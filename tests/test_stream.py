@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from servers import TEST_SESSION_TIMEOUT_MS
 
+from trapline.pipelines import delta
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.pipelines import delta
 from trapline.services import kafka_io
 from trapline.services.runner import build_pipeline
 from trapline.services.settings import Settings

@@ -52,7 +52,7 @@ def test_triton_stopped_mid_run_then_restarted_every_photo_once(
         http_port=triton.http_port, grpc_port=triton.grpc_port, metrics_port=triton.metrics_port
     )
     env = worker_env(
-        tansu.bootstrap, topic, "g-triton-outage", batch_max_records=10,
+        tansu.bootstrap, topic, "g-triton-outage", batch_max_records=10, poll_max_records=10,
         model_backend="triton", triton_url=triton.grpc_url, triton_retries=1, triton_timeout_s=5,
     )  # fmt: skip
     worker = start_worker(env, out, log)

@@ -24,33 +24,38 @@ from test_stream_faults import make_photos
 
 from trapline.services.submit import submit_folder
 
-# Planted in a worker before it starts: at its Nth fsync (a part, claim or commit file whose
-# bytes are written but not yet durable nor visible) the file is cut to half, as a torn write
-# leaves it, and the process is SIGKILLed there, as the OOM killer or a node failure would.
+# Planted in a worker before it starts: at its Nth Delta commit the process is SIGKILLed, as
+# the OOM killer or a node failure would: on odd N before the commit (its Parquet files are not
+# written yet), on even N just after it (the table holds the rows, the later tables and Kafka's
+# offset do not). The files and the log are written by delta-rs (Rust), out of Python's reach.
 KILL_MID_WRITE = """
 import os, signal
-_real_fsync, _calls = os.fsync, [0]
-def _fsync(fd):
+from trapline.pipelines import delta
+_real_append, _calls = delta.append, [0]
+def _append(*args, **kwargs):
     _calls[0] += 1
-    if _calls[0] == {kill_at}:
-        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+    if _calls[0] == {kill_at} and {kill_at} % 2:
         os.kill(os.getpid(), signal.SIGKILL)
-    return _real_fsync(fd)
-os.fsync = _fsync
+    _real_append(*args, **kwargs)
+    if _calls[0] == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+delta.append = _append
 """
 
 
 def test_sigkill_in_the_middle_of_writing_a_part_loses_and_duplicates_nothing(
     tansu, kafka_topic, tmp_path, scoreboard
 ):
-    """Two workers die mid-write at different points of a segment's files; a third finishes.
+    """Two workers die mid-checkpoint at different tables' commits; a third finishes.
     Every photo ends in exactly one row."""
     topic = kafka_topic("kill-mid-write", partitions=2)
     photos = make_photos(tmp_path / "card", 80, deployments=4, seed=11)
     assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 80
     out, log = tmp_path / "out", tmp_path / "worker.log"
-    env = worker_env(tansu.bootstrap, topic, "g-kill-mid-write", batch_max_records=10)
-    for kill_at in (3, 8):  # early in the first segment's files; later, in another segment's
+    env = worker_env(  # a checkpoint every 10 records: several before all 80 are in
+        tansu.bootstrap, topic, "g-kill-mid-write", batch_max_records=10, poll_max_records=10
+    )
+    for kill_at in (3, 6):  # before the first batch's failures commit; after a later one's events
         worker = start_worker(env, out, log, preamble=KILL_MID_WRITE.format(kill_at=kill_at))
         assert worker.wait(timeout=60) == -9, tail_of(log)
         assert tansu.alive(), f"the broker died with the worker:\n{tansu.log_tail()}"
@@ -144,8 +149,9 @@ def test_disk_full_on_the_local_sink_pauses_the_worker_until_space_is_freed(
     assert (score.duplicates, score.losses) == (0, 0)
 
 
-def test_a_write_that_fails_for_lack_of_space_leaves_no_temporary_file(small_disk):
-    from trapline.pipelines.sinks import ParquetSink
+def test_a_commit_that_fails_for_lack_of_space_changes_nothing_readers_see(small_disk):
+    from trapline.pipelines import delta
+    from trapline.pipelines.readers import read_table
     from trapline.pipelines.tables import failures_table
     from trapline.pipelines.types import Failure
 
@@ -157,10 +163,10 @@ def test_a_write_that_fails_for_lack_of_space_leaves_no_temporary_file(small_dis
     )
     out = small_disk / "out"
     out.mkdir()
+    table = delta.create_table(str(out), "failures")
     filler = fill(small_disk)
     filler.write_bytes(b"\0" * (filler.stat().st_size - 64 * 1024))  # leave 64 KiB: too little
-    sink = ParquetSink(str(out), compression="none")
-    with pytest.raises(OSError):
-        sink.create("failures", rows, "t-00000-00000000000000000000", {"last_offset": "1999"})
-    leftovers = [p for p in out.rglob("*") if p.is_file()]
-    assert not leftovers, f"left on the full disk: {leftovers}"
+    with pytest.raises(delta.STORAGE_ERRORS):
+        delta.append(table, "failures", rows, [delta.AppVersion("g:t:0", 1999)], "none")
+    assert read_table(str(out), "failures").num_rows == 0
+    assert delta.app_version(delta.open_table(str(out), "failures"), "g:t:0") is None

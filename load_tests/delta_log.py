@@ -1,0 +1,99 @@
+"""The Delta log's costs: commits per second, and resuming a partition after a long history.
+
+    .venv/bin/python -m load_tests --mode delta                  # 10 and 10,000 prior commits
+    .venv/bin/python -m load_tests --mode delta --history 10,1000 --storage s3://bucket/bench
+
+A stream worker commits each table every few seconds, so a table gathers ~17,000 commits a day.
+Resuming a partition (on assignment, after a crash) reads the tables' application transaction
+versions; this must not grow with that history. Delta checkpoints (every 100 commits here)
+make opening a table read one Parquet checkpoint plus fewer than 100 JSON commits. The
+benchmark builds one table per history length with commits shaped like a worker's (20 media
+rows, one app transaction per partition of four), then times, each on a fresh process state:
+opening the table and reading the four partitions' versions, as `Checkpointer.resume_point`
+does. The ratio resume(longest) / resume(shortest) is the figure: ~1 means flat.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from trapline.models.labels import DEEPFAUNE_LABELS
+from trapline.pipelines import delta
+from trapline.pipelines.flow import assemble
+from trapline.pipelines.tables import ModelNames
+from trapline.pipelines.types import MediaRef, MediaResult
+from trapline.services.settings import Settings
+
+PARTITIONS = 4
+ROWS_PER_COMMIT = 20
+MODELS = ModelNames("det", "1", "cls", "1")
+
+
+def _rows(first: int):
+    results = [
+        MediaResult(MediaRef(uri=f"/cards/cam-{i % 8}/{i}.jpg", deployment_id=f"cam-{i % 8}"),
+                    f"m{i:09d}", f"{i:064d}", 4000, 3000, None, None, None, 1, [])
+        for i in range(first, first + ROWS_PER_COMMIT)
+    ]  # fmt: skip
+    return assemble(results, [], Settings(), MODELS, DEEPFAUNE_LABELS).media
+
+
+def build_history(root: str, commits: int) -> float:
+    """`commits` worker-shaped commits into `root`/media; returns commits per second."""
+    table = delta.create_table(root, "media")
+    rows = _rows(0)
+    started = time.perf_counter()
+    for index in range(commits):
+        partition = index % PARTITIONS
+        # The first commits carry rows (files to list); the rest only move the versions on, as
+        # a quiet partition's commits do: the log, not the data, is what resuming reads.
+        data = rows if index < 50 else rows.slice(0, 0)
+        delta.append(table, "media", data, [delta.AppVersion(f"g:t:{partition}", index)])
+    return commits / (time.perf_counter() - started)
+
+
+def time_resume(root: str, repeats: int = 5) -> float:
+    """Median seconds to open the table and read every partition's version, from nothing."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        table = delta.open_table(root, "media")
+        versions = [delta.app_version(table, f"g:t:{p}") for p in range(PARTITIONS)]
+        timings.append(time.perf_counter() - started)
+        assert all(v is not None for v in versions)
+    return statistics.median(timings)
+
+
+def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
+    """Commits/s while building each history, and resume time after it; flat means ~1."""
+    results = []
+    scratch = Path(tempfile.mkdtemp(prefix="trapline-delta-bench-"))
+    try:
+        for commits in histories:
+            root = (
+                f"{storage.rstrip('/')}/history-{commits}-{time.time_ns()}"
+                if storage
+                else str(scratch / f"history-{commits}")
+            )
+            rate = build_history(root, commits)
+            resume = time_resume(root)
+            results.append({
+                "prior_commits": commits, "commits_per_second": round(rate, 1),
+                "resume_seconds": round(resume, 4),
+            })  # fmt: skip
+            print(f"  {commits:>6} prior commits: {rate:.0f} commits/s, resume {resume * 1000:.1f} ms",
+                  flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    shortest, longest = results[0], results[-1]
+    return {
+        "storage": storage or "local disk",
+        "histories": results,
+        "resume_ratio_longest_to_shortest": round(
+            longest["resume_seconds"] / shortest["resume_seconds"], 2
+        ),
+    }
