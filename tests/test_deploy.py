@@ -322,6 +322,7 @@ def test_default_install_is_a_worker_deployment_that_drains_and_probes_its_metri
     docs = rendered["default"]
     assert {d["kind"] for d in docs} == {
         "ConfigMap",
+        "CronJob",  # the tables' compaction (Delta OPTIMIZE, VACUUM)
         "Deployment",
         "NetworkPolicy",
         "PodDisruptionBudget",
@@ -492,3 +493,22 @@ def test_api_is_off_by_default_and_when_on_serves_healthz_behind_its_own_policy(
 
     with pytest.raises(helm.HelmError, match="api.registry"):
         check_helm.render({"api": {"enabled": True}})
+
+
+def test_compaction_cronjob_optimizes_and_vacuums_the_output_and_reaches_only_storage(rendered):
+    docs = rendered["default"]
+    [job] = [d for d in docs if d["kind"] == "CronJob"]
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["args"][:2] == ["compact", "s3://trapline/results"]
+    assert container["args"][2:] == ["--vacuum", "168"]  # a week: readers of older versions
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    names = {e["name"] for e in container.get("env", [])}
+    assert not any(n.startswith("TRAPLINE_KAFKA_SASL") for n in names)  # storage only
+    [policy] = [
+        d for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-compaction")
+    ]  # fmt: skip
+    assert policy["spec"]["ingress"] == [] and "Ingress" in policy["spec"]["policyTypes"]
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert 9092 not in ports and 443 in ports
