@@ -14,7 +14,9 @@ answers float32 in the layout and size the spec needs. The spec (name, version, 
 from the config's `trapline_spec` parameter unless one is passed, in which case both must agree.
 
 Calls retry with exponential backoff while the server answers UNAVAILABLE (restarting, queue
-full, not reachable), bounded by `retries`; each call has a `timeout_s`. Batches larger than the
+full, not reachable), bounded by `retries`; each call has a `timeout_s`. Whatever
+`pipelines/errors.py` calls an outage (also a timeout, INTERNAL) ends as `TritonUnavailableError`
+(a `BackendUnavailable`: the batch waits), anything else as `TritonError` (the batch fails). Batches larger than the
 model's max_batch_size are split. `detect_many` / `classify_many` keep up to `max_in_flight`
 requests outstanding (a thread pool over the thread-safe gRPC client, or one HTTP client per
 thread), so Triton's dynamic batcher can merge them and the device stays busy while the caller
@@ -37,6 +39,7 @@ import numpy as np
 
 from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
 from trapline.models.contracts import ClassifierSpec, DetectorSpec, ModelContractError
+from trapline.pipelines.errors import is_retryable
 
 SPEC_PARAMETER = "trapline_spec"  # as written by models/triton_repository.py
 Spec = TypeVar("Spec", DetectorSpec, ClassifierSpec)
@@ -109,15 +112,16 @@ class _TritonModel:
             try:
                 return fn(self._client())
             except Exception as error:  # tritonclient raises its own and transport types
-                if not _retryable(error):
+                if not is_retryable(error):  # a bad request or model: the batch fails
                     raise TritonError(
                         f"Triton {what} for model {self.model_name!r} at {self.url} failed: "
                         f"{_describe(error)}"
                     ) from None
-                if attempt == opts.retries:
+                if attempt == opts.retries or not _retry_now(error):
+                    # An outage (pipelines/errors.py): the caller waits and retries the batch.
                     raise TritonUnavailableError(
                         f"Triton at {self.url} unavailable for {what} of model "
-                        f"{self.model_name!r} after {opts.retries + 1} attempts: "
+                        f"{self.model_name!r} after {attempt + 1} attempts: "
                         f"{_describe(error)} (is the server running and the URL right?)"
                     ) from None
                 delay = min(opts.backoff_s * 2**attempt, opts.backoff_max_s)
@@ -443,10 +447,11 @@ def _client_module(protocol: str) -> Any:
     return module
 
 
-def _retryable(error: Exception) -> bool:
-    """UNAVAILABLE (restarting, queue full, unreachable), refused connections and a model that is
-    loading or unloading are retried; timeouts and model errors are not (retrying a slow request
-    only adds load)."""
+def _retry_now(error: Exception) -> bool:
+    """Which outages are retried at once, inside the call: UNAVAILABLE (restarting, queue full,
+    unreachable), refused connections and a model that is loading or unloading. Other outages
+    (a timeout, INTERNAL) go straight to the caller, which waits before it retries the batch:
+    retrying a slow request at once only adds load."""
     status = getattr(error, "status", None)
     code = str(status() if callable(status) else status or "")
     if "UNAVAILABLE" in code or code == "503":

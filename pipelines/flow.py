@@ -7,7 +7,9 @@
 
 `PhotoPipeline.process` is what every worker runs on a batch (a Ray actor in folder runs, a
 Kafka consumer actor in service mode); `assemble` turns all results into tables. Errors are
-values: each stage turns a bad input into a `Failure` and the batch goes on without it.
+values: each stage turns a bad input into a `Failure` and the batch goes on without it. An
+outage is not a bad input (`pipelines/errors.py`): `process` raises `StorageUnavailable` or
+`BackendUnavailable` and the caller retries the whole batch later.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import detect_frames
+from trapline.pipelines.errors import OUTAGES, describe, is_retryable
 from trapline.pipelines.postprocess import PostprocessOptions, apply_postprocessing, find_static
 from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
 from trapline.pipelines.source import read_bytes
@@ -46,6 +49,7 @@ from trapline.pipelines.types import (
     StageError,
 )
 from trapline.pipelines.video import decode_video, is_video
+from trapline.services import metrics
 from trapline.services.settings import Settings
 
 
@@ -90,8 +94,12 @@ class PhotoPipeline:
                 frames.extend(self._frames(ref, data))
                 timer["decode"] += time.perf_counter() - decoded_at
             except StageError as error:
+                metrics.PERMANENT_ERRORS.labels(stage).inc()
                 out.failures.append(_failure(ref, stage, error.kind, error.message))
                 continue
+            except OUTAGES:
+                metrics.RETRYABLE_ERRORS.labels(stage).inc()
+                raise  # storage away: the caller retries the batch, the photo is fine
         if not frames:
             return out
         stage = "detect"
@@ -116,9 +124,13 @@ class PhotoPipeline:
                 )
                 timer["classify"] += time.perf_counter() - classified_at
                 detections.extend(found)
-        except BackendUnavailable:
-            raise  # an outage, not a bad photo: the caller retries the batch
         except Exception as error:  # noqa: BLE001 - a model failure fails this batch, not the run
+            if is_retryable(error):  # an outage, not a bad photo: the caller retries the batch
+                metrics.RETRYABLE_ERRORS.labels(stage).inc()
+                if isinstance(error, OUTAGES):
+                    raise
+                raise BackendUnavailable(f"{stage}: {describe(error)}") from error
+            metrics.PERMANENT_ERRORS.labels(stage).inc()
             message = f"{type(error).__name__}: {error}"
             for ref in {id(f.ref): f.ref for f in frames}.values():  # a video once, not per frame
                 out.failures.append(_failure(ref, stage, "model_error", message))

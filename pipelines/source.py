@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 import fsspec
 
+from trapline.pipelines.errors import (
+    StorageUnavailable,
+    describe,
+    is_retryable,
+    is_storage_error,
+)
 from trapline.pipelines.types import Failure, MediaRef, StageError
 from trapline.pipelines.uri_safety import check_uri
 from trapline.pipelines.video import VIDEO_EXTENSIONS  # videos: one media row each
@@ -64,7 +70,11 @@ def list_media(root: str) -> Listing:
 
 def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> bytes:
     """The object's bytes, refusing URIs outside the storage roots (`uri_safety`; default:
-    this process's configured roots), missing objects and files above `max_bytes`."""
+    this process's configured roots), missing objects and files above `max_bytes`.
+
+    Raises `StageError` for what is the input's fault (a failures row) and `StorageUnavailable`
+    for an outage (S3's 503, a reset, a timeout: `pipelines/errors.py`), which the caller
+    waits out: the photo is fine and must not be lost to a failures row."""
     check_uri(uri, roots)
     try:
         with fsspec.open(uri, "rb") as handle:
@@ -73,7 +83,11 @@ def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> 
         raise StageError("missing", f"{uri}: object not found") from None
     except PermissionError as error:
         raise StageError("forbidden", f"{uri}: permission denied ({error})") from None
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - OSError, botocore's and aiohttp's own types
+        if is_retryable(error):  # an outage: the batch waits, the photo is not a failure
+            raise StorageUnavailable(f"{uri}: read failed: {describe(error)}") from error
+        if not is_storage_error(error):
+            raise  # not from the storage client at all: a bug, not this photo's fault
         raise StageError("io_error", f"{uri}: read failed: {error}") from None
     if len(data) > max_bytes:
         raise StageError(

@@ -85,6 +85,18 @@ MODEL_REQUEST_SECONDS = Histogram(
 MODEL_ERRORS = Counter(
     "trapline_model_errors_total", "Model backend request errors.", ["model", "backend"]
 )
+# pipelines/errors.py's two classes, by stage (read, decode, detect, classify): an outage is
+# waited out (the batch is retried), a permanent error is one input's failures row.
+RETRYABLE_ERRORS = Counter(
+    "trapline_retryable_errors_total",
+    "Outages met by a stage (storage or model unreachable, 5xx, timeout); the batch is retried.",
+    ["stage"],
+)
+PERMANENT_ERRORS = Counter(
+    "trapline_permanent_errors_total",
+    "Inputs a stage refused for good (missing, forbidden, undecodable, too large, model error).",
+    ["stage"],
+)
 
 
 def consumer_lag(

@@ -4,10 +4,13 @@ Batches of photos go to a pool of Ray actors (a local Ray is started for you), e
 own ONNX Runtime sessions, so the same stages that serve Kafka scale across cores here.
 `workers=0` runs the stages in this process (tests, debugging, tiny folders).
 At most two batches per worker are in flight: memory stays bounded whatever the folder size.
+An outage (storage or models unreachable: `pipelines/errors.py`) makes the run wait and send
+the same batch again with capped backoff, saying so on the log; it never becomes failure rows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
+from trapline.pipelines.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines.flow import (
     BatchOutput,
     PhotoPipeline,
@@ -36,6 +40,10 @@ from trapline.services import metrics
 from trapline.services.folder_tables import commit_tables, pending_refs
 from trapline.services.object_store import configure_fsspec
 from trapline.services.settings import Settings
+
+log = logging.getLogger(__name__)
+FIRST_RETRY_DELAY_S = 1.0  # an outage: first wait before a batch is sent again
+MAX_RETRY_DELAY_S = 60.0
 
 
 def build_pipeline(settings: Settings) -> PhotoPipeline:
@@ -101,8 +109,17 @@ def _in_process(
         pipeline.model_names,
         pipeline.classifier.spec.labels,
     )
+    backoff = _Backoff()
     for batch in work:
-        yield pipeline.process(batch)
+        while True:
+            try:
+                output = pipeline.process(batch)
+            except OUTAGES as error:  # storage or models away: wait, then the same batch again
+                backoff.wait(error, len(batch))
+                continue
+            backoff.reset()
+            yield output
+            break
 
 
 def _on_ray(
@@ -120,21 +137,55 @@ def _on_ray(
     )[0]
     summary.startup_seconds = time.perf_counter() - started
     idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
-    pending: dict = {}
+    pending: dict = {}  # object ref -> (actor, batch): a batch met by an outage is sent again
     queue = iter(work)
+    backoff = _Backoff()
     while True:
         while idle:
             batch = next(queue, None)
             if batch is None:
                 break
             actor = idle.pop()
-            pending[actor.process.remote(batch)] = actor
+            pending[actor.process.remote(batch)] = (actor, batch)
         if not pending:
             break
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            idle.append(pending.pop(ref))
-            yield ray.get(ref)
+            actor, batch = pending.pop(ref)
+            try:
+                output = ray.get(ref)
+            except ray.exceptions.RayTaskError as error:
+                cause = error.cause if isinstance(error.cause, BaseException) else error
+                if not isinstance(cause, OUTAGES):
+                    raise
+                backoff.wait(cause, len(batch))  # the other actors' batches wait in Ray meanwhile
+                pending[actor.process.remote(batch)] = (actor, batch)
+                continue
+            backoff.reset()
+            idle.append(actor)
+            yield output
+
+
+class _Backoff:
+    """Capped exponential waits between retries of a batch after an outage, said on the log.
+
+    A folder run waits out an outage however long it lasts (Ctrl-C stops it; a later run
+    resumes): its photos are fine, and a failures row for each would lose them.
+    """
+
+    def __init__(self) -> None:
+        self.delay_s = FIRST_RETRY_DELAY_S
+
+    def wait(self, error: BaseException, photos: int) -> None:
+        what = "storage" if isinstance(error, StorageUnavailable) else "model backend"
+        log.warning(
+            "%s unavailable (%s); retrying batch of %d in %.0f s", what, error, photos, self.delay_s
+        )
+        time.sleep(self.delay_s)
+        self.delay_s = min(self.delay_s * 2, MAX_RETRY_DELAY_S)
+
+    def reset(self) -> None:
+        self.delay_s = FIRST_RETRY_DELAY_S
 
 
 def start_local_ray(settings: Settings) -> bool:

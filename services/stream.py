@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.delta import STORAGE_ERRORS
+from trapline.pipelines.errors import StorageUnavailable
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
@@ -242,7 +243,10 @@ class StreamWorker(kafka_io.RebalanceListener):
                 buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__,
                 limit=None if drain else self.settings.batch_max_records,
             )  # fmt: skip
-        except BackendUnavailable as error:
+        except (BackendUnavailable, StorageUnavailable) as error:  # outages: pipelines/errors.py
+            if isinstance(error, StorageUnavailable):  # photos unreadable for now, not failures
+                self._retry_later("storage", error, owned)
+                return
             metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
             self._retry_later("model backend", error, owned)
             return
