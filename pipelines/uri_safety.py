@@ -35,6 +35,7 @@ READABLE_PROTOCOLS = frozenset(
 )
 _SAME_STORE = {"s3a": "s3", "gcs": "gs", "abfss": "abfs", "local": "file"}
 
+ANY_ROOT = "*"  # storage_roots: ["*"] = no restriction beyond the always-on rules
 _configured: tuple[str, ...] = ()
 
 
@@ -43,8 +44,12 @@ def configure_storage_roots(roots: Sequence[str]) -> None:
 
     Per process, like fsspec's S3 options: call it where the pipeline is built (each Ray actor).
     Refuses a root that is itself unsafe, so a typo fails at start-up, not on every photo.
+    `["*"]` says on purpose what an empty list means: any local file or bucket, no http(s).
     """
     global _configured
+    if list(roots) == [ANY_ROOT]:
+        _configured = ()
+        return
     for root in roots:
         _split(root)  # raises for an unusable root
     _configured = tuple(roots)

@@ -35,12 +35,15 @@ def run(
     ),
 ) -> None:
     """Detect and classify every photo under SOURCE; write media/observations/events/failures tables."""
+    from trapline.services.reaper import start_reaper
     from trapline.services.runner import run_folder
 
     settings = load_settings(
         config, workers=workers, batch_size=batch_size, detector_model=detector,
         classifier_model=classifier, deployments_file=deployments,
     )  # fmt: skip
+    if settings.workers > 0:  # the local Ray's helpers end with this process, however it ends
+        start_reaper()
     with Progress(
         TextColumn("[bold]photos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=False,
@@ -228,14 +231,24 @@ def serve(
     """Consume upload events from Kafka and write each row exactly once, until SIGTERM."""
     import logging
 
+    from trapline.services.log_format import configure_json_logging
+    from trapline.services.object_store import describe_storage
+    from trapline.services.reaper import start_reaper
+    from trapline.services.serve_roots import StorageRootsError, with_serve_roots
     from trapline.services.stream import serve as serve_forever
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
-    )
-    settings = load_settings(config, workers=workers)
+    configure_json_logging()  # one JSON object per line on stdout, the workers' lines too
+    try:
+        settings = with_serve_roots(load_settings(config, workers=workers), out)
+    except StorageRootsError as error:
+        console.print(f"[red]trapline serve: {error}[/red]")
+        raise typer.Exit(2) from None
+    if settings.workers == 0:  # the one consumer is this process: its lines name it too
+        configure_json_logging(worker=0)
+    else:  # Ray's helpers end within seconds of this process, even after a kill -9
+        start_reaper()
     console.print_json(json.dumps(settings.echo()))
+    logging.getLogger("trapline.serve").info("tables: %s", describe_storage(out, settings))
     for stats in serve_forever(settings, out):
         console.print(stats)
 

@@ -209,8 +209,18 @@ def configure_fsspec(settings_like: Any = None) -> S3Options:
         # MissingContentLength on UploadPart); these variables are its only switch.
         os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
         os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-    log.info("object storage (s3://): %s", options.masked())
+    log.debug("object storage (s3://): %s", options.masked())  # describe_storage says it at start
     return options
+
+
+def describe_storage(url: str, settings_like: Any = None) -> str:
+    """One start-up line about where `url` is: the S3 options only when it is on S3."""
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol in S3_PROTOCOLS:
+        return f"{url} on object storage (s3://): {S3Options.resolve(settings_like).masked()}"
+    if protocol in ("file", "local"):
+        return f"{os.path.abspath(url.split('://', 1)[-1])} (a local folder)"
+    return f"{url} ({protocol}://, fsspec)"
 
 
 def reset_fsspec() -> None:

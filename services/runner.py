@@ -11,7 +11,6 @@ the same batch again with capped backoff, saying so on the log; it never becomes
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -188,28 +187,11 @@ class _Backoff:
         self.delay_s = FIRST_RETRY_DELAY_S
 
 
-def start_local_ray(settings: Settings) -> bool:
-    """Start a local Ray sized for the workers, unless one runs (RAY_ADDRESS, a cluster).
+def start_local_ray(settings: Settings, forward_logs: bool = False) -> bool:
+    """Start a local Ray bound to loopback only (services/local_ray.py); True if started here."""
+    from trapline.services.local_ray import start_local_ray as start
 
-    Returns True if this call started it (and the caller should shut it down). Loopback only,
-    no dashboard, no auth token written (Ray 2.60 writes one unless RAY_AUTH_MODE=disabled).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        return True
-    ray.init(
-        num_cpus=settings.workers * settings.threads_per_worker,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
-    return True
+    return start(settings, forward_logs)
 
 
 class PipelineActor:

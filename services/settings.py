@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         2, ge=0, description="Ray actors running the stages; 0 runs in-process without Ray."
     )
     threads_per_worker: int = Field(1, ge=1, description="ONNX Runtime threads in each worker.")
+    ray_dashboard: bool = Field(
+        False,
+        description="Start Ray's dashboard (on 127.0.0.1:8265) with the local Ray; off: a reachable Ray runs code for anyone.",
+    )
     batch_size: int = Field(8, ge=1, description="Photos per detector batch.")
     batch_max_wait_s: float = Field(
         0.5, ge=0, description="Service mode: longest wait to fill a batch, seconds."

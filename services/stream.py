@@ -224,6 +224,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         log.info(
             "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
             f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
         )  # fmt: skip
         return True
 
@@ -353,8 +354,10 @@ class StreamActor:
     reach it while `run` loops."""
 
     def __init__(self, settings: Settings, out: str, index: int):
+        from trapline.services.log_format import configure_json_logging
         from trapline.services.runner import build_pipeline
 
+        configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
         self.worker = StreamWorker(settings, out, build_pipeline(settings))
         if settings.metrics_port:
             metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()
@@ -391,7 +394,7 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
 
     from trapline.services.runner import start_local_ray
 
-    start_local_ray(settings)
+    start_local_ray(settings, forward_logs=True)  # the actors' log lines reach our stdout
     actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)
     actors = [actor_class.remote(settings, out, index) for index in range(settings.workers)]
     running = [actor.run.remote() for actor in actors]

@@ -55,6 +55,9 @@ def worker_env(bootstrap: str, topic: str, group: str, **settings: Any) -> dict[
         TRAPLINE_METRICS_PORT="0",
         TRAPLINE_BATCH_SIZE="16",
         PYTHONUNBUFFERED="1",
+        # Photos come from each test's temporary folders, outside serve's default roots
+        # (upload prefix and --out): allowed on purpose (services/serve_roots.py).
+        TRAPLINE_STORAGE_ROOTS='["*"]',
     )
     env.update({f"TRAPLINE_{k.upper()}": str(v) for k, v in settings.items()})
     return env
