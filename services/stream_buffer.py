@@ -116,7 +116,8 @@ def process_pending(
     run the stages on them, across partitions, in model-sized batches; results are kept per
     offset until written. The limit bounds one checkpoint's work (and so its latency).
 
-    Raises `BackendUnavailable` (models away): nothing is recorded, the records stay pending.
+    Raises `BackendUnavailable` (models away) or `StorageUnavailable` (photos' store away):
+    nothing is recorded, the records stay pending.
     """
     pending = [
         (b, r) for b in buffers for r in [r for r in b.records if r.offset not in b.done][:limit]
