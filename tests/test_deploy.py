@@ -268,6 +268,22 @@ def test_a_secret_put_in_settings_is_refused_at_render_time():
         check_helm.render({"settings": {"kafka_bootstrap": "elsewhere:9092"}})
 
 
+def test_storage_roots_default_to_inputs_upload_prefix_and_output_and_never_to_nothing():
+    def roots(values: dict[str, Any]) -> list[str]:
+        config = one(check_helm.manifests(values), "ConfigMap", "-config")["data"]
+        return json.loads(config["TRAPLINE_STORAGE_ROOTS"])
+
+    assert roots({}) == ["s3://trapline/results"]
+    assert roots(
+        {"inputs": ["s3://cams/in/"], "api": {"enabled": True, "registry": "s3://r/reg"}}
+    ) == ["s3://cams/in/", "s3://trapline/uploads", "s3://trapline/results"]
+    assert roots({"settings": {"storage_roots": ["*"]}}) == ["*"]
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="settings.storage_roots is empty"):
+        check_helm.render({"settings": {"storage_roots": []}})
+
+
 @pytest.mark.parametrize("scenario", list(check_helm.SCENARIOS))
 def test_configmap_sets_only_real_trapline_settings(scenario, rendered):
     from trapline.services.settings import Settings
