@@ -23,7 +23,11 @@ class DetectorBackend(Protocol):
     spec: DetectorSpec
 
     def detect(self, batch: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) uint8 letterboxed RGB -> raw YOLO output in `spec.layout`."""
+        """(B, S, S, 3) uint8 letterboxed RGB -> raw YOLO output in `spec.layout`.
+
+        A backend with a true `dynamic_input` attribute also takes (B, H, W, 3) stride-multiple
+        rectangles (the `rectangle` letterbox, pipelines/fidelity.py); one without is fed S x S.
+        """
         ...
 
 

@@ -40,6 +40,8 @@ class _OnnxModel:
         shape = model_input.shape
         if len(shape) != 4 or shape[1] != 3:
             raise ModelContractError(f"{path}: input {shape} is not (batch, 3, H, W)")
+        # Symbolic H and W (an export with dynamic axes) take any canvas: the rectangle letterbox.
+        self.dynamic_hw = not any(isinstance(dim, int) for dim in shape[2:])
         for dim in shape[2:]:
             if isinstance(dim, int) and dim != side:
                 raise ModelContractError(
@@ -55,6 +57,7 @@ class OnnxDetector:
     def __init__(self, path: Path, threads: int = 1):
         self.spec = load_detector_spec(path)
         self._model = _OnnxModel(path, self.spec.input_size, threads)
+        self.dynamic_input = self._model.dynamic_hw  # accepts any H x W (pipelines/detect.py)
 
     def detect(self, batch: np.ndarray) -> np.ndarray:
         nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

@@ -20,6 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from trapline.pipelines.file_kind import describe, without_bytes
 from trapline.pipelines.types import StageError
 
+# min_long_side that no photo reaches: every pixel decoded, no DCT or PNG reduction
+# (`full_resolution`, pipelines/fidelity.py).
+FULL_RESOLUTION = 1 << 30
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -25,9 +25,9 @@ import pyarrow as pa
 
 from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
 from trapline.pipelines.classify import classify_frames
-from trapline.pipelines.decode import decode_image
+from trapline.pipelines.decode import FULL_RESOLUTION, decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
-from trapline.pipelines.detect import detect_frames
+from trapline.pipelines.detect import check_letterbox, detect_frames
 from trapline.pipelines.errors import OUTAGES, describe, is_retryable
 from trapline.pipelines.postprocess import PostprocessOptions, apply_postprocessing, find_static
 from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
@@ -70,7 +70,12 @@ class PhotoPipeline:
         self.settings = settings
         self.detector = detector
         self.classifier = classifier
-        self.decode_long_side = max(settings.decode_min_long_side, detector.spec.input_size)
+        self.decode_long_side = (
+            FULL_RESOLUTION
+            if settings.full_resolution
+            else max(settings.decode_min_long_side, detector.spec.input_size)
+        )
+        check_letterbox(detector, settings.letterbox)  # a fixed-size detector: refuse at start
 
     @property
     def model_names(self) -> ModelNames:
@@ -110,7 +115,11 @@ class PhotoPipeline:
                 part = frames[start : start + self.settings.batch_size]
                 stage, started = "detect", time.perf_counter()
                 found = detect_frames(
-                    part, self.detector, self.settings.detection_threshold, self.settings.nms_iou
+                    part,
+                    self.detector,
+                    self.settings.detection_threshold,
+                    self.settings.nms_iou,
+                    self.settings.letterbox,
                 )
                 stage, classified_at = "classify", time.perf_counter()
                 timer["detect"] += classified_at - started
@@ -121,6 +130,7 @@ class PhotoPipeline:
                     self.settings.classification_threshold,
                     self.settings.max_crops_per_photo,
                     self.settings.top_k,
+                    self.settings.crop_rounding,
                 )
                 timer["classify"] += time.perf_counter() - classified_at
                 detections.extend(found)

@@ -1,8 +1,17 @@
-"""Letterbox: fit a photo into the detector's square input without distorting it.
+"""Letterbox: fit a photo into the detector's input without distorting it.
 
 The photo is resized to fit `size` keeping its aspect ratio and centred on a grey (114) canvas,
 as YOLOv5 and MegaDetector do. Boxes come back in canvas pixels and are mapped to relative
 photo coordinates with the same geometry, so `Letterbox` is the one place that knows it.
+
+Two canvases (pipelines/fidelity.py): `fit` pads to the square S x S, every photo one batch
+shape; `fit_rectangle` pads only to the next multiple of the model's stride, the minimum
+rectangle of YOLOv5's utils/augmentations.py `letterbox(..., auto=True)` (what MegaDetector's
+`PTDetector.generate_detections_one_image` calls in its default `classic` mode) and of
+ultralytics' `LetterBox(auto=True)` (ultralytics/data/augment.py, the predictor's choice for
+PyTorch models). Both share upstream's arithmetic: scaled side = round(side x S / long side),
+then half the padding each side, the odd pixel going right / down
+(`top = round(dh - 0.1)`, `bottom = round(dh + 0.1)`).
 """
 
 from __future__ import annotations
@@ -17,21 +26,44 @@ PAD_VALUE = 114
 
 @dataclass(frozen=True, slots=True)
 class Letterbox:
-    size: int  # canvas side, pixels
+    size: int  # the model's nominal input side, pixels: the long side of the scaled photo
     scaled_w: int  # photo width on the canvas
     scaled_h: int  # photo height on the canvas
     pad_x: int  # left padding
     pad_y: int  # top padding
+    canvas_w: int = 0  # canvas width; 0: size (square)
+    canvas_h: int = 0  # canvas height; 0: size (square)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the canvas: what the detector is fed."""
+        return (self.canvas_h or self.size, self.canvas_w or self.size)
 
     @classmethod
     def fit(cls, width: int, height: int, size: int) -> Letterbox:
-        ratio = size / max(width, height)
-        scaled_w = max(1, min(size, round(width * ratio)))
-        scaled_h = max(1, min(size, round(height * ratio)))
+        """The square S x S canvas (YOLOv5 `letterbox(auto=False)`)."""
+        scaled_w, scaled_h = _scaled(width, height, size)
         return cls(size, scaled_w, scaled_h, (size - scaled_w) // 2, (size - scaled_h) // 2)
 
+    @classmethod
+    def fit_rectangle(cls, width: int, height: int, size: int, stride: int) -> Letterbox:
+        """The minimum stride-multiple rectangle (YOLOv5 `letterbox(auto=True)`, ultralytics
+        `LetterBox(auto=True)`): padding = (S - scaled side) mod stride, split in two."""
+        scaled_w, scaled_h = _scaled(width, height, size)
+        canvas_w = scaled_w + (size - scaled_w) % stride
+        canvas_h = scaled_h + (size - scaled_h) % stride
+        return cls(
+            size,
+            scaled_w,
+            scaled_h,
+            (canvas_w - scaled_w) // 2,
+            (canvas_h - scaled_h) // 2,
+            canvas_w,
+            canvas_h,
+        )
+
     def draw(self, image: Image.Image, out: np.ndarray) -> None:
-        """Write the letterboxed photo into `out` (size x size x 3 uint8), in place."""
+        """Write the letterboxed photo into `out` (canvas_h x canvas_w x 3 uint8), in place."""
         out[...] = PAD_VALUE
         resized = image.resize((self.scaled_w, self.scaled_h), Image.Resampling.BILINEAR)
         out[self.pad_y : self.pad_y + self.scaled_h, self.pad_x : self.pad_x + self.scaled_w] = (
@@ -53,3 +85,11 @@ class Letterbox:
         x2 = x1 + xywh_relative[:, 2] * self.scaled_w
         y2 = y1 + xywh_relative[:, 3] * self.scaled_h
         return np.stack([x1, y1, x2, y2], axis=1)
+
+
+def _scaled(width: int, height: int, size: int) -> tuple[int, int]:
+    ratio = size / max(width, height)
+    return (
+        max(1, min(size, round(width * ratio))),
+        max(1, min(size, round(height * ratio))),
+    )

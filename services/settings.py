@@ -14,13 +14,15 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from trapline.pipelines.fidelity import PROFILES, CropRounding, LetterboxMode, ProfileName
 
 _config_file: ContextVar[str | None] = ContextVar("trapline_config_file", default=None)
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -80,6 +82,22 @@ class Settings(BaseSettings):
         10, ge=0, description="Animal boxes classified per photo, most confident first."
     )
     top_k: int = Field(3, ge=1, description="Labels and probabilities kept per observation.")
+    profile: ProfileName = Field(
+        "fast",
+        description="Pre-processing profile (docs/models.md, 'Reference behaviour'): fast (the default: square letterbox, rounded crops, reduced-scale decode; throughput, and any exported detector) or reference (the same pixels into the models as MegaDetector and DeepFaune: needs a detector exported with dynamic H/W, costs the full decode). The three switches below override it one by one.",
+    )
+    letterbox: LetterboxMode | None = Field(
+        None,
+        description="Detector canvas: square (S x S) or rectangle (the photo padded to the next stride multiple, as MegaDetector and ultralytics do: 1280 x 960 for a 4:3 photo; needs dynamic H/W); unset: the profile's.",
+    )
+    crop_rounding: CropRounding | None = Field(
+        None,
+        description="Classifier crop edges: round (nearest pixel) or truncate (DeepFaune's int()); unset: the profile's.",
+    )
+    full_resolution: bool | None = Field(
+        None,
+        description="Decode every pixel and resize from there, as upstream does (costs the full JPEG decode), instead of the smallest DCT scale the models need; unset: the profile's.",
+    )
 
     # Throughput
     workers: int = Field(
@@ -337,6 +355,15 @@ class Settings(BaseSettings):
         3600, ge=60, le=604_800, description="Upload API: lifetime of presigned PUT URLs."
     )
     api_replicas: int = Field(1, ge=1, description="Upload API: Ray Serve replicas.")
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> Settings:
+        """Switches left unset take the profile's value (pipelines/fidelity.py)."""
+        chosen = PROFILES[self.profile]
+        for name in ("letterbox", "crop_rounding", "full_resolution"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(chosen, name))
+        return self
 
     @field_validator("utc_offset")
     @classmethod
