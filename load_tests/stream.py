@@ -109,6 +109,9 @@ def _start_worker(
         TRAPLINE_BATCH_SIZE=str(options.batch_size),
         TRAPLINE_THREADS_PER_WORKER="1",
         TRAPLINE_METRICS_PORT=str(port),
+        # The benchmark's own photos, wherever --cache / --storage put them (serve's default
+        # roots are the upload prefix and --out: docs/security.md).
+        TRAPLINE_STORAGE_ROOTS='["*"]',
     )
     command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
     log = open(out.parent / f"worker-{port}.log", "wb")  # noqa: SIM115 - closed with the process

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 from servers import TEST_SESSION_TIMEOUT_MS
 
@@ -155,28 +153,5 @@ def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(
     assert len(dlq) == 50
 
 
-@pytest.mark.parametrize("seed", [1])
-def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
-    tansu, kafka_topic, tmp_path, seed
-):
-    topic = kafka_topic("uploads", partitions=2)
-    make_photos(tmp_path / "card", 400, deployments=4, seed=seed)
-    assert submit_folder(str(tmp_path / "card"), tansu.bootstrap, topic).submitted == 400
-    out = tmp_path / "out"
-    chance = random.Random(seed)
-    for _ in range(4):
-        worker = start_worker(tansu, topic, "g-kill", out)
-        time.sleep(chance.uniform(4.0, 8.0))  # group join takes ~3 s on Tansu, then work
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-    worker = start_worker(tansu, topic, "g-kill", out)
-    try:
-        wait_for_rows(out, 400, timeout_s=120, workers=[worker])
-        time.sleep(1.0)  # anything still being written would show up as an extra row now
-    finally:
-        stop([worker])
-    media, failures = table_rows(out, "media"), table_rows(out, "failures")
-    assert len(media) == 400 and not failures
-    assert len({m["media_id"] for m in media}) == 400
-    observations = table_rows(out, "observations")
-    assert len({o["observation_id"] for o in observations}) == len(observations)
+# kill -9 at random points: tests/reliability/test_exactly_once_delta.py (two workers, a reader
+# polling the tables, compaction, local disk and Ceph S3).

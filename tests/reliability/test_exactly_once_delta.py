@@ -139,7 +139,7 @@ def test_random_kill_9_of_two_workers_while_a_reader_polls_never_shows_a_row_twi
         workers[0].wait_until(lambda: accounted(out) >= 20, 120, "the first rows", log)
         while kills < 6 and accounted(out) < len(expected) + 6:
             victim = chance.choice(workers)
-            victim.sleep(chance.uniform(1.0, 4.0))
+            victim.sleep(chance.uniform(1.0, 3.0))
             if victim.worker.poll() is None:
                 victim.worker.send_signal(signal.SIGKILL)
                 victim.worker.wait()
