@@ -8,7 +8,7 @@ write: their commits only add files, which never conflict with a compaction (del
 it on the new snapshot), and a worker's exactly-once check reads application transactions,
 which compaction leaves alone.
 
-It also checkpoints each table and deletes log entries older than the log retention (30 days):
+It also checkpoints each table and deletes log entries older than the log retention (7 days):
 the workers' commits skip that cleanup, which lists the whole log (pipelines/delta.py).
 
 The replaced files stay on storage, so older versions (time travel, a reader that opened the
@@ -79,5 +79,5 @@ def compact(
             )
             report.vacuumed += len(deleted)
         table.create_checkpoint()  # the next reader opens one file, not the commits since
-        table.cleanup_metadata()  # log entries past delta.logRetentionDuration (30 days)
+        table.cleanup_metadata()  # log entries past delta.logRetentionDuration (7 days)
     return report
