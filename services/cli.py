@@ -25,8 +25,8 @@ def run(
     config: Path | None = typer.Option(None, help="YAML settings file."),
     workers: int | None = typer.Option(None, help="Ray workers; 0 = in-process."),
     batch_size: int | None = typer.Option(None, help="Photos per detector batch."),
-    detector: Path | None = typer.Option(None, help="Detector ONNX file (with .json sidecar)."),
-    classifier: Path | None = typer.Option(None, help="Classifier ONNX file (with .json sidecar)."),
+    detector: Path | None = typer.Option(None, help="Detector: an ONNX file (with .json sidecar) or a release name (`trapline models fetch --list`)."),
+    classifier: Path | None = typer.Option(None, help="Classifier: an ONNX file (with .json sidecar) or a release name."),
     json_summary: Path | None = typer.Option(
         None, "--json-summary", help="Also write the summary as JSON."
     ),
