@@ -29,13 +29,12 @@ from harness import (
     worker_env,
 )
 from http_fault_proxy import HttpFaultProxy
+from test_fault_triton import demo_repository
 from test_stream_faults import make_photos
 
-from trapline.models.triton_repository import RepositoryOptions, build_repository
 from trapline.services import kafka_io
-from trapline.services.settings import DEMO_MODELS
 from trapline.services.submit import submit_folder
-from trapline.services.triton_server import default_venv, start_triton, triton_install
+from trapline.services.triton_server import start_triton
 
 pytest_plugins = ["s3_fixtures"]
 S3_OUTAGE_S = 20.0
@@ -172,15 +171,7 @@ def test_s3_answering_503_folder_run_waits_and_retries_the_batch_no_failures(
 @pytest.fixture(scope="module")
 def switched_repository(tmp_path_factory):
     """The demo models as a python-backend repository, the detector with a fault switch."""
-    if not (default_venv() / "bin" / "python").exists():
-        pytest.skip(f"no Triton venv at {default_venv()}: run scripts/setup_triton.sh")
-    install = triton_install(default_venv())
-    repo = tmp_path_factory.mktemp("triton-switched")
-    build_repository(
-        DEMO_MODELS / "detector.onnx", DEMO_MODELS / "classifier.onnx", repo, backend="python",
-        options=RepositoryOptions(max_batch_size=16, preferred_batch_sizes=(8, 16)),
-        python_site_packages=install.site_packages,
-    )  # fmt: skip
+    repo = demo_repository(tmp_path_factory.mktemp("triton-switched"))
     model = repo / "trapline_detector" / "1" / "model.py"
     model.write_text(model.read_text() + FAULT_SWITCH)
     return repo

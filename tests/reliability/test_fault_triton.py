@@ -4,6 +4,7 @@ committed), retries with backoff, and finishes once the same server is back on i
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from harness import (
@@ -25,19 +26,23 @@ from trapline.services.triton_server import default_venv, start_triton, triton_i
 OUTAGE_S = 10.0
 
 
-@pytest.fixture(scope="module")
-def triton_repository(tmp_path_factory):
-    """The demo models as a python-backend repository for the CPU tritonserver."""
+def demo_repository(folder: Path) -> Path:
+    """The demo models as a python-backend repository for the CPU tritonserver, in `folder`
+    (skips when the Triton venv is missing). Shared with test_fault_retryable.py."""
     if not (default_venv() / "bin" / "python").exists():
         pytest.skip(f"no Triton venv at {default_venv()}: run scripts/setup_triton.sh")
     install = triton_install(default_venv())
-    repo = tmp_path_factory.mktemp("triton-repo")
     build_repository(
-        DEMO_MODELS / "detector.onnx", DEMO_MODELS / "classifier.onnx", repo, backend="python",
+        DEMO_MODELS / "detector.onnx", DEMO_MODELS / "classifier.onnx", folder, backend="python",
         options=RepositoryOptions(max_batch_size=16, preferred_batch_sizes=(8, 16)),
         python_site_packages=install.site_packages,
     )  # fmt: skip
-    return repo
+    return folder
+
+
+@pytest.fixture(scope="module")
+def triton_repository(tmp_path_factory):
+    return demo_repository(tmp_path_factory.mktemp("triton-repo"))
 
 
 def test_triton_stopped_mid_run_then_restarted_every_photo_once(
