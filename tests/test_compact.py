@@ -26,7 +26,15 @@ def commit_photos(root: str, first: int, count: int, app_id: str = "writer") -> 
     results = [
         MediaResult(
             MediaRef(uri=f"/cards/cam/{i}.jpg", deployment_id="cam"),
-            f"m{i:05d}", f"{i:064d}", 4000, 3000, None, None, None, 1, [],
+            f"m{i:05d}",
+            f"{i:064d}",
+            4000,
+            3000,
+            None,
+            None,
+            None,
+            1,
+            [],
         )  # fmt: skip
         for i in range(first, first + count)
     ]
