@@ -24,6 +24,7 @@ docs/operations.md for the DynamoDB locking alternative.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import time
 from collections.abc import Mapping, Sequence
@@ -146,8 +147,6 @@ def create_table(root: str, table: str) -> DeltaTable:
         if existing is not None:
             return existing
         if "://" not in uri:
-            import os
-
             os.makedirs(uri, exist_ok=True)
         try:
             return DeltaTable.create(

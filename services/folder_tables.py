@@ -64,9 +64,7 @@ def commit_tables(
     app = run_app_id(source, deployment_id)
     added = {}
     for name in delta.WRITE_ORDER:
-        added[name] = _commit_one(
-            out, name, app, deployment_id, tables.as_dict()[name], compression
-        )
+        added[name] = _commit_one(out, name, app, tables.as_dict()[name], compression)
     failed_uris = set(added["failures"].column("uri").to_pylist())
     return Tables(
         media=added["media"],
@@ -77,13 +75,11 @@ def commit_tables(
     )
 
 
-def _commit_one(
-    out: str, name: str, app: str, deployment_id: str, data: pa.Table, compression: str
-) -> pa.Table:
+def _commit_one(out: str, name: str, app: str, data: pa.Table, compression: str) -> pa.Table:
     for _attempt in range(MAX_COMMIT_ATTEMPTS):
         table = delta.create_table(out, name)
         table.update_incremental()
-        fresh = _without_known_keys(out, name, deployment_id, data)
+        fresh = _without_known_keys(out, name, data)
         version = delta.app_version(table, app)
         try:
             delta.append(
@@ -100,7 +96,7 @@ def _commit_one(
     raise RuntimeError(f"{out}/{name}: {MAX_COMMIT_ATTEMPTS} commits refused in a row")
 
 
-def _without_known_keys(out: str, name: str, deployment_id: str, data: pa.Table) -> pa.Table:
+def _without_known_keys(out: str, name: str, data: pa.Table) -> pa.Table:
     if data.num_rows == 0:
         return data
     key = KEY[name]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.delta import STORAGE_ERRORS
 from trapline.pipelines.errors import StorageUnavailable
+from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
@@ -326,7 +327,9 @@ class StreamWorker(kafka_io.RebalanceListener):
             if uploaded_at is not None:
                 metrics.END_TO_END_SECONDS.observe(max(0.0, (now - uploaded_at).total_seconds()))
         for record in batch.records:
-            self._uploaded_at.pop(f"{record.topic}/{record.partition}/{record.offset}", None)
+            self._uploaded_at.pop(
+                record_source(record.topic, record.partition, record.offset), None
+            )
 
     def _publish_lag(self) -> None:
         """Lag per assigned partition from the broker's end offsets (wrong on Tansu, see DESIGN)."""

@@ -181,9 +181,7 @@ class Checkpointer:
             if name == "failures":
                 self._dead_letter([k for k in write if k not in sent_dead_letters], by_key, outcome)
                 sent_dead_letters.update(write)
-            data = pa.concat_tables(
-                [outcome.tables[key].as_dict()[name] for key in write]
-            ) if write else TABLES[name].empty_table()  # fmt: skip
+            data = pa.concat_tables([outcome.tables[key].as_dict()[name] for key in write])
             transactions = [
                 delta.AppVersion(app_id(self.group, *key), by_key[key].end) for key in write
             ]
