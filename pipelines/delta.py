@@ -51,6 +51,7 @@ PARTITION_BY: dict[str, list[str]] = {
     "observations": ["deployment_id", "date"],
     "events": ["deployment_id", "date"],
     "failures": ["deployment_id"],
+    "reviews": ["deployment_id"],  # people's reviews (pipelines/reviews.py), few and small
 }
 # Written last: a reader joining on media sees whole photos (their observations and events are
 # committed before them). See docs/architecture.md for what one table alone may show.

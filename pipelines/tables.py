@@ -115,11 +115,31 @@ FAILURES = pa.schema([
     _field("raw_event", pa.binary(), "The original message bytes, for bad events."),
 ])  # fmt: skip
 
+REVIEWS = pa.schema([
+    _field("review_id", pa.string(), "Unique id of this review (UUID).", False),
+    _field("reviewer", pa.string(), "Who reviewed: the name given to `trapline review --reviewer`, or the API program's user (Camtrap DP classifiedBy).", False),
+    _field("reviewed_at", UTC_US, "When the reviewer decided, UTC (Camtrap DP classificationTimestamp).", False),
+    _field("target", pa.string(), "event | observation: what was reviewed. An event review speaks for the whole burst.", False),
+    _field("event_id", pa.string(), "The event reviewed, or the event of the observation reviewed.", False),
+    _field("observation_id", pa.string(), "The observation (box) reviewed; null for an event review."),
+    _field("deployment_id", pa.string(), "Camera deployment (partition column).", False),
+    _field("machine_label", pa.string(), "The label the review replaces, as the tables had it (event vote, box label, or blank/person/vehicle when no animal); null if none."),
+    _field("machine_probability", pa.float32(), "The probability the tables gave `machine_label`; null if none."),
+    _field("label", pa.string(), "The reviewer's label: a classifier label ('red deer'), a taxon's scientific name that the classifier lacks ('Vulpes lagopus'), or blank | person | vehicle.", False),
+    _field("scientific_name", pa.string(), "Scientific name of `label` (Camtrap DP scientificName); null for blank, person and vehicle."),
+    _field("taxon_rank", pa.string(), "Rank of `scientific_name` when the taxonomy knows it: species | genus | family | order | class."),
+    _field("observation_type", pa.string(), "animal | human | vehicle | blank (Camtrap DP observationType) that `label` implies.", False),
+    _field("count", pa.int32(), "Individuals the reviewer counted (Camtrap DP count); null when not counted, 0 for blank."),
+    _field("accepted", pa.bool_(), "True when the reviewer kept the machine's label (accepted it), False when they changed it.", False),
+    _field("comment", pa.string(), "The reviewer's free comment (Camtrap DP observationComments); null if none."),
+])  # fmt: skip
+
 TABLES: dict[str, pa.Schema] = {
     "media": MEDIA,
     "observations": OBSERVATIONS,
     "events": EVENTS,
     "failures": FAILURES,
+    "reviews": REVIEWS,  # people's corrections (pipelines/reviews.py); not written by runs
 }
 
 

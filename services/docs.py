@@ -16,6 +16,8 @@ ROW_MEANING = {
     "observations": "detection kept (box), with its classification",
     "events": "sequence (burst) of one deployment, with its DeepFaune vote",
     "failures": "input that could not be processed, with the stage and the reason",
+    "reviews": "person's review of an event or an observation (append-only: the latest review "
+    "of an item wins; see docs/review.md)",
 }
 
 INTRO = """# Result tables
@@ -38,6 +40,7 @@ results/media/deployment_id=<id>/date=<YYYY-MM-DD>/part-*.parquet
 results/observations/deployment_id=<id>/date=<YYYY-MM-DD>/part-*.parquet
 results/events/deployment_id=<id>/date=<YYYY-MM-DD>/part-*.parquet    (date of the event's start)
 results/failures/deployment_id=<id>/part-*.parquet
+results/reviews/deployment_id=<id>/part-*.parquet       (written by `trapline review`, not by runs)
 ```
 
 `date` is the capture date in UTC (a column, and the partition); rows without a capture time

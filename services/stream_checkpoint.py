@@ -36,7 +36,7 @@ from trapline.pipelines import delta
 from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import Tables, assemble, drop_known
 from trapline.pipelines.readers import KnownMedia
-from trapline.pipelines.tables import TABLES, ModelNames
+from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaResult
 from trapline.services import kafka_io, metrics
 from trapline.services.settings import Settings
@@ -116,7 +116,7 @@ class Checkpointer:
         others hold it (a crash after the very first table's commit) counts as -1.
         """
         app = app_id(self.group, topic, partition)
-        versions = [delta.app_version(self.table(name), app) for name in TABLES]
+        versions = [delta.app_version(self.table(name), app) for name in delta.WRITE_ORDER]
         held = [v for v in versions if v is not None]
         if not held:
             return None, None
