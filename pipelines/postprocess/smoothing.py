@@ -89,8 +89,13 @@ def smooth_sequence(
             if confident and d.label != label and beside[label]:
                 continue
             if takes(d, label, counts, taxonomy, options.max_nondominant):
-                if d.label != label:
-                    d.rule = f"sequence: event vote {label} {probability} (was {d.label})"
+                if d.label != label:  # "(was LABEL P)": the photo's own answer, for exports
+                    was = (
+                        d.label
+                        if d.probability is None
+                        else f"{d.label} {round(float(d.probability), 4)}"
+                    )
+                    d.rule = f"sequence: event vote {label} {probability} (was {was})"
                 d.label, d.probability, d.source = label, probability, "sequence"
 
 

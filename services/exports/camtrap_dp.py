@@ -23,6 +23,7 @@ from typing import Any
 import fsspec
 
 from trapline.pipelines.deployments import Deployments, load_deployments
+from trapline.services.exports.answers import run_root
 from trapline.services.exports.camtrap_metadata import descriptor, read_metadata
 from trapline.services.exports.camtrap_rows import (
     TABLES,
@@ -33,7 +34,8 @@ from trapline.services.exports.camtrap_rows import (
     sort_key,
 )
 from trapline.services.exports.camtrap_validate import Validation, validate_package
-from trapline.services.exports.common import ExportError, common_base, read_results
+from trapline.services.exports.common import ExportError, read_results
+from trapline.services.exports.reviewed import Reviews, read_reviews
 
 LEVELS = {"both": ("media", "event"), "media": ("media",), "event": ("event",)}
 
@@ -48,6 +50,9 @@ class CamtrapReport:
     excluded: Excluded = field(default_factory=Excluded)
     failures_not_exported: int = 0  # failures rows: no photo to describe in Camtrap DP
     to_fill_in: list[str] = field(default_factory=list)
+    draft: bool = False  # written with placeholders (`--draft`): not for publication
+    base: str = ""  # the folder filePath is relative to (the folder given to the run)
+    reviewed: int = 0  # events and boxes whose reviewed labels the package carries
     notes: list[str] = field(default_factory=list)
     validation: Validation | None = None
 
@@ -62,12 +67,17 @@ def export_camtrap_dp(
     validate: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     created: datetime | None = None,
+    draft: bool = False,
+    reviews: bool = True,
 ) -> CamtrapReport:
     """Write the package of `results_root` to the folder `out`; returns what was done.
 
     `deployments`: loaded deployments or their file (coordinates are required by Camtrap DP).
     `observation_level`: both | media | event. `media_url`: public URL prefix of the photos
-    (replaces the folder they were read from in `filePath`).
+    (`filePath` is the photo's path below the folder given to the run, behind it).
+    `draft`: write a package whose metadata still has placeholders (no contributors, no
+    licence, ...); without it such a package is refused before anything is written.
+    `reviews`: use people's reviewed labels where there are any.
     """
     if observation_level not in LEVELS:
         raise ExportError(f"observation level must be one of {', '.join(LEVELS)}, not {observation_level!r}")  # fmt: skip
@@ -80,15 +90,23 @@ def export_camtrap_dp(
             )
         deployments = load_deployments(deployments)
     metadata = read_metadata(metadata_file)
+    if metadata.to_fill_in and not draft:
+        raise ExportError(
+            "the package metadata is incomplete: "
+            + "; ".join(metadata.to_fill_in)
+            + ". Give them in a metadata file (--metadata FILE.yaml, see docs/exports.md), "
+            "or pass --draft to write a draft package that says what is missing"
+        )
     results = read_results(results_root, storage_options)
-    base = common_base(row["uri"] for row in results.media)
-    tables = build_tables(results, deployments, levels, media_url, base)
+    base = run_root([*results.media, *results.failures])
+    reviewed = read_reviews(results_root) if reviews else Reviews()
+    tables = build_tables(results, deployments, levels, media_url, base, reviewed)
     if not tables.media:
         raise ExportError(
             f"{results_root}: no photo with a capture time; Camtrap DP requires timestamps "
             f"({len(tables.excluded.media)} photos without one)"
         )
-    package = descriptor(tables, metadata, levels, results_root, created)
+    package = descriptor(tables, metadata, levels, results_root, created, draft=draft)
     report = CamtrapReport(
         out=out,
         rows={name: len(getattr(tables, name)) for name in TABLES},
@@ -96,6 +114,9 @@ def export_camtrap_dp(
         excluded=tables.excluded,
         failures_not_exported=len(results.failures),
         to_fill_in=metadata.to_fill_in,
+        draft=bool(draft and metadata.to_fill_in),
+        base=base,
+        reviewed=len(reviewed),
         notes=tables.notes,
     )
     with tempfile.TemporaryDirectory(prefix="trapline-camtrap-") as scratch:

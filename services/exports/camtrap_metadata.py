@@ -3,9 +3,10 @@
 The tables give `spatial` (the deployments' coordinates), `temporal` (the photos' dates),
 `taxonomic` (the scientific names written) and `created`. Who made the data, under which licence,
 and how the cameras were placed only a person knows: they come from a small YAML file
-(`--metadata FILE.yaml`, keys as in datapackage.json). Anything required that the file leaves
-out gets a default, and the export lists those fields (`to_fill_in`) so no placeholder is
-published unnoticed.
+(`--metadata FILE.yaml`, keys as in datapackage.json). A package whose file leaves out the
+contributors, the licences, the project title or the sampling design is incomplete: the export
+refuses it unless asked for a draft (`--draft`), which gets placeholders ("TO FILL IN") and says
+in its description what is missing, so no placeholder is published unnoticed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ RANKS = {
 }  # fmt: skip
 TAXON_RANKS = {"kingdom", "phylum", "class", "order", "family", "genus", "species", "subspecies"}
 PLACEHOLDER = "TO FILL IN"
+DRAFT_NOTE = "DRAFT, not for publication"
 
 
 @dataclass
@@ -73,25 +75,39 @@ def read_metadata(url: str | None) -> Metadata:
                 f"{url}: unknown keys {', '.join(unknown)} "
                 f"(allowed: {', '.join(sorted(PACKAGE_KEYS))}; project: {', '.join(sorted(PROJECT_KEYS))})"
             )
-    to_fill_in = []
+    to_fill_in = [f"{where} (still {PLACEHOLDER!r})" for where in _placeholders(values)]
     if not values.get("contributors"):
         values["contributors"] = [{"title": PLACEHOLDER, "role": "contact"}]
         to_fill_in.append("contributors (who made the data; a contact, a rightsHolder)")
     if not values.get("licenses"):
         to_fill_in.append("licenses (one with scope data, one with scope media; GBIF needs one)")
+    elif not any(isinstance(x, dict) and x.get("scope") == "data" for x in values["licenses"]):
+        to_fill_in.append("licenses: none with scope data (GBIF needs the data's licence)")
     project = dict(values.get("project") or {})
     if not project.get("title"):
         project["title"] = values.get("title") or PLACEHOLDER
-        to_fill_in.append("project.title")
+        if not values.get("title"):
+            to_fill_in.append("project.title (or title)")
     if not project.get("samplingDesign"):
         project["samplingDesign"] = "opportunistic"
         to_fill_in.append(
-            "project.samplingDesign (took 'opportunistic'; say how cameras were placed)"
+            "project.samplingDesign (a draft takes 'opportunistic'; say how cameras were placed)"
         )
     project.setdefault("captureMethod", ["activityDetection"])
     project.setdefault("individualAnimals", False)
     values["project"] = project
     return Metadata(values, to_fill_in)
+
+
+def _placeholders(value: Any, where: str = "") -> list[str]:
+    """Where a metadata file still holds the placeholder text (a template copied as is)."""
+    if isinstance(value, str):
+        return [where or "(top)"] if PLACEHOLDER.lower() in value.lower() else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _placeholders(v, f"{where}.{k}".strip("."))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _placeholders(v, f"{where}[{i}]")]
+    return []
 
 
 def descriptor(
@@ -100,9 +116,15 @@ def descriptor(
     levels: tuple[str, ...],
     results_root: str,
     created: datetime | None = None,
+    draft: bool = False,
 ) -> dict[str, Any]:
-    """The datapackage.json of these tables, required properties first."""
+    """The datapackage.json of these tables, required properties first. `draft`: the
+    description says that the package is a draft and what is missing (`to_fill_in`)."""
     values = dict(metadata.values)
+    if draft and metadata.to_fill_in:
+        missing = "; ".join(metadata.to_fill_in)
+        said = values.get("description")
+        values["description"] = f"{DRAFT_NOTE}: missing {missing}." + (f" {said}" if said else "")
     project = {**values.pop("project"), "observationLevel": list(levels)}
     title = values.pop("title", None) or (
         None if project["title"] == PLACEHOLDER else project["title"]
@@ -169,8 +191,9 @@ def taxonomic(taxa: Taxa) -> list[dict[str, Any]]:
         rank = rank or ("species" if len(name.split()) == 2 else None)
         if rank in TAXON_RANKS:
             entry["taxonRank"] = rank
-        if taxa.labels[name] != name:
-            entry["vernacularNames"] = {"eng": taxa.labels[name]}
+        english = taxa.labels[name]
+        if english and english != name and english != "undefined":
+            entry["vernacularNames"] = {"eng": english}
         entries.append(entry)
     return entries
 

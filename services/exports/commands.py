@@ -41,7 +41,18 @@ def camtrap_dp(
         "both", help="Observations per photo (media), per sequence (event), or both."
     ),
     media_url: str | None = typer.Option(
-        None, help="Public URL prefix of the photos for filePath (replaces their common folder)."
+        None,
+        help="Public URL prefix of the photos for filePath (default: their path relative to "
+        "the folder given to `trapline run`).",
+    ),
+    draft: bool = typer.Option(
+        False,
+        "--draft",
+        help="Write the package although its metadata (contributors, licences, project) is "
+        "incomplete: placeholders, and a description saying what is missing.",
+    ),
+    reviews: bool = typer.Option(
+        True, "--reviews/--no-reviews", help="Use reviewed labels where people reviewed."
     ),
     validate: bool = typer.Option(
         True, "--validate/--no-validate", help="Check against the official schemas."
@@ -57,13 +68,18 @@ def camtrap_dp(
         settings = _settings(config, deployments_file=deployments)
         report = export_camtrap_dp(
             results, out, settings.deployments_file, metadata, observation_level, media_url,
-            validate,
+            validate, draft=draft, reviews=reviews,
         )  # fmt: skip
     except (ExportError, DeploymentsError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     rows = ", ".join(f"{name} {count}" for name, count in report.rows.items())
     console.print(f"wrote {out}: {rows}; {report.not_public} photos not public (people)")
+    if report.reviewed:
+        console.print(f"{report.reviewed} reviewed events and boxes carry their reviewers' labels")
+    if not media_url:
+        where = report.base or "(their URIs)"
+        console.print(f"filePath: relative to {where}; --media-url URL where they are published")
     for item in report.excluded.media[:20]:
         console.print(f"[yellow]left out[/yellow] {item['uri']}: {item['reason']}")
     for item in report.excluded.events[:20]:
@@ -72,9 +88,10 @@ def camtrap_dp(
         console.print(f"{report.failures_not_exported} failures rows have no place in Camtrap DP (see the failures table)")  # fmt: skip
     for note in report.notes:
         console.print(f"[yellow]note[/yellow] {note}")
-    if report.to_fill_in:
+    if report.draft:
         console.print(
-            "[yellow]fill in (--metadata FILE.yaml):[/yellow] " + "; ".join(report.to_fill_in)
+            "[yellow]DRAFT, not for publication; fill in (--metadata FILE.yaml):[/yellow] "
+            + "; ".join(report.to_fill_in)
         )
     if report.validation is not None:
         if not report.validation.valid:
@@ -82,7 +99,8 @@ def camtrap_dp(
                 console.print(f"[red]invalid[/red] {error}")
             console.print(f"{len(report.validation.errors)} errors against Camtrap DP 1.0.2")
             raise typer.Exit(1)
-        console.print(f"valid Camtrap DP 1.0.2 ({report.validation.rows_checked} rows checked)")
+        kind = "a draft: schemas pass, metadata incomplete" if report.draft else "valid"
+        console.print(f"{kind} Camtrap DP 1.0.2 ({report.validation.rows_checked} rows checked)")
 
 
 @export_app.command("megadetector")
@@ -90,7 +108,11 @@ def megadetector(
     results: str = typer.Argument(..., help="Results folder or URL (`trapline run --out`)."),
     out: str = typer.Option(..., "--out", "-o", help="JSON file (path or URL) to write."),
     base: str | None = typer.Option(
-        None, help="Folder the `file` paths are relative to (default: the photos' common folder)."
+        None,
+        help="Folder the `file` paths are relative to (default: the folder given to `trapline run`).",
+    ),
+    reviews: bool = typer.Option(
+        True, "--reviews/--no-reviews", help="Use reviewed labels where people reviewed."
     ),
     config: Path | None = typer.Option(None, help="YAML settings file (S3 options, thresholds)."),
 ) -> None:
@@ -101,7 +123,12 @@ def megadetector(
     try:
         settings = _settings(config)
         report = export_megadetector(
-            results, out, base, settings.detection_threshold, settings.classification_threshold
+            results,
+            out,
+            base,
+            settings.detection_threshold,
+            settings.classification_threshold,
+            reviews=reviews,
         )
     except (ExportError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
@@ -110,5 +137,7 @@ def megadetector(
         f"wrote {out}: {report.images} images ({report.processed} processed, {report.failed} "
         f"failed), {report.detections} detections; file paths relative to {report.base or '(none)'}"
     )
+    if report.reviewed:
+        console.print(f"{report.reviewed} reviewed: info.custom_metadata.reviewed")
     if report.not_listed:
         console.print(f"{len(report.not_listed)} failures of files already listed: info.custom_metadata.failures_not_listed")  # fmt: skip

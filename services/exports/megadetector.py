@@ -8,6 +8,16 @@ a `detections` list (empty when blank) and a failed one has a `failure` string w
 are `[category, probability]` pairs, most probable first. Videos carry `frame_rate` on the file and
 `frame_number` on each detection when the tables have those columns.
 
+A detection's classifications are the classifier's top-k, led by the photo's own answer when
+post-processing changed it (a rolled-up or geofenced taxon such as 'Cervidae', the photo's
+dominant class): the same answer as the Camtrap DP media-level observation of that box
+(`answers.photo_answer`), never the event's vote. A box a person reviewed carries the
+reviewer's label first, at 1.0 (the format has no field for who decided; who and when are
+listed in `info.custom_metadata.reviewed`); one reviewed as blank is left out.
+
+`file` is relative to the folder given to `trapline run` by default, and no path of the
+machine that wrote the file appears in it (failure messages name the file as `file` does).
+
 Every media row becomes one entry; every failures row becomes one entry too, unless its file
 already has one (a duplicate upload of a processed photo): Timelapse keys its rows by `file`, so
 those are listed in `info.custom_metadata.failures_not_listed` instead of silently dropped.
@@ -22,14 +32,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from trapline.models.labels import DEEPFAUNE_LABELS, DETECTOR_CLASSES
+from trapline.services.exports.answers import Answer, photo_answer, run_root
 from trapline.services.exports.common import (
     ExportError,
     Results,
-    common_base,
     read_results,
     relative_to,
+    utc_z,
     write_text,
 )
+from trapline.services.exports.reviewed import Reviews, read_reviews
 
 FORMAT_VERSION = "1.6"
 DETECTION_CATEGORIES = {str(i + 1): name for i, name in enumerate(DETECTOR_CLASSES)}
@@ -47,6 +59,7 @@ class MegaDetectorReport:
     processed: int = 0  # entries with a detections list (media rows)
     failed: int = 0  # entries with a failure (failures rows)
     detections: int = 0
+    reviewed: int = 0  # detections (and photos without one) that carry a person's label
     not_listed: list[dict[str, str]] = field(default_factory=list)  # failures of listed files
 
 
@@ -57,11 +70,17 @@ def export_megadetector(
     detection_threshold: float | None = None,
     classification_threshold: float | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    reviews: bool = True,
 ) -> MegaDetectorReport:
-    """Write the MegaDetector JSON of `results_root` to `out` (local path or fsspec URL)."""
+    """Write the MegaDetector JSON of `results_root` to `out` (local path or fsspec URL).
+    `reviews`: people's reviewed labels win over the machine's where there are any."""
     results = read_results(results_root, storage_options)
     document, report = megadetector_document(
-        results, base, detection_threshold, classification_threshold
+        results,
+        base,
+        detection_threshold,
+        classification_threshold,
+        read_reviews(results_root) if reviews else None,
     )
     write_text(out, json.dumps(document, indent=1), storage_options)
     report.out = out
@@ -73,17 +92,25 @@ def megadetector_document(
     base: str | None = None,
     detection_threshold: float | None = None,
     classification_threshold: float | None = None,
+    reviews: Reviews | None = None,
 ) -> tuple[dict[str, Any], MegaDetectorReport]:
     """The document as a dict. `base`: folder the `file` paths are relative to (default: the
-    deepest folder holding every photo; '' keeps full paths/URLs)."""
-    uris = [row["uri"] for row in results.media] + [row["uri"] for row in results.failures]
-    base = common_base(uris) if base is None else base.rstrip("/")
-    labels = _classification_labels(results)
-    label_ids = {label: str(index) for index, label in enumerate(labels)}
+    folder given to `trapline run`, `answers.run_root`; '' keeps full paths/URLs)."""
+    rows = [*results.media, *results.failures]
+    given = base is not None
+    base = base.rstrip("/") if base is not None else run_root(rows)
+    reviews = reviews or Reviews()
     by_media = results.observations_by_media()
+    answers = {
+        o["observation_id"]: photo_answer(o, by_media.get(o["media_id"], []))
+        for o in results.observations
+    }
+    labels = _classification_labels(results, answers, reviews)
+    label_ids = {label: str(index) for index, label in enumerate(labels)}
     report = MegaDetectorReport(out="", base=base)
 
     entries: dict[str, dict[str, Any]] = {}
+    reviewed: list[dict[str, Any]] = []
     for row in results.media:
         file = relative_to(row["uri"], base)
         if file in entries:
@@ -91,7 +118,16 @@ def megadetector_document(
                 f"{results.root}: two media rows for {row['uri']} "
                 "(the same file processed twice under different media ids?)"
             )
-        detections = [_detection(o, label_ids) for o in by_media.get(row["media_id"], [])]
+        detections = []
+        for obs in by_media.get(row["media_id"], []):
+            review = reviews.for_box(obs)
+            detection = _detection(obs, label_ids, answers[obs["observation_id"]], review)
+            if review is not None:
+                reviewed.append(_reviewed_note(file, obs["observation_id"], review, detection))
+            if detection is not None:
+                detections.append(detection)
+        if not by_media.get(row["media_id"]) and row["event_id"] in reviews.events:
+            reviewed.append(_reviewed_note(file, None, reviews.events[row["event_id"]], None))
         entry: dict[str, Any] = {"file": file, "detections": detections}
         entry["width"], entry["height"] = row["width"], row["height"]
         if row.get("frame_rate") is not None:  # videos (format >= 1.4 requires it)
@@ -103,7 +139,7 @@ def megadetector_document(
         report.detections += len(detections)
     for row in results.failures:
         file = relative_to(row["uri"], base)
-        failure = f"{row['stage']}/{row['kind']}: {row['message']}"
+        failure = f"{row['stage']}/{row['kind']}: {_without_paths(row['message'], row['uri'], file, base)}"  # fmt: skip
         if file in entries:
             report.not_listed.append({"file": file, "failure": failure})
             continue
@@ -112,8 +148,11 @@ def megadetector_document(
 
     images = [entries[file] for file in sorted(entries)]
     report.images = len(images)
+    report.reviewed = len(reviewed)
     document: dict[str, Any] = {
-        "info": _info(results, base, report, detection_threshold, classification_threshold),
+        "info": _info(
+            results, base, given, report, detection_threshold, classification_threshold, reviewed
+        ),
         "detection_categories": dict(DETECTION_CATEGORIES),
     }
     if labels:
@@ -122,28 +161,65 @@ def megadetector_document(
     return document, report
 
 
-def _classification_labels(results: Results) -> list[str]:
-    """The classifier's classes in its own order (DeepFaune's), then any others it produced."""
+def _without_paths(message: str, uri: str, file: str, base: str) -> str:
+    """A failure message without the machine's paths: the file as `file` names it."""
+    message = message.replace(uri, file)
+    if base and not _is_url(base):
+        message = message.replace(base.rstrip("/") + "/", "")
+    return message
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text
+
+
+def _classification_labels(
+    results: Results, answers: Mapping[str, Answer], reviews: Reviews
+) -> list[str]:
+    """The classifier's classes in its own order (DeepFaune's), then any other label written:
+    the classifier's own beyond DeepFaune's, the higher taxa of roll-up and geofence
+    ('Cervidae'), and reviewers' taxa."""
     seen: set[str] = set()
     for row in results.observations:
         seen.update(_classes(row)[0])
+    seen.update(a.label for a in answers.values() if a.named and a.label)
+    seen.update(
+        r["label"]
+        for r in [*reviews.events.values(), *reviews.boxes.values()]
+        if r["observation_type"] == "animal" and r.get("scientific_name")
+    )
     if not seen:
         return []
     return list(DEEPFAUNE_LABELS) + sorted(seen - set(DEEPFAUNE_LABELS))
 
 
-def _detection(row: dict[str, Any], label_ids: dict[str, str]) -> dict[str, Any]:
+def _detection(
+    row: dict[str, Any],
+    label_ids: dict[str, str],
+    answer: Answer,
+    review: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The box as MegaDetector writes it; None when a reviewer says there is nothing there."""
+    category = CATEGORY_IDS[row["category"]]
+    pairs = _pairs(row, answer)
+    if review is not None:
+        kind = review["observation_type"]
+        if kind == "blank":
+            return None
+        category = CATEGORY_IDS[{"animal": "animal", "human": "person", "vehicle": "vehicle"}[kind]]  # fmt: skip
+        if kind != "animal" or not review.get("scientific_name"):
+            pairs = []
+        else:  # the format has no place for who decided: a person's label is certain
+            pairs = [(review["label"], 1.0)] + [(x, p) for x, p in pairs if x != review["label"]]
     detection: dict[str, Any] = {
-        "category": CATEGORY_IDS[row["category"]],
+        "category": category,
         "conf": round(float(row["detection_conf"]), DIGITS),
         "bbox": [
             round(float(row[name]), DIGITS)
             for name in ("bbox_x", "bbox_y", "bbox_width", "bbox_height")
         ],
     }
-    classes, probabilities = _classes(row)
-    if classes:
-        pairs = sorted(zip(classes, probabilities), key=lambda pair: -pair[1])
+    if pairs:
         detection["classifications"] = [
             [label_ids[label], round(float(p), DIGITS)] for label, p in pairs
         ]
@@ -152,9 +228,42 @@ def _detection(row: dict[str, Any], label_ids: dict[str, str]) -> dict[str, Any]
     return detection
 
 
+def _pairs(row: dict[str, Any], answer: Answer) -> list[tuple[str, float]]:
+    """(label, probability), most probable first: the classifier's top-k, led by the photo's
+    own answer when post-processing changed it (a roll-up, a geofence, the photo's dominant
+    class), so the file says what the Camtrap DP media-level observation says. Entries more
+    probable than that answer are left out (the format lists most probable first; the
+    tables keep them)."""
+    classes, probabilities = _classes(row)
+    raw = sorted(zip(classes, map(float, probabilities)), key=lambda pair: -pair[1])
+    if not answer.named or answer.probability is None or answer.label is None:
+        return raw
+    if raw and raw[0][0] == answer.label and abs(raw[0][1] - answer.probability) < 1e-6:
+        return raw
+    first = (answer.label, float(answer.probability))
+    return [first] + [(x, p) for x, p in raw if x != answer.label and p <= first[1]]
+
+
+def _reviewed_note(
+    file: str, observation_id: str | None, review: Mapping[str, Any], detection: dict | None
+) -> dict[str, Any]:
+    """What a reviewer decided, for `info.custom_metadata.reviewed` (the format has no field
+    for a person's decision on a detection)."""
+    return {
+        "file": file,
+        "detection": observation_id,
+        "target": review["target"],
+        "label": review["label"],
+        "observation_type": review["observation_type"],
+        "reviewer": review["reviewer"],
+        "reviewed_at": utc_z(review["reviewed_at"]),
+        "written": "removed (blank)" if observation_id and detection is None
+        else ("no detection to carry it" if observation_id is None else "as the detection's category and first classification"),
+    }  # fmt: skip
+
+
 def _classes(row: dict[str, Any]) -> tuple[list[str], list[float]]:
-    """The classifier's own answers for a box: its top-k, else its single label. Labels set by
-    post-processing (a rolled-up taxon, a geofence) are not classifier classes and stay out."""
+    """The classifier's own answers for a box: its top-k, else its single label."""
     if row.get("top_labels"):
         return list(row["top_labels"]), list(row["top_probabilities"] or [])
     label = row.get("classifier_label", row.get("label"))
@@ -166,9 +275,11 @@ def _classes(row: dict[str, Any]) -> tuple[list[str], list[float]]:
 def _info(
     results: Results,
     base: str,
+    given: bool,
     report: MegaDetectorReport,
     detection_threshold: float | None,
     classification_threshold: float | None,
+    reviewed: list[dict[str, Any]],
 ) -> dict[str, Any]:
     def one(column: str) -> str:
         values = sorted({str(row[column]) for row in results.media})
@@ -190,12 +301,18 @@ def _info(
         info["detector_metadata"]["conservative_detection_threshold"] = detection_threshold
     if classification_threshold is not None:
         info["classifier_metadata"] = {"typical_classification_threshold": classification_threshold}
-    info["custom_metadata"] = {
-        "producer": "trapline",
-        "results": results.root,
-        "base": base,
-        "failures_not_listed": report.not_listed,
-    }
+    # No path of the machine that wrote it: URLs (s3://...) are kept, local folders are not.
+    custom: dict[str, Any] = {"producer": "trapline"}
+    if _is_url(results.root):
+        custom["results"] = results.root
+    if _is_url(base):
+        custom["base"] = base
+    elif base:
+        custom["files_relative_to"] = "--base" if given else "the folder given to `trapline run`"
+    custom["failures_not_listed"] = report.not_listed
+    if reviewed:
+        custom["reviewed"] = reviewed
+    info["custom_metadata"] = custom
     return info
 
 
