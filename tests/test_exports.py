@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,13 @@ from trapline.services.exports.camtrap_dp import export_camtrap_dp, write_packag
 from trapline.services.exports.camtrap_metadata import descriptor, read_metadata
 from trapline.services.exports.camtrap_rows import build_tables
 from trapline.services.exports.camtrap_validate import validate_package
-from trapline.services.exports.common import ExportError, Results, common_base, read_results
+from trapline.services.exports.common import (
+    ExportError,
+    Results,
+    common_base,
+    read_results,
+    relative_to,
+)
 from trapline.services.exports.megadetector import (
     DETECTION_CATEGORIES,
     format_problems,
@@ -371,3 +378,315 @@ def test_s3_photos_to_s3_tables_to_both_exports_through_the_cli(
     assert document["info"]["custom_metadata"]["base"] == f"s3://{bucket}/card"
     assert_round_trip(document, results, f"s3://{bucket}/card")
     shutil.rmtree(local)
+
+
+# --- Issue 19: each fault, checked on its own, on the sample and on real photos --------------
+
+
+def taxonomy_labels() -> dict[str, str]:
+    """classifier label -> scientific name, read from the shipped taxonomy.csv directly."""
+    text = (ROOT / "pipelines" / "postprocess" / "taxonomy.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {row["label"]: row["scientific_name"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> tuple[str, Path, Path]:
+    """Real camera-trap photos (tests/data/real_photos: a Reconyx burst of a heron) in a card
+    folder with one deployment, plus a truncated file, run through the pipeline."""
+    card = tmp_path_factory.mktemp("card")
+    shutil.copytree(REAL_PHOTOS / "heron-cam", card / "heron-cam")
+    photo = next(iter(sorted((card / "heron-cam").iterdir())))
+    (card / "heron-cam" / "cut.JPG").write_bytes(photo.read_bytes()[:5000])
+    deployments = card.parent / f"{card.name}-deployments.csv"
+    deployments.write_text(
+        "deployment_id,location_name,latitude,longitude,utc_offset\n"
+        "heron-cam,B_HS_val 2_processiepark,51.496,4.774,+02:00\n"
+    )
+    out = tmp_path_factory.mktemp("real-results")
+    summary = run_folder(str(card), str(out), Settings(workers=0, deployments_file=str(deployments)))  # fmt: skip
+    assert summary.processed == 3 and summary.failed == 1
+    return str(out), card, deployments
+
+
+def both_exports(root: str, deployments: Path, metadata: str, out: Path) -> tuple[dict, dict]:
+    """Camtrap DP package (validated) and MegaDetector JSON (format-checked) of `root`."""
+    report = export_camtrap_dp(root, str(out / "pkg"), str(deployments), metadata)
+    assert report.validation is not None and report.validation.errors == []
+    md = CliRunner().invoke(app, ["export", "megadetector", root, "--out", str(out / "md.json")])
+    assert md.exit_code == 0, md.output
+    package = {name: read_csv(out / "pkg" / f"{name}.csv") for name in ("deployments", "media", "observations")}  # fmt: skip
+    package["datapackage"] = json.loads((out / "pkg" / "datapackage.json").read_text())
+    return package, load_megadetector((out / "md.json").read_text())
+
+
+@pytest.mark.parametrize("which", ["sample", "real"])
+def test_taxa_are_named_only_by_the_classifier_label_that_names_them(
+    which, sample_run, real_run, metadata, tmp_path
+):
+    root, deployments = (sample_run, DEPLOYMENTS) if which == "sample" else real_run[::2]
+    package, _ = both_exports(root, deployments, metadata, tmp_path)
+
+    names = taxonomy_labels()
+    taxa = package["datapackage"]["taxonomic"]
+    rolled = {o["scientific_name"] for o in read_table(root, "observations").to_pylist() if o["label_source"] == "rollup"}  # fmt: skip
+    assert rolled - {"Lagomorpha", "Aves"}, "the run has rolled-up taxa no label names"
+    for taxon in taxa:
+        english = taxon.get("vernacularNames", {}).get("eng")
+        assert english != "undefined"
+        if english is not None:  # the classifier label whose taxon this is, nothing else
+            assert names[english] == taxon["scientificName"], taxon
+        else:
+            assert taxon["scientificName"] not in names.values(), taxon
+
+
+def test_a_geofenced_taxon_does_not_get_the_blocked_species_name(sample_run, tmp_path):
+    results = copy.deepcopy(read_results(sample_run))
+    box = next(o for o in results.observations if o["category"] == "animal")
+    # The classifier said reindeer in France; the geofence rolled it up to Cervidae.
+    box.update(label="Cervidae", scientific_name="Cervidae", taxon_rank="family",
+               label_source="geofence", label_probability=0.93, classifier_label="reindeer",
+               rule="geofence: Rangifer tarandus allowed only in FI NO SE; reindeer in FR -> Cervidae (family)",
+               top_labels=["reindeer", "red deer", "roe deer"], top_probabilities=[0.9, 0.02, 0.01])  # fmt: skip
+    results.observations.sort(key=lambda o: o is not box)  # seen first
+    tables = build_tables(results, load_deployments(str(DEPLOYMENTS)), ("media",))
+    package = descriptor(tables, read_metadata(None), ("media",), "x")
+    write_package(tmp_path, tables, package)
+
+    assert validate_package(tmp_path).errors == []
+    cervidae = next(t for t in package["taxonomic"] if t["scientificName"] == "Cervidae")
+    assert "vernacularNames" not in cervidae
+    assert "Rangifer tarandus" not in {t["scientificName"] for t in package["taxonomic"]}
+    row = next(o for o in tables.observations if o["observationID"] == box["observation_id"])
+    assert (row["scientificName"], row["classificationProbability"]) == ("Cervidae", 0.93)
+    document, _ = megadetector_document(results)
+    pairs = detection_of(document, results, box["observation_id"])["classifications"]
+    categories = document["classification_categories"]
+    assert [categories[pairs[0][0]], pairs[0][1]] == ["Cervidae", 0.93]
+    assert categories[pairs[1][0]] == "reindeer"  # the classifier's own answer stays, below
+
+
+def test_a_package_with_placeholders_needs_draft_and_says_what_is_missing(sample_run, tmp_path):
+    runner = CliRunner()
+    base = ["export", "camtrap-dp", sample_run, "--deployments", str(DEPLOYMENTS)]
+    refused = runner.invoke(app, [*base, "--out", str(tmp_path / "pkg")])
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "contributors" in message and "licenses" in message
+    assert "--metadata" in message and "--draft" in message
+    assert not (tmp_path / "pkg").exists()
+
+    draft = runner.invoke(app, [*base, "--out", str(tmp_path / "draft"), "--draft"])
+    assert draft.exit_code == 0, draft.output
+    assert "DRAFT" in draft.output and "valid Camtrap DP" not in draft.output
+    package = json.loads((tmp_path / "draft" / "datapackage.json").read_text())
+    assert package["description"].startswith("DRAFT, not for publication: missing contributors")
+    assert "licenses" in package["description"] and "licenses" not in package
+    assert validate_package(tmp_path / "draft").errors == []  # a draft is still well formed
+
+    template = tmp_path / "template.yaml"  # a template copied without filling it in
+    template.write_text(METADATA_YAML.replace("Jane Doe", "TO FILL IN"))
+    with pytest.raises(ExportError, match=r"contributors\[0\]\.title"):
+        export_camtrap_dp(sample_run, str(tmp_path / "t"), str(DEPLOYMENTS), str(template))
+
+
+def test_file_path_is_relative_to_the_run_folder_not_a_path_of_this_machine(
+    sample_run, metadata, tmp_path
+):
+    package, document = both_exports(sample_run, DEPLOYMENTS, metadata, tmp_path)
+
+    paths = [m["filePath"] for m in package["media"]]
+    assert not [p for p in paths if p.startswith(("file:", "/")) or str(ROOT) in p]
+    assert all((PHOTOS / p).is_file() for p in paths)  # they resolve from the run's folder
+    md_files = {i["file"] for i in document["images"]}
+    assert set(paths) <= md_files  # both exports name a photo the same way
+    published = export_camtrap_dp(sample_run, str(tmp_path / "pub"), str(DEPLOYMENTS), metadata,
+                                  media_url="https://photos.example.org/2024/")  # fmt: skip
+    assert published.validation is not None and published.validation.valid
+    urls = {m["filePath"] for m in read_csv(tmp_path / "pub" / "media.csv")}
+    assert urls == {f"https://photos.example.org/2024/{p}" for p in paths}
+
+
+def test_media_level_rows_carry_the_photos_own_answer_and_event_rows_the_vote(
+    sample_run, metadata, tmp_path
+):
+    package, _ = both_exports(sample_run, DEPLOYMENTS, metadata, tmp_path)
+    rows = {r["observationID"]: r for r in package["observations"]}
+    events = {e["event_id"]: e for e in read_table(sample_run, "events").to_pylist()}
+    voted = [o for o in read_table(sample_run, "observations").to_pylist() if o["label_source"] == "sequence"]  # fmt: skip
+    unsure = [o for o in voted if o["classifier_label"] == "undefined"]
+    agreed = [o for o in voted if o["classifier_label"] == o["label"]]
+    assert unsure and agreed, "the sample has boxes the event vote relabelled"
+
+    for box in unsure:  # the classifier was unsure: never the vote's species and probability
+        row, event = rows[box["observation_id"]], events[box["event_id"]]
+        assert row["scientificName"] != event["scientific_name"]
+        assert float(row["classificationProbability"]) != pytest.approx(event["probability"], abs=TOLERANCE)  # fmt: skip
+    for box in agreed:  # same species: the photo's probability, not the vote's
+        row = rows[box["observation_id"]]
+        assert float(row["classificationProbability"]) == pytest.approx(box["classification_probability"], abs=1e-5)  # fmt: skip
+    for event in events.values():
+        row = rows[f"{event['event_id']}-event"]
+        if event["scientific_name"]:
+            assert row["scientificName"] == event["scientific_name"]
+            assert float(row["classificationProbability"]) == pytest.approx(event["probability"], abs=1e-5)  # fmt: skip
+
+
+def test_an_undefined_box_the_vote_relabelled_stays_undefined_in_both_exports(sample_run):
+    results = copy.deepcopy(read_results(sample_run))
+    box = next(o for o in results.observations if o["category"] == "animal")
+    box.update(label="red deer", scientific_name="Cervus elaphus", label_source="sequence",
+               label_probability=0.99, classifier_label="undefined", classification_probability=0.62,
+               rule="sequence: event vote red deer 0.99 (was undefined 0.62)",
+               top_labels=["red deer", "roe deer", "fox"], top_probabilities=[0.62, 0.3, 0.01])  # fmt: skip
+    tables = build_tables(results, load_deployments(str(DEPLOYMENTS)), ("media",))
+    document, _ = megadetector_document(results, classification_threshold=0.8)
+
+    row = next(o for o in tables.observations if o["observationID"] == box["observation_id"])
+    assert row["scientificName"] is None and row["observationType"] == "animal"
+    assert "classifierLabel:undefined | classifierProbability:0.62" in row["observationTags"]
+    pairs = detection_of(document, results, box["observation_id"])["classifications"]
+    assert pairs[0][1] == 0.62 < document["info"]["classifier_metadata"]["typical_classification_threshold"]  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["sample", "real"])
+def test_the_same_photo_reads_the_same_in_both_exports(
+    which, sample_run, real_run, metadata, tmp_path
+):
+    root, deployments = (sample_run, DEPLOYMENTS) if which == "sample" else real_run[::2]
+    package, document = both_exports(root, deployments, metadata, tmp_path)
+    names = taxonomy_labels()
+    categories = document["classification_categories"]
+    images = {i["file"]: i for i in document["images"]}
+    media = {m["mediaID"]: m["filePath"] for m in package["media"]}
+    threshold = 0.8  # the classification_threshold setting's default
+
+    compared = 0
+    for row in package["observations"]:
+        if row["observationLevel"] != "media" or row["observationType"] == "blank":
+            continue
+        index = int(row["observationID"].rsplit("-", 1)[1])
+        detection = images[media[row["mediaID"]]]["detections"][index]
+        pairs = detection.get("classifications") or []
+        if row["scientificName"]:
+            label, p = categories[pairs[0][0]], pairs[0][1]
+            assert names.get(label, label) == row["scientificName"], row["observationID"]
+            assert p == pytest.approx(float(row["classificationProbability"]), abs=TOLERANCE)
+            compared += 1
+        elif row["observationType"] == "animal":
+            assert not pairs or pairs[0][1] < threshold
+    assert compared >= 3
+
+
+@pytest.mark.parametrize("which", ["sample", "real"])
+def test_deployments_have_a_location_an_uncertainty_and_a_manufacturer_model(
+    which, sample_run, real_run, metadata, tmp_path
+):
+    root, deployments = (sample_run, DEPLOYMENTS) if which == "sample" else real_run[::2]
+    package, _ = both_exports(root, deployments, metadata, tmp_path)
+
+    rows = {d["deploymentID"]: d for d in package["deployments"]}
+    for row in rows.values():
+        assert row["locationID"]
+        assert int(row["coordinateUncertainty"]) >= 1
+        manufacturer, model = row["cameraModel"].split("-", 1)
+        assert manufacturer and " " not in manufacturer and model
+    if which == "sample":  # typed in the deployments file as "Reconyx HF2X"
+        assert rows["deployment-a"]["cameraModel"] == "Reconyx-HF2X"
+        assert rows["deployment-b"]["cameraModel"] == "Browning-BTC-8E"
+        assert rows["deployment-a"]["locationID"] == "vercors-forest-edge"
+        # 4 decimals: a cell of 11 m (north) by 8 m (east, at 45° N): 14 m to its far corner
+        assert rows["deployment-a"]["coordinateUncertainty"] == "14"
+    else:  # not in the file: the photos' EXIF Make and Model
+        assert rows["heron-cam"]["cameraModel"] == "RECONYX-HYPERFIRE 2 COVERT"
+        assert rows["heron-cam"]["locationID"] == "b-hs-val-2-processiepark"
+
+
+@pytest.mark.parametrize("which", ["sample", "real"])
+def test_megadetector_json_has_no_path_of_this_machine_and_is_relative_to_the_run_folder(
+    which, sample_run, real_run, tmp_path
+):
+    root, card = (sample_run, PHOTOS) if which == "sample" else real_run[:2]
+    out = tmp_path / "md.json"
+    result = CliRunner().invoke(app, ["export", "megadetector", root, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    document = load_megadetector(text)
+
+    for machine_path in {str(card), str(ROOT), root, str(Path(root).parent)}:
+        assert machine_path not in text
+    files = {i["file"] for i in document["images"]}
+    assert all((card / file).is_file() for file in files)  # relative to the folder run on
+    failed = [i for i in document["images"] if i.get("failure")]
+    assert failed and all(i["file"] in i["failure"] for i in failed)
+    if which == "real":  # one deployment folder: still below the run's folder, not inside it
+        assert all(file.startswith("heron-cam/") for file in files)
+        assert_round_trip(document, root, str(card))
+
+
+def test_reviewed_labels_win_in_both_exports_and_the_machines_answer_is_kept(
+    sample_run, metadata, tmp_path
+):
+    reviews = pytest.importorskip("trapline.pipelines.reviews")
+    root = tmp_path / "results"
+    shutil.copytree(sample_run, root)
+    results = read_results(str(root))
+    events = {e["event_id"]: e for e in results.events}
+    by_event: dict[str, list[dict]] = {}
+    for o in results.observations:
+        by_event.setdefault(o["event_id"], []).append(o)
+    animal = [e for e in events.values() if e["scientific_name"] and len(by_event.get(e["event_id"], [])) >= 2]  # fmt: skip
+    relabelled, to_person, with_false_box = animal[0], animal[1], animal[2]
+    false_box = by_event[with_false_box["event_id"]][0]
+    earlier = datetime(2024, 6, 1, 8, 0, tzinfo=timezone.utc)
+    later = datetime(2024, 6, 2, 9, 30, tzinfo=timezone.utc)
+
+    def event_review(event: dict, label: str, **extra) -> dict:
+        return {"target": "event", "event_id": event["event_id"], "label": label,
+                "deployment_id": event["deployment_id"], "machine_label": event["label"],
+                "machine_probability": event["probability"], **extra}  # fmt: skip
+
+    reviews.append_reviews(str(root), [event_review(relabelled, "fox", reviewed_at=earlier)], "ana")  # fmt: skip
+    reviews.append_reviews(str(root), [
+        event_review(relabelled, "Vulpes lagopus", count=2, comment="two arctic foxes", reviewed_at=later),
+        event_review(to_person, "person", reviewed_at=later),
+        {"target": "observation", "event_id": false_box["event_id"], "reviewed_at": later,
+         "observation_id": false_box["observation_id"], "deployment_id": false_box["deployment_id"],
+         "label": "blank", "machine_label": false_box["label"]},
+    ], "ben")  # fmt: skip
+
+    package, document = both_exports(str(root), DEPLOYMENTS, metadata, tmp_path)
+
+    rows = {r["observationID"]: r for r in package["observations"]}
+    event_row = rows[f"{relabelled['event_id']}-event"]
+    assert {k: event_row[k] for k in ("scientificName", "count", "classificationMethod", "classifiedBy", "classificationTimestamp", "classificationProbability", "observationComments")} == {  # fmt: skip
+        "scientificName": "Vulpes lagopus", "count": "2", "classificationMethod": "human",
+        "classifiedBy": "ben", "classificationTimestamp": "2024-06-02T09:30:00Z",
+        "classificationProbability": "", "observationComments": "two arctic foxes",
+    }  # fmt: skip
+    assert f"machineLabel:{relabelled['label']} | machineProbability:" in event_row["observationTags"]  # fmt: skip
+    for box in by_event[relabelled["event_id"]]:  # the event review speaks for its boxes
+        row = rows[box["observation_id"]]
+        assert (row["scientificName"], row["classificationMethod"], row["classifiedBy"]) == ("Vulpes lagopus", "human", "ben")  # fmt: skip
+        assert "machineLabel:" in row["observationTags"] and row["bboxX"]
+    assert false_box["observation_id"] not in rows  # a person said nothing is there
+    people = {m["media_id"] for m in results.media if m["event_id"] == to_person["event_id"]}
+    assert {m["mediaID"] for m in package["media"] if m["filePublic"] == "false"} >= people
+    assert {rows[o["observation_id"]]["observationType"] for o in by_event[to_person["event_id"]]} == {"human"}  # fmt: skip
+    assert "Vulpes lagopus" in {t["scientificName"] for t in package["datapackage"]["taxonomic"]}
+
+    categories = document["classification_categories"]
+    for box in by_event[relabelled["event_id"]]:
+        detection = detection_of(document, results, box["observation_id"])
+        first = detection["classifications"][0]
+        assert (detection["category"], categories[first[0]], first[1]) == ("1", "Vulpes lagopus", 1.0)  # fmt: skip
+    for box in by_event[to_person["event_id"]]:
+        detection = detection_of(document, results, box["observation_id"])
+        assert detection["category"] == "2" and "classifications" not in detection
+    media = {m["media_id"]: m for m in results.media}
+    false_file = relative_to(media[false_box["media_id"]]["uri"], str(PHOTOS))
+    image = next(i for i in document["images"] if i["file"] == false_file)
+    assert len(image["detections"]) == len(results.observations_by_media()[false_box["media_id"]]) - 1  # fmt: skip
+    noted = document["info"]["custom_metadata"]["reviewed"]
+    assert {n["reviewer"] for n in noted} == {"ben"}
+    assert {"file": false_file, "detection": false_box["observation_id"], "written": "removed (blank)"}.items() <= next(n for n in noted if n["detection"] == false_box["observation_id"]).items()  # fmt: skip
