@@ -23,6 +23,7 @@ from pathlib import Path
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines import delta
+from trapline.pipelines.delta_txn import read_app_versions
 from trapline.pipelines.flow import assemble
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult
@@ -57,7 +58,18 @@ def build_history(root: str, commits: int) -> float:
 
 
 def time_resume(root: str, repeats: int = 5) -> float:
-    """Median seconds to open the table and read every partition's version, from nothing."""
+    """Median seconds to read every partition's version from the log, as a restart does."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        versions = read_app_versions(delta.table_uri(root, "media"))
+        timings.append(time.perf_counter() - started)
+        assert versions is not None and len(versions) == PARTITIONS
+    return statistics.median(timings)
+
+
+def time_open(root: str, repeats: int = 5) -> float:
+    """Median seconds to open the table with delta-rs and read the versions from its snapshot."""
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -69,24 +81,34 @@ def time_resume(root: str, repeats: int = 5) -> float:
 
 
 def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
-    """Commits/s while building each history, and resume time after it; flat means ~1."""
-    results = []
+    """Commits/s while building each history, then resume time after each, timed back to
+    back (interleaved, several rounds) so that the machine's drift hits all alike; flat ~1."""
     scratch = Path(tempfile.mkdtemp(prefix="trapline-delta-bench-"))
     try:
+        roots, rates = {}, {}
         for commits in histories:
-            root = (
+            roots[commits] = (
                 f"{storage.rstrip('/')}/history-{commits}-{time.time_ns()}"
                 if storage
                 else str(scratch / f"history-{commits}")
             )
-            rate = build_history(root, commits)
-            resume = time_resume(root)
+            rates[commits] = build_history(roots[commits], commits)
+            print(f"  {commits:>6} commits built: {rates[commits]:.0f} commits/s", flush=True)
+        resume: dict[int, list[float]] = {c: [] for c in histories}
+        opened: dict[int, list[float]] = {c: [] for c in histories}
+        for _round in range(3):
+            for commits in histories:
+                resume[commits].append(time_resume(roots[commits]))
+                opened[commits].append(time_open(roots[commits]))
+        results = []
+        for commits in histories:
+            r, o = statistics.median(resume[commits]), statistics.median(opened[commits])
             results.append({
-                "prior_commits": commits, "commits_per_second": round(rate, 1),
-                "resume_seconds": round(resume, 4),
+                "prior_commits": commits, "commits_per_second": round(rates[commits], 1),
+                "resume_seconds": round(r, 4), "delta_rs_open_seconds": round(o, 4),
             })  # fmt: skip
-            print(f"  {commits:>6} prior commits: {rate:.0f} commits/s, resume {resume * 1000:.1f} ms",
-                  flush=True)  # fmt: skip
+            print(f"  {commits:>6} prior commits: resume {r * 1000:.1f} ms,"
+                  f" delta-rs open {o * 1000:.1f} ms", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     shortest, longest = results[0], results[-1]
@@ -95,5 +117,8 @@ def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
         "histories": results,
         "resume_ratio_longest_to_shortest": round(
             longest["resume_seconds"] / shortest["resume_seconds"], 2
+        ),
+        "delta_rs_open_ratio_longest_to_shortest": round(
+            longest["delta_rs_open_seconds"] / shortest["delta_rs_open_seconds"], 2
         ),
     }

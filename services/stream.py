@@ -71,10 +71,12 @@ class StreamWorker(kafka_io.RebalanceListener):
         clock: Callable[[], float] = time.monotonic,
         consumer: Any = None,
         producer: Any = None,
+        index: int = 0,
     ):
         """`consumer` and `producer` default to real Kafka clients from `settings`; pass any
         objects with the same methods (poll, subscribe, seek, committed, commit, close;
-        send, close) to drive the worker without a broker."""
+        send, close) to drive the worker without a broker. `index` numbers the workers of one
+        process (its static group member id, see `member_id`)."""
         self.settings = settings
         self.out = out
         self.pipeline = pipeline
@@ -100,6 +102,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             settings.consumer_group,
             max_poll_records=settings.poll_max_records,
             session_timeout_ms=settings.session_timeout_ms,
+            group_instance_id=member_id(settings, index),
             **security,
         )
         self.consumer.subscribe([settings.uploads_topic], listener=self)
@@ -203,30 +206,33 @@ class StreamWorker(kafka_io.RebalanceListener):
         for tp in revoked:
             self.buffers.pop(tp, None)
             metrics.forget_partition(tp.topic, tp.partition)
-        for tp in assigned:
-            if not self._resume(tp):
-                with self._rebalance_lock:  # storage away: try again at the next poll
-                    if tp not in self._revoked:
-                        self._assigned.add(tp)
+        if assigned and not self._resume(assigned):
+            with self._rebalance_lock:  # storage away: try again at the next poll
+                self._assigned.update(assigned - self._revoked)
 
-    def _resume(self, tp: TopicPartition) -> bool:
-        """Start `tp` where the tables say (not where Kafka's commit says); False to retry."""
+    def _resume(self, partitions: set[TopicPartition], exact: bool = False) -> bool:
+        """Start `partitions` where the tables say (not where Kafka's commit says); False to
+        retry. `exact`: read them from the snapshot the commits are decided on (after a fence)."""
         try:
-            start, forced_end = self.checkpointer.resume_point(tp.topic, tp.partition)
+            points = self.checkpointer.resume_points(
+                [(tp.topic, tp.partition) for tp in partitions], exact
+            )
         except STORAGE_ERRORS as error:
-            log.warning("%s: cannot read the tables' versions (%s); retrying", tp, error)
+            log.warning("%s: cannot read the tables' versions (%s); retrying", partitions, error)
             metrics.CHECKPOINT_RETRIES.labels("storage").inc()
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
-        if start is None:
-            start = self.consumer.committed(tp) or 0
-        self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end)
-        self.consumer.seek(tp, start)
-        log.info(
-            "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
-            f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
-            extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
-        )  # fmt: skip
+        for tp in partitions:
+            start, forced_end = points[tp.topic, tp.partition]
+            if start is None:
+                start = self.consumer.committed(tp) or 0
+            self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end)
+            self.consumer.seek(tp, start)
+            log.info(
+                "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
+                f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
+            )  # fmt: skip
         return True
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -285,8 +291,9 @@ class StreamWorker(kafka_io.RebalanceListener):
             elif key in outcome.fenced:
                 self.stats.fenced += 1
                 self.buffers.pop(tp, None)
-                if owned:
-                    self._resume(tp)
+                if owned and not self._resume({tp}, exact=True):
+                    with self._rebalance_lock:  # storage away: resume at the next poll
+                        self._assigned.add(tp)
         if owned and offsets:
             kafka_io.commit_offsets(self.consumer, offsets)
         self.stats.checkpoints += 1
@@ -352,6 +359,15 @@ class StreamWorker(kafka_io.RebalanceListener):
         )
 
 
+def member_id(settings: Settings, index: int) -> str | None:
+    """The static group member id of worker `index`: `<group_instance_id>-<index>`, the same
+    after every restart of this process, different for each of its workers; None (dynamic
+    membership) when `group_instance_id` is unset."""
+    if settings.group_instance_id is None:
+        return None
+    return f"{settings.group_instance_id}-{index}"
+
+
 class StreamActor:
     """A Ray actor around one StreamWorker. Threaded (max_concurrency=2) so that `stop` can
     reach it while `run` loops."""
@@ -361,7 +377,7 @@ class StreamActor:
         from trapline.services.runner import build_pipeline
 
         configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
-        self.worker = StreamWorker(settings, out, build_pipeline(settings))
+        self.worker = StreamWorker(settings, out, build_pipeline(settings), index=index)
         if settings.metrics_port:
             metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()
 

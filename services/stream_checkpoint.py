@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from trapline.pipelines import delta
+from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import Tables, assemble, drop_known
 from trapline.pipelines.readers import KnownMedia
@@ -108,21 +109,43 @@ class Checkpointer:
             self._tables[name].update_incremental()
         return self._tables[name]
 
-    def resume_point(self, topic: str, partition: int) -> tuple[int | None, int | None]:
-        """(first offset to read, exact end of the replay or None), from the tables' versions.
+    def resume_points(
+        self, partitions: Collection[tuple[str, int]], exact: bool = False
+    ) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        """Per (topic, partition): (first offset to read, exact end of the replay or None),
+        from the tables' versions.
 
-        (None, None) when no table holds anything of this partition yet: start from Kafka's
+        (None, None) when no table holds anything of a partition yet: start from Kafka's
         committed offset (or the topic's start). A table that lacks the partition while
-        others hold it (a crash after the very first table's commit) counts as -1.
+        others hold it (a crash after the very first table's commit) counts as -1. Each table's
+        versions are read once for all `partitions`, the tables side by side: from the log
+        directly (`pipelines/delta_txn.py`: flat with history), or with `exact` from delta-rs's
+        snapshot, which the commits are decided on (after a fence).
         """
-        app = app_id(self.group, topic, partition)
-        versions = [delta.app_version(self.table(name), app) for name in delta.WRITE_ORDER]
-        held = [v for v in versions if v is not None]
-        if not held:
-            return None, None
-        low = -1 if len(held) < len(versions) else min(held)
-        high = max(held)
-        return low + 1, (high if high > low else None)
+        apps = {key: app_id(self.group, *key) for key in partitions}
+        with ThreadPoolExecutor(len(delta.WRITE_ORDER)) as pool:
+            tables = list(
+                pool.map(lambda name: self._versions(name, exact, apps.values()), delta.WRITE_ORDER)
+            )
+        points = {}
+        for (topic, partition), app in apps.items():
+            held = [versions[app] for versions in tables if app in versions]
+            if not held:
+                points[topic, partition] = (None, None)
+                continue
+            low = -1 if len(held) < len(tables) else min(held)
+            high = max(held)
+            points[topic, partition] = (low + 1, high if high > low else None)
+        return points
+
+    def _versions(self, name: str, exact: bool, apps: Iterable[str]) -> dict[str, int]:
+        """{app id: version} of table `name`, for at least `apps` (those it holds)."""
+        if not exact:
+            versions = delta_txn.read_app_versions(delta.table_uri(self.root, name))
+            if versions is not None:
+                return versions
+        table = self.table(name)
+        return {app: v for app in apps if (v := delta.app_version(table, app)) is not None}
 
     def commit(self, batches: Sequence[Batch]) -> Outcome:
         """Write `batches` table by table (media last); see the module docstring.

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 
-from trapline.pipelines import delta
+from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.tables import TABLES
 from trapline.services.runner import build_pipeline
 from trapline.services.settings import Settings
 from trapline.services.stream import StreamWorker
@@ -102,6 +103,42 @@ def test_a_zombie_whose_partition_moved_on_is_fenced_and_drops_its_batch(
     assert accounted(out)[0] == read_table(str(out), "media").column("media_id").to_pylist()
 
     owner.run(idle_exit_s=0.5)
+    assert_exactly_once(out, submitted)
+
+
+def test_a_stale_reading_of_the_log_at_resume_costs_a_fence_never_a_duplicate(
+    uploads, tmp_path, pipeline, monkeypatch, caplog
+):
+    """Resuming reads the versions straight from the log (pipelines/delta_txn.py), which is
+    advice: if it lags (here: it shows the first commit only), the replayed batch is fenced
+    by the commit's own snapshot, and the partition resumes from delta-rs's exact reading."""
+    submitted = len(uploads.partitions[(TOPIC, 0)])
+    out = tmp_path / "out"
+    first = worker(uploads, out, pipeline, max_records=2)
+    poll(first)
+    poll(first)
+    first.checkpoint()  # offsets 0-1
+    stale = {name: delta_txn.read_app_versions(delta.table_uri(str(out), name)) for name in TABLES}
+    poll(first)
+    first.checkpoint()  # offsets 2-3
+    assert stale["media"] == {"trapline:g:uploads:0": 1}
+    assert delta_txn.read_app_versions(delta.table_uri(str(out), "media")) == {
+        "trapline:g:uploads:0": 3
+    }
+
+    real_read = delta_txn.read_app_versions
+    reads = []
+
+    def lagging(uri):
+        reads.append(uri)
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        return stale[name] if len(reads) <= len(TABLES) else real_read(uri)
+
+    monkeypatch.setattr(delta_txn, "read_app_versions", lagging)
+    restarted = worker(uploads, out, pipeline)
+    with caplog.at_level(logging.WARNING):
+        restarted.run(idle_exit_s=3)  # the fenced batch is read again after the fence
+    assert restarted.stats.fenced == 1 and "fenced" in caplog.text
     assert_exactly_once(out, submitted)
 
 
