@@ -56,11 +56,11 @@ PARTITION_BY: dict[str, list[str]] = {
 # Written last: a reader joining on media sees whole photos (their observations and events are
 # committed before them). See docs/architecture.md for what one table alone may show.
 WRITE_ORDER = ("observations", "events", "failures", "media")
-# Table properties. A checkpoint every 100 commits means opening a table (and reading its app
-# transactions) reads one Parquet checkpoint plus < 100 JSON commits. But delta-rs still LISTS
-# the log folder to find them, so opening costs grow with the entries kept (measured: 10 ms at
-# 10 entries, 53 ms at 9,800 on a local disk, 17 ms once cleaned; docs/performance.md). The log
-# keeps 7 days, as long as VACUUM keeps replaced files: an older version cannot be read anyway.
+# Table properties. A checkpoint every 100 commits means reading the app transactions needs one
+# Parquet checkpoint plus < 100 JSON commits (pipelines/delta_txn.py reads just those). delta-rs
+# also LISTS the log folder when it opens a table, so opening grows with the entries kept on a
+# local disk (10 ms at 10 entries, 53 ms at 9,800, 17 ms once cleaned; docs/performance.md). The
+# log keeps 7 days, as long as VACUUM keeps replaced files: an older version cannot be read anyway.
 TABLE_CONFIGURATION = {
     "delta.checkpointInterval": "100",
     "delta.logRetentionDuration": "interval 7 days",
