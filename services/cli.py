@@ -383,6 +383,53 @@ def report_cmd(
         json_summary.write_text(json.dumps(asdict(summary), indent=2))
 
 
+@app.command("review")
+def review_cmd(
+    results: str = typer.Argument(
+        ..., help="Results folder or URL written by `trapline run`/`serve`."
+    ),
+    reviewer: str | None = typer.Option(
+        None,
+        "--reviewer",
+        "-r",
+        help="Your name, recorded with every review (default: your login).",
+    ),
+    port: int = typer.Option(8765, help="Port of the local page (http://127.0.0.1:PORT/)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on; the page has no sign-in, keep it on loopback."
+    ),
+    show_people: bool = typer.Option(
+        False,
+        "--show-people",
+        help="Show photos with people unblurred (only for reviewers allowed to see them).",
+    ),
+    deployment: list[str] = typer.Option(
+        None, "--deployment", "-d", help="Only these deployments (repeatable)."
+    ),
+) -> None:
+    """Review and correct the labels in a web page: events with photos and boxes, keyboard first.
+
+    Each decision is appended to RESULTS/reviews (a Delta table; the latest review of an event
+    wins); the report, `sort` and the exports use reviewed labels where they exist. See docs/review.md.
+    """
+    import getpass
+
+    from trapline.services.object_store import configure_fsspec
+    from trapline.services.review import serve_review
+    from trapline.services.review_data import ReviewStore
+
+    configure_fsspec(load_settings())  # s3:// endpoint and keys from TRAPLINE_S3_* / AWS_*
+    name = (reviewer or getpass.getuser() or "").strip()
+    store = ReviewStore(results, name, show_people=show_people, deployment_ids=deployment or None)
+    meta = store.meta()
+    console.print(
+        f"reviewing {meta['total']:,} events of {results} as {name!r} "
+        f"({meta['reviewed']:,} reviewed); people {'shown' if show_people else 'blurred'}\n"
+        f"open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl-C to stop)"
+    )
+    serve_review(store, host, port)
+
+
 @app.command()
 def compact(
     results: str = typer.Argument(..., help="Results folder or URL."),
