@@ -488,6 +488,9 @@ def test_a_package_with_placeholders_needs_draft_and_says_what_is_missing(sample
     template.write_text(METADATA_YAML.replace("Jane Doe", "TO FILL IN"))
     with pytest.raises(ExportError, match=r"contributors\[0\]\.title"):
         export_camtrap_dp(sample_run, str(tmp_path / "t"), str(DEPLOYMENTS), str(template))
+    template.write_text(METADATA_YAML.replace("  - {name: CC-BY-4.0, scope: media}\n", ""))
+    with pytest.raises(ExportError, match="licenses: none with scope media"):  # the profile's rule
+        export_camtrap_dp(sample_run, str(tmp_path / "t"), str(DEPLOYMENTS), str(template))
 
 
 def test_file_path_is_relative_to_the_run_folder_not_a_path_of_this_machine(

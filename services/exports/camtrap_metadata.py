@@ -81,8 +81,9 @@ def read_metadata(url: str | None) -> Metadata:
         to_fill_in.append("contributors (who made the data; a contact, a rightsHolder)")
     if not values.get("licenses"):
         to_fill_in.append("licenses (one with scope data, one with scope media; GBIF needs one)")
-    elif not any(isinstance(x, dict) and x.get("scope") == "data" for x in values["licenses"]):
-        to_fill_in.append("licenses: none with scope data (GBIF needs the data's licence)")
+    else:  # Camtrap DP: "at least a license for the content of the package and one for the media"
+        scopes = {x.get("scope") for x in values["licenses"] if isinstance(x, dict)}
+        to_fill_in += [f"licenses: none with scope {scope}" for scope in ("data", "media") if scope not in scopes]  # fmt: skip
     project = dict(values.get("project") or {})
     if not project.get("title"):
         project["title"] = values.get("title") or PLACEHOLDER

@@ -202,7 +202,7 @@ def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
         # Static boxes (scenery seen in many photos, `is_static`) are not observations; the
         # photo's observation_type already leaves them out. They stay in the MegaDetector JSON.
         boxes = by_media.get(media["media_id"], [])
-        photo = []
+        photo, removed = [], []
         for obs in (o for o in boxes if not o.get("is_static")):
             kind = OBSERVATION_TYPES[obs["category"]]
             answer = photo_answer(obs, boxes)
@@ -228,6 +228,7 @@ def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
                     counts=review["target"] == "observation",
                 )
                 if row is None:  # a reviewer says there is nothing here
+                    removed.append(answer.label if name else kind)
                     continue
             if row["scientificName"]:
                 taxa.add(row["scientificName"], names.get(row["scientificName"]), _rank(row, answer, review))  # fmt: skip
@@ -239,8 +240,9 @@ def _media_level(results: Results, dated: list[dict[str, Any]], zones: dict[str,
             if review is not None and review["observation_type"] != "blank":
                 # The reviewer saw what the detector missed: the photo shows it, without a box.
                 row = {**row, "observationID": f"{media['media_id']}-photo", "count": None}
-            if review is not None:
-                row = _reviewed(row, review, "blank", None, box=False, counts=False) or row
+            if review is not None:  # the machine's answer: its boxes' (all reviewed blank) or blank
+                machine = " + ".join(dict.fromkeys(removed)) or "blank"
+                row = _reviewed(row, review, machine, None, box=False, counts=False) or row
             if row["observationType"] == "animal" and row.get("scientificName"):
                 taxa.add(row["scientificName"], names.get(row["scientificName"]), review and review.get("taxon_rank"))  # fmt: skip
             photo.append(row)
