@@ -258,7 +258,9 @@ def _reviewed_note(
         "reviewer": review["reviewer"],
         "reviewed_at": utc_z(review["reviewed_at"]),
         "written": "removed (blank)" if observation_id and detection is None
-        else ("no detection to carry it" if observation_id is None else "as the detection's category and first classification"),
+        else "no detection to carry it" if observation_id is None
+        else "as the detection's category and first classification" if detection and detection.get("classifications")
+        else "as the detection's category",
     }  # fmt: skip
 
 
