@@ -693,3 +693,19 @@ def test_reviewed_labels_win_in_both_exports_and_the_machines_answer_is_kept(
     noted = document["info"]["custom_metadata"]["reviewed"]
     assert {n["reviewer"] for n in noted} == {"ben"}
     assert {"file": false_file, "detection": false_box["observation_id"], "written": "removed (blank)"}.items() <= next(n for n in noted if n["detection"] == false_box["observation_id"]).items()  # fmt: skip
+
+
+def test_base_sets_the_folder_file_paths_are_relative_to(real_run, metadata, tmp_path):
+    root, card, deployments = real_run
+    runner = CliRunner()
+    base = ["--base", str(card / "heron-cam")]  # as if the run had been given the camera folder
+    camtrap = runner.invoke(app, ["export", "camtrap-dp", root, "--deployments", str(deployments), "--metadata", metadata, "--out", str(tmp_path / "pkg"), *base])  # fmt: skip
+    assert camtrap.exit_code == 0, camtrap.output
+    md = runner.invoke(app, ["export", "megadetector", root, "--out", str(tmp_path / "md.json"), *base])  # fmt: skip
+    assert md.exit_code == 0, md.output
+
+    paths = {m["filePath"] for m in read_csv(tmp_path / "pkg" / "media.csv")}
+    files = {i["file"] for i in load_megadetector((tmp_path / "md.json").read_text())["images"]}
+    assert len(paths) == 3  # the three real photos processed (the cut one failed)
+    assert all("/" not in p and (card / "heron-cam" / p).is_file() for p in paths)
+    assert paths <= files and "cut.JPG" in files

@@ -69,6 +69,7 @@ def export_camtrap_dp(
     created: datetime | None = None,
     draft: bool = False,
     reviews: bool = True,
+    base: str | None = None,
 ) -> CamtrapReport:
     """Write the package of `results_root` to the folder `out`; returns what was done.
 
@@ -77,7 +78,8 @@ def export_camtrap_dp(
     (`filePath` is the photo's path below the folder given to the run, behind it).
     `draft`: write a package whose metadata still has placeholders (no contributors, no
     licence, ...); without it such a package is refused before anything is written.
-    `reviews`: use people's reviewed labels where there are any.
+    `reviews`: use people's reviewed labels where there are any. `base`: the folder
+    `filePath` is relative to (default: the folder given to the run, `answers.run_root`).
     """
     if observation_level not in LEVELS:
         raise ExportError(f"observation level must be one of {', '.join(LEVELS)}, not {observation_level!r}")  # fmt: skip
@@ -98,7 +100,7 @@ def export_camtrap_dp(
             "or pass --draft to write a draft package that says what is missing"
         )
     results = read_results(results_root, storage_options)
-    base = run_root([*results.media, *results.failures])
+    base = base.rstrip("/") if base else run_root([*results.media, *results.failures])
     reviewed = read_reviews(results_root) if reviews else Reviews()
     tables = build_tables(results, deployments, levels, media_url, base, reviewed)
     if not tables.media:

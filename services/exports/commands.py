@@ -45,6 +45,10 @@ def camtrap_dp(
         help="Public URL prefix of the photos for filePath (default: their path relative to "
         "the folder given to `trapline run`).",
     ),
+    base: str | None = typer.Option(
+        None,
+        help="Folder filePath is relative to (default: the folder given to `trapline run`).",
+    ),
     draft: bool = typer.Option(
         False,
         "--draft",
@@ -68,7 +72,7 @@ def camtrap_dp(
         settings = _settings(config, deployments_file=deployments)
         report = export_camtrap_dp(
             results, out, settings.deployments_file, metadata, observation_level, media_url,
-            validate, draft=draft, reviews=reviews,
+            validate, draft=draft, reviews=reviews, base=base,
         )  # fmt: skip
     except (ExportError, DeploymentsError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
