@@ -22,6 +22,9 @@ Use from other code (exports, report, sort, the review server):
         observation review. Empty table (REVIEWS schema) when nobody reviewed anything.
     reviewed_events(root, deployment_ids=None) -> dict[str, dict]
         event_id -> the latest event review as a row dict: what the report and `sort` use.
+    reviewed_final_label(review) -> str
+        The label `sort` and the report give a reviewed event: its taxon label for an animal
+        ('red deer', 'Cervidae', 'undefined'), else blank | human | vehicle.
     resolve_label(name, taxonomy=None) -> ReviewedLabel
         A reviewer's label in the tables' vocabulary: 'Vulpes vulpes' -> fox (the classifier's
         own label), 'Cervidae' -> family, 'person' -> human; ValueError when empty.
@@ -276,3 +279,10 @@ def reviewed_events(
     latest = latest_reviews(root, deployment_ids)
     events = latest.filter(pc.equal(latest["target"], "event"))
     return {row["event_id"]: row for row in events.to_pylist()}
+
+
+def reviewed_final_label(review: Mapping[str, Any]) -> str:
+    """A reviewed event's label as `sort` and the report name labels (see `final_label`)."""
+    if review["observation_type"] == "animal":
+        return review["label"] or UNDEFINED
+    return review["observation_type"]  # blank | human | vehicle

@@ -7,6 +7,11 @@ the species found at each camera. Plots are PNGs embedded as `data:` URIs and th
 script and no external link, so it opens offline and can be mailed as one file.
 `photos.csv` and `photos.xlsx` beside it hold one row per photo (or video) for spreadsheet users.
 
+Reviewed labels win: where a person reviewed an event (`trapline review`, the reviews table;
+the latest review wins), its label and observation type replace the machine's for every photo
+of the event, in the plots, the tables and the spreadsheet; the spreadsheet keeps the machine's
+label beside it (`machine_label`) and says who reviewed (`reviewed_by`).
+
 Times of day are local: each deployment's zone from the deployments file (`Deployment.tz()`),
 UTC for a deployment the file does not place (the page says so). Activity is counted in events
 (bursts), not frames, so a 10-frame burst of a fox counts once, as ecologists count it.
@@ -25,6 +30,7 @@ import fsspec
 
 from trapline.pipelines.deployments import Deployments, load_deployments
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.reviews import reviewed_events
 from trapline.services.sort import VIDEO_EXTENSIONS, final_label
 
 try:
@@ -69,6 +75,7 @@ def build_report(
     ).to_pandas()  # fmt: skip
     failures = read_table(results, "failures", columns=["uri"])
     media = _with_local_time(media, deployments)
+    media = _with_reviews(media, reviewed_events(results))
     media["final_label"] = [
         final_label(e if isinstance(e, str) else None, t)
         for e, t in zip(media["event_label"], media["observation_type"])
@@ -148,6 +155,28 @@ def _with_local_time(media: pd.DataFrame, deployments: Deployments) -> pd.DataFr
             media.loc[index, "zone"] = item.utc_offset or str(zone)
             stamps = stamps.dt.tz_convert(zone)
         media.loc[index, "local_time"] = stamps.dt.tz_localize(None).astype("datetime64[us]")
+    return media
+
+
+def _with_reviews(media: pd.DataFrame, reviews: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Reviewed events' labels and types replace the machine's (kept in `machine_label`)."""
+    media = media.copy()
+    media["machine_label"] = [
+        final_label(e if isinstance(e, str) else None, t)
+        for e, t in zip(media["event_label"], media["observation_type"])
+    ]
+    media["reviewed_by"] = ""
+    media["individuals"] = pd.Series(pd.NA, index=media.index, dtype="Int64")
+    found = media["event_id"].map(reviews.get)
+    reviewed = found.notna()
+    if reviewed.any():
+        rows = list(found[reviewed])
+        media.loc[reviewed, "event_label"] = [
+            r["label"] if r["observation_type"] == "animal" else None for r in rows
+        ]
+        media.loc[reviewed, "observation_type"] = [r["observation_type"] for r in rows]
+        media.loc[reviewed, "reviewed_by"] = [r["reviewer"] for r in rows]
+        media.loc[reviewed, "individuals"] = [r["count"] for r in rows]
     return media
 
 
@@ -239,6 +268,8 @@ def _spreadsheet(media: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFram
         "local_time": media["local_time"].map(lambda t: t.isoformat() if pd.notna(t) else ""),
         "time_zone": media["zone"], "timestamp_issue": media["timestamp_issue"].fillna(""),
         "observation_type": media["observation_type"], "final_label": media["final_label"],
+        "machine_label": media["machine_label"], "reviewed_by": media["reviewed_by"],
+        "individuals": media["individuals"],
         "event_id": media["event_id"], "event_label": media["event_label"].fillna(""),
         "box_labels": media["media_id"].map(labels).fillna(""),
         "animal_count": media["animal_count"], "person_count": media["person_count"],
@@ -282,11 +313,14 @@ def _overview(s: ReportSummary, media: pd.DataFrame, obs: pd.DataFrame, results:
     blank = "-" if s.blank_rate is None else f"{100 * s.blank_rate:.1f} %"
     events = media.loc[media["event_label"].notna(), "event_id"].nunique()
     species = sorted(set(media["event_label"].dropna()) - {UNDEFINED})
+    all_events = media["event_id"].nunique()
+    reviewed = media.loc[media["reviewed_by"] != "", "event_id"].nunique()
+    reviewers = sorted(set(media["reviewed_by"]) - {""})
     tiles = [
         ("photos processed", f"{s.media - s.videos:,}"), ("videos processed", f"{s.videos:,}"),
         ("failed inputs", f"{s.failures:,}"), ("blank rate", blank),
         ("detections", f"{len(obs):,}"), ("animal events", f"{events:,}"),
-        ("species", f"{len(species)}"),
+        ("species", f"{len(species)}"), ("events reviewed", f"{reviewed:,} of {all_events:,}"),
     ]  # fmt: skip
     body = "".join(f'<div class="tile"><b>{v}</b>{html.escape(k)}</div>' for k, v in tiles)
     types = media["observation_type"].value_counts()
@@ -294,7 +328,16 @@ def _overview(s: ReportSummary, media: pd.DataFrame, obs: pd.DataFrame, results:
     return (
         f'<section id="overview"><h2>Overview</h2><div class="tiles">{body}</div>'
         f"<p>Photos by observation type: {kinds or 'none'}. Species: "
-        f"{html.escape(', '.join(species)) or 'none'}.</p></section>"
+        f"{html.escape(', '.join(species)) or 'none'}.</p>"
+        + (
+            f'<p id="reviewed">Labels of {reviewed:,} events were checked by people '
+            f"({html.escape(', '.join(reviewers))}); their labels are used throughout. The "
+            "rest are the machine's.</p>"
+            if reviewed
+            else '<p id="reviewed">No event reviewed yet: every label is the machine\'s '
+            "(review with <code>trapline review</code>).</p>"
+        )
+        + "</section>"
     )
 
 

@@ -2,7 +2,9 @@
 
 People who review camera-trap results by hand want folders: `fox/`, `blank/`, `human/`. The
 final label of a photo is
-  1. its event's label (`media.event_label`) when the photo belongs to an animal event: a
+  0. its event's reviewed label when a person reviewed the event (`trapline review`; the
+     latest review wins): a taxon, or blank / human / vehicle;
+  1. else its event's label (`media.event_label`) when the photo belongs to an animal event: a
      species, or `undefined` when the sequence vote was below the threshold;
   2. else its own `media.observation_type`: `blank`, `human` or `vehicle`;
   3. else `undefined`.
@@ -40,6 +42,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageFilter, ImageOps
 
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.reviews import reviewed_events, reviewed_final_label
 
 Mode = Literal["copy", "move", "link"]
 LOG_FOLDER = "_sort_logs"  # `_` prefix: table readers and our own listing skip it
@@ -58,6 +61,7 @@ class SortItem:
     action: str  # copy | move | link | blur
     status: str = "planned"  # planned | done | already | failed
     message: str = ""
+    reviewed_by: str = ""  # who reviewed the photo's event; empty: the machine's label
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ def sort_results(
         columns=[
             "media_id",
             "deployment_id",
+            "event_id",
             "uri",
             "sha256",
             "observation_type",
@@ -116,13 +121,18 @@ def sort_results(
         ],
     ).to_pylist()
     people = _person_boxes(results, storage_options) if blur_people else {}
+    reviews = reviewed_events(results)
     out_fs, out_root = fsspec.core.url_to_fs(into, **(storage_options or {}))
     out_root = out_root.rstrip("/")
     if mode == "link" and not _is_local(out_fs):
         raise ValueError(f"--link needs a local destination folder, not {into}")
     report = SortReport([], into, dry_run)
     for row in sorted(media, key=lambda r: (r["deployment_id"], r["uri"])):
-        label = final_label(row["event_label"], row["observation_type"])
+        review = reviews.get(row["event_id"])
+        if review is not None:
+            label = reviewed_final_label(review)
+        else:
+            label = final_label(row["event_label"], row["observation_type"])
         name = posixpath.basename(row["uri"].rstrip("/"))
         folder = f"{folder_name(label)}/{folder_name(row['deployment_id'])}"
         blur = blur_people and row["person_count"] > 0
@@ -132,6 +142,7 @@ def sort_results(
             source=row["uri"],
             destination=f"{out_root}/{folder}/{name}",
             action="blur" if blur else mode,
+            reviewed_by=review["reviewer"] if review else "",
         )
         report.items.append(item)
         report.folders[folder_name(label)] += 1
@@ -299,11 +310,14 @@ def _write_log(report: SortReport, fs: Any, root: str) -> str:
     path = f"{root}/{LOG_FOLDER}/sort-{stamp}.csv"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["media_id", "label", "action", "status", "source", "destination", "message"])
+    writer.writerow(
+        ["media_id", "label", "action", "status", "source", "destination", "message", "reviewed_by"]
+    )
     for i in report.items:
         writer.writerow(
-            [i.media_id, i.label, i.action, i.status, i.source, i.destination, i.message]
-        )
+            [i.media_id, i.label, i.action, i.status, i.source, i.destination, i.message,
+             i.reviewed_by]
+        )  # fmt: skip
     fs.makedirs(f"{root}/{LOG_FOLDER}", exist_ok=True)
     fs.pipe_file(path, buffer.getvalue().encode())
     return path

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from PIL import Image
@@ -22,8 +23,10 @@ from review_fixtures import write_review_results
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import append_reviews, read_reviews
+from trapline.services.report import build_report
 from trapline.services.review import POST_HEADER, running_review
 from trapline.services.review_data import ReviewFilter, ReviewStore
+from trapline.services.sort import sort_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER = ROOT / "tests" / "browser"
@@ -224,7 +227,7 @@ def test_a_reviewer_corrects_three_events_in_chromium(sixty, tmp_path):
     assert sorted(by_event) == sorted(done)
     keyboard, mouse, search = (by_event[e] for e in done)
     assert (keyboard["label"], keyboard["scientific_name"], keyboard["count"]) == (
-        "red deer", "Cervus elaphus", 3
+        "mouflon", "Ovis gmelini", 3
     )  # fmt: skip
     assert keyboard["comment"] == "two hinds and a calf"
     assert (mouse["label"], mouse["observation_type"]) == ("person", "human")
@@ -239,6 +242,24 @@ def test_a_reviewer_corrects_three_events_in_chromium(sixty, tmp_path):
         assert row["machine_label"] == expected
         assert not row["accepted"]  # all three are corrections
     assert rows[0]["reviewed_at"] <= rows[1]["reviewed_at"] <= rows[2]["reviewed_at"]
+
+    # The report and `sort` use the corrected labels.
+    summary = build_report(root, str(tmp_path / "report"))
+    sheet = pd.read_csv(summary.csv).fillna({"reviewed_by": ""})
+    for event_id, label in zip(done, ("mouflon", "human", "fox")):
+        photos = sheet[sheet.event_id == event_id]
+        assert len(photos) == machine[event_id]["media_count"]
+        assert set(photos.final_label) == {label} and set(photos.reviewed_by) == {"ana"}
+    assert set(sheet[sheet.event_id == done[0]].individuals) == {3}
+    assert "mouflon" not in set(sheet[sheet.reviewed_by == ""].final_label)  # only by review
+    page = Path(summary.html).read_text()
+    assert "mouflon" in page and "Labels of 3 events were checked by people (ana)" in page
+    assert "diel-mouflon" in summary.plots
+    plan = sort_results(root, str(tmp_path / "sorted"), dry_run=True)
+    sorted_as = {i.media_id: (i.label, i.reviewed_by) for i in plan.items}
+    for event_id, label in zip(done, ("mouflon", "human", "fox")):
+        for media_id in sheet[sheet.event_id == event_id].media_id:
+            assert sorted_as[media_id] == (label, "ana")
 
 
 @needs_browser
@@ -265,3 +286,33 @@ def test_the_page_stays_responsive_with_5000_events(tmp_path):
     for key in ("unreviewed_filter_ms", "deployment_filter_ms", "jump_to_last_ms"):
         assert timings[key] < 1500, key
     assert len(read_reviews(str(results))) == 3
+
+
+def test_report_and_sort_use_reviewed_labels_and_keep_the_machines(sixty, tmp_path):
+    root = fresh_copy(sixty[0], tmp_path)
+    events = read_table(root, "events").to_pylist()
+    fox = next(e for e in events if e["label"] == "fox")
+    blank = next(e for e in events if e["observation_type"] == "blank")
+    rows = [
+        {"target": "event", "event_id": fox["event_id"], "deployment_id": fox["deployment_id"],
+         "label": "wolf", "count": 1},
+        {"target": "event", "event_id": blank["event_id"],
+         "deployment_id": blank["deployment_id"], "label": "Lynx lynx", "count": 1},
+    ]  # fmt: skip
+    append_reviews(root, rows, "ana")
+    append_reviews(root, [{**rows[0], "label": "golden jackal"}], "ben")  # later: wins
+    summary = build_report(root, str(tmp_path / "report"))
+    sheet = pd.read_csv(summary.csv).fillna({"reviewed_by": ""})
+    jackal = sheet[sheet.event_id == fox["event_id"]]
+    assert set(jackal.final_label) == {"golden jackal"} and set(jackal.machine_label) == {"fox"}
+    assert set(jackal.reviewed_by) == {"ben"}
+    lynx = sheet[sheet.event_id == blank["event_id"]]
+    assert set(lynx.final_label) == {"lynx"} and set(lynx.observation_type) == {"animal"}
+    assert set(lynx.machine_label) == {"blank"}
+    untouched = sheet[~sheet.event_id.isin([fox["event_id"], blank["event_id"]])]
+    assert (untouched.final_label == untouched.machine_label).all()
+    assert "golden jackal" in Path(summary.html).read_text()
+    plan = sort_results(root, str(tmp_path / "sorted"), dry_run=True)
+    labels = {i.media_id: i.label for i in plan.items}
+    assert {labels[m] for m in jackal.media_id} == {"golden jackal"}
+    assert {labels[m] for m in lynx.media_id} == {"lynx"}

@@ -1,7 +1,7 @@
 // Drive the review page (`trapline review`) in Debian's chromium through playwright-core, as a
 // reviewer would, and report what happened as one JSON object on stdout.
 //   node review_flow.js URL OUT_SCREENSHOT.png [CHROMIUM] [--steps N]
-// 1. Event 1, keyboard only: "3" (individuals), "c" + a comment + Enter, "t" + "red deer" + Enter.
+// 1. Event 1, keyboard only: "3" (individuals), "c" + a comment + Enter, "t" + "mo" + ↓ + Enter.
 // 2. Event 2, mouse: the Person button.
 // 3. Event 3, mouse and typing: the taxon box, "Vulpes vul", a click on "fox".
 // Then, with --steps N: N times "next" (→), N times "previous", each timed until the photo is
@@ -55,7 +55,8 @@ const now = () => performance.now();
     await page.keyboard.type("two hinds and a calf");
     await page.keyboard.press("Enter");
     await page.keyboard.press("t");
-    await page.keyboard.type("red deer");
+    await page.keyboard.type("mo"); // moose, mouflon, ...: one down is mouflon
+    await page.keyboard.press("ArrowDown");
     t = now();
     await page.keyboard.press("Enter");
     await waitSaved(1);
