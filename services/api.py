@@ -39,6 +39,7 @@ from trapline.services.api_registry import Conflict
 from trapline.services.api_service import CONTROL, Api, uploaded
 from trapline.services.api_storage import Refused, StreamingUpload
 from trapline.services.object_store import configure_fsspec
+from trapline.services.review_api import mount_review
 from trapline.services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,13 @@ def build_app(settings: Settings) -> FastAPI:
         api.own_deployment(program, deployment_id)
         return api.status(deployment_id)
 
+    # The review screen for the program's own deployments (services/review_api.py).
+    mount_review(
+        app,
+        settings.api_results,
+        lambda program: [d.deployment_id for d in api.registry.deployments(program)],
+        caller,
+    )
     return app
 
 

@@ -165,6 +165,13 @@ def serve_review(store: ReviewStore, host: str = "127.0.0.1", port: int = 8765) 
 @contextmanager
 def running_review(store: ReviewStore, port: int = 0) -> Iterator[str]:
     """Serve the review page in a background thread; yields its URL (tests, benchmarks)."""
+    with running_app(review_app(store), port) as url:
+        yield url
+
+
+@contextmanager
+def running_app(app: FastAPI, port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app on loopback in a background thread; yields its base URL."""
     import socket
     import threading
     import time
@@ -174,7 +181,7 @@ def running_review(store: ReviewStore, port: int = 0) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(review_app(store), log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -316,3 +316,55 @@ def test_report_and_sort_use_reviewed_labels_and_keep_the_machines(sixty, tmp_pa
     labels = {i.media_id: i.label for i in plan.items}
     assert {labels[m] for m in jackal.media_id} == {"golden jackal"}
     assert {labels[m] for m in lynx.media_id} == {"lynx"}
+
+
+def test_upload_api_reviews_only_the_programs_own_deployments(sixty, tmp_path):
+    from trapline.pipelines.deployments import Deployment
+    from trapline.services.api import build_app
+    from trapline.services.api_registry import Registry
+    from trapline.services.review import running_app
+    from trapline.services.settings import Settings
+
+    root = fresh_copy(sixty[0], tmp_path)
+    registry = Registry(str(tmp_path / "registry"))
+    alpha, beta = registry.add_program("alpha"), registry.add_program("beta")
+    registry.create_deployment("alpha", Deployment("cam-02"))
+    registry.create_deployment("beta", Deployment("cam-04"))
+    settings = Settings(
+        api_registry=str(tmp_path / "registry"),
+        api_upload_prefix=str(tmp_path / "uploads"),
+        api_results=root,
+    )
+    with running_app(build_app(settings)) as url:
+        review = url + "v1/review/"
+        assert requests.get(review, timeout=10).text.startswith("<!DOCTYPE html>")
+        assert requests.get(review + "api/meta", timeout=10).status_code == 401
+        as_alpha = {"Authorization": f"Bearer {alpha}", "X-Reviewer": "ana"}
+        meta = requests.get(review + "api/meta", headers=as_alpha, timeout=10).json()
+        assert meta["deployments"] == ["cam-02"] and meta["total"] == 12
+        assert meta["reviewer"] == "alpha/ana" and not meta["show_people"]
+        page = requests.get(review + "api/events", params={"limit": 50}, headers=as_alpha,
+                            timeout=10).json()  # fmt: skip
+        assert {e["deployment_id"] for e in page["events"]} == {"cam-02"}
+        theirs = next(
+            e for e in read_table(root, "events").to_pylist() if e["deployment_id"] == "cam-04"
+        )
+        # Another program's event is not there for alpha: neither to read nor to review.
+        assert requests.get(review + f"api/events/{theirs['event_id']}", headers=as_alpha,
+                            timeout=10).status_code == 404  # fmt: skip
+        body = {"event_id": theirs["event_id"], "label": "wolf"}
+        marked = {**as_alpha, POST_HEADER: "1"}
+        assert requests.post(review + "api/reviews", json=body, headers=marked,
+                             timeout=10).status_code == 404  # fmt: skip
+        mine = page["events"][0]["event_id"]
+        saved = requests.post(review + "api/reviews", json={**body, "event_id": mine},
+                              headers=marked, timeout=10)  # fmt: skip
+        assert saved.status_code == 200, saved.text
+        as_beta = {"Authorization": f"Bearer {beta}"}
+        assert requests.get(review + "api/meta", headers=as_beta, timeout=10).json()["total"] == 12
+        spec = requests.get(url + "openapi.json", timeout=10).json()
+        assert not [p for p in spec["paths"] if p.startswith("/v1/review")]
+    rows = read_reviews(root).to_pylist()
+    assert [(r["event_id"], r["reviewer"], r["label"]) for r in rows] == [
+        (mine, "alpha/ana", "wolf")
+    ]

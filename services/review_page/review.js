@@ -26,10 +26,17 @@ function token() {
   return sessionStorage.getItem("trapline-token");
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, tries = 0) {
   const headers = Object.assign({}, options.headers || {});
   if (token()) headers.Authorization = `Bearer ${token()}`;
+  const name = sessionStorage.getItem("trapline-reviewer");
+  if (name) headers["X-Reviewer"] = name;
   const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 429 && tries < 5) { // the upload API's rate limit: wait as told
+    const wait = Number(response.headers.get("Retry-After") || 1);
+    await new Promise((resolve) => setTimeout(resolve, 1000 * wait));
+    return api(path, options, tries + 1);
+  }
   if (response.status === 401) {
     const given = window.prompt("Upload API token of your program:");
     if (given) {
@@ -419,6 +426,14 @@ async function start() {
   } catch (error) {
     status(`Cannot load: ${error.message || error}`, true);
     return;
+  }
+  if (token() && !sessionStorage.getItem("trapline-reviewer")) {
+    // the upload API knows the program, not the person: ask once per tab
+    const name = (window.prompt("Your name (recorded with each review):") || "").trim();
+    if (name) {
+      sessionStorage.setItem("trapline-reviewer", name);
+      state.meta = await json("api/meta");
+    }
   }
   state.names = state.meta.names;
   fillSelect($("f-deployment"), state.meta.deployments);
