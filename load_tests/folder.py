@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from load_tests.photos import link_folder
@@ -71,9 +72,14 @@ def cpu_split(
 
 
 def run_folder_bench(
-    paths: list[Path], settings: Settings, stage_cost_s: float, cores: int
+    paths: list[Path],
+    settings: Settings,
+    stage_cost_s: float,
+    cores: int,
+    inspect: Callable[[Path, Path | None], dict] | None = None,
 ) -> dict:
-    """One `run_folder` over exactly `paths`; figures as a dict (see `report.FOLDER_FIELDS`)."""
+    """One `run_folder` over exactly `paths`; figures as a dict (see `report.FOLDER_FIELDS`).
+    `inspect(out, source)` measures the output before it is removed (load_tests/growth.py)."""
     work = Path(tempfile.mkdtemp(prefix="trapline-bench-folder-"))
     try:
         source = link_folder(paths, work / "photos")
@@ -89,6 +95,7 @@ def run_folder_bench(
             ended = time.monotonic()
             sampler.sample()
         written = folder_size(out)
+        inspected = inspect(out, source) if inspect else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     n = summary.files
@@ -109,6 +116,10 @@ def run_folder_bench(
         "bytes_read_per_photo": round(summary.bytes_read / n) if n else 0,
         "bytes_written_per_photo": round(written / n) if n else 0,
         "processes": {k: v for k, v in sampler.summary().items() if not k.startswith("ray-")},
+        "ray_system_rss_mb_peak": round(
+            sum(v["rss_mb_peak"] for k, v in sampler.summary().items() if k.startswith("ray-")), 1
+        ),
+        "inspected": inspected,
         "cpu": cpu_split(
             sampler,
             ended - (summary.wall_seconds - summary.startup_seconds),

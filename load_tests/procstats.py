@@ -115,7 +115,7 @@ class ProcessSampler:
         return total
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per process: mean CPU (cores busy, 1.0 = one core) over its sampled life, RSS mean/peak."""
+        """Per process: mean CPU (cores busy, 1.0 = one core) over its sampled life, RSS mean/peak/last."""
         out = {}
         for label, rows in self.samples.items():
             if len(rows) < 2 or label.startswith("_"):
@@ -126,6 +126,7 @@ class ProcessSampler:
                 "cpu_cores_mean": round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else 0.0,
                 "rss_mb_mean": round(sum(rss) / len(rss) / 1e6, 1),
                 "rss_mb_peak": round(max(rss) / 1e6, 1),
+                "rss_mb_final": round(rss[-1] / 1e6, 1),
                 "seconds_sampled": round(t1 - t0, 1),
             }
         return out

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,8 +179,14 @@ def _wait_rows(counter: _RowCounter, expected: int, deadline: float, workers) ->
         time.sleep(0.2)
 
 
-def run_stream_bench(paths: list[Path], warmup: list[Path], options: StreamOptions) -> dict:
-    """Warm up (group joined, models loaded), then `paths` at `options.rate`; figures as a dict."""
+def run_stream_bench(
+    paths: list[Path],
+    warmup: list[Path],
+    options: StreamOptions,
+    inspect: Callable[[Path, Path | None], dict] | None = None,
+) -> dict:
+    """Warm up (group joined, models loaded), then `paths` at `options.rate`; figures as a dict.
+    `inspect(out, None)` measures the output before it is removed (load_tests/growth.py)."""
     work = Path(tempfile.mkdtemp(prefix="trapline-bench-stream-"))
     out = work / "out"
     out.mkdir()
@@ -234,9 +241,11 @@ def run_stream_bench(paths: list[Path], warmup: list[Path], options: StreamOptio
             for process, log in workers:
                 stop_process(process, 30)
                 log.close()
-        return _figures(
+        figures = _figures(
             out, events, produced, timeline, metrics, sampler, options, folder_size(out)
         )
+        figures["inspected"] = inspect(out, None) if inspect else {}
+        return figures
     finally:
         for process, log in workers:
             stop_process(process, 5)

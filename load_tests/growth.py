@@ -1,0 +1,185 @@
+"""Costs as the work grows: 1k, 10k, 100k small photos through a folder run and the stream.
+
+    .venv/bin/python -m load_tests --mode growth --sizes 1000,10000,100000
+
+A season's backlog is many small photos, where per-photo overheads (commits, events, Ray hops,
+metadata) show. Photos are 1280x960 JPEGs of ~220 KB: 500 rendered scenes, and for every later
+index a copy of one of them whose EXIF capture time is rewritten (another time, another
+sha256: a photo of its own to the pipeline, the same decode cost), cached on disk.
+
+For each size and mode it records: photos/s, peak and final RSS of every process, the tables'
+data files and log entries, the time to open the tables (delta-rs) and to resume (the stream:
+a partition's versions from the log; a folder run: which inputs are done), and the report's
+build time. Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from load_tests.folder import run_folder_bench
+from load_tests.photos import DEPLOYMENTS, ensure_photos, photo_path
+from load_tests.stream import StreamOptions, run_stream_bench
+from trapline.pipelines import delta
+from trapline.pipelines.delta_txn import read_app_versions
+from trapline.pipelines.source import list_media
+from trapline.services.folder_tables import pending_refs
+from trapline.services.settings import Settings
+
+WIDTH, HEIGHT = 1280, 960
+BASE = 500  # rendered scenes; a multiple of DEPLOYMENTS, so copy i keeps photo i's camera
+assert BASE % DEPLOYMENTS == 0
+
+
+def _taken_at(index: int) -> bytes:
+    """Photo `index`'s EXIF capture time, as load_tests/photos.py writes it."""
+    when = datetime(2025, 5, 1, 6, 0, 0) + timedelta(seconds=index * 7)
+    return when.strftime("%Y:%m:%d %H:%M:%S").encode()
+
+
+def ensure_small_photos(cache: Path, count: int) -> list[Path]:
+    """Photos 0..count-1 of ~220 KB, generated once: scenes below BASE, retimed copies above."""
+    base = ensure_photos(cache, min(count, BASE), WIDTH, HEIGHT)
+    folder = cache.resolve() / f"{WIDTH}x{HEIGHT}-retimed"
+    paths = list(base)
+    for index in range(len(base), count):
+        path = photo_path(folder, index)
+        if not path.exists():
+            original = base[index % BASE].read_bytes()
+            stamp = _taken_at(index % BASE)
+            assert stamp in original, "the base photo's capture time is not where expected"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(original.replace(stamp, _taken_at(index)))
+            temporary.rename(path)
+        paths.append(path)
+    return paths
+
+
+def table_costs(out: Path, source: Path | None) -> dict:
+    """Files and log entries per table; median seconds to open the tables, to resume, and to
+    build the report (the output's own measurements, taken before the benchmark removes it)."""
+    from trapline.services.report import build_report
+
+    tables = {}
+    for name in delta.WRITE_ORDER:
+        folder = out / name
+        log = folder / "_delta_log"
+        tables[name] = {
+            "data_files": sum(1 for _ in folder.rglob("*.parquet"))
+            - sum(1 for _ in log.glob("*.parquet")),
+            "log_entries": sum(1 for _ in log.iterdir()) if log.exists() else 0,
+        }
+
+    def timed(action) -> float:
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            action()
+            timings.append(time.perf_counter() - started)
+        return round(statistics.median(timings), 4)
+
+    def open_all() -> None:
+        for name in delta.WRITE_ORDER:
+            delta.open_table(str(out), name)
+
+    def resume() -> None:
+        if source is None:  # the stream: every partition's versions, from each table's log
+            for name in delta.WRITE_ORDER:
+                read_app_versions(delta.table_uri(str(out), name))
+        else:  # a folder run started again: which inputs the tables account for
+            listing = list_media(str(source))
+            pending_refs(str(out), listing.refs, listing.unsupported)
+
+    with tempfile.TemporaryDirectory(prefix="trapline-growth-report-") as report:
+        started = time.perf_counter()
+        build_report(str(out), report)
+        report_seconds = round(time.perf_counter() - started, 2)
+    return {
+        "tables": tables,
+        "open_seconds": timed(open_all),
+        "resume_seconds": timed(resume),
+        "report_seconds": report_seconds,
+    }
+
+
+def run_growth_bench(
+    sizes: list[int], cache: Path, modes: tuple[str, ...] = ("folder", "stream"), workers: int = 2
+) -> dict:
+    """Each size through each mode; the figures and their ratios to the smallest size."""
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+    warmup = ensure_small_photos(cache, DEPLOYMENTS)
+    for size in sizes:
+        paths = ensure_small_photos(cache, size)
+        print(f"  {size} photos ({sum(p.stat().st_size for p in paths) / size / 1024:.0f} KB each)",
+              flush=True)  # fmt: skip
+        if "folder" in modes:
+            settings = Settings(workers=workers, threads_per_worker=1, metrics_port=0)
+            figures = run_folder_bench(paths, settings, 0.0, workers, inspect=table_costs)
+            results["folder"].append(_row(size, figures, figures["photos_per_second_steady"]))
+            print(f"    folder: {_describe(results['folder'][-1])}", flush=True)
+        if "stream" in modes:
+            options = StreamOptions(rate=0, workers=workers, timeout_s=max(600, size / 5))
+            figures = run_stream_bench(paths, warmup, options, inspect=table_costs)
+            results["stream"].append(_row(size, figures, figures["events_per_second"]))
+            print(f"    stream: {_describe(results['stream'][-1])}", flush=True)
+    return {
+        "sizes": sizes,
+        "photo_bytes": round(sum(p.stat().st_size for p in ensure_small_photos(cache, sizes[0])) / sizes[0]),
+        **{mode: {"runs": rows, "ratios_to_smallest": _ratios(rows)} for mode, rows in results.items()},
+    }  # fmt: skip
+
+
+def _row(size: int, figures: dict, photos_per_second: float) -> dict:
+    """One size's figures; processes named by role (driver, worker-1, ...), not by pid."""
+    processes = figures["processes"]
+    roles: dict[str, str] = {}
+    for label in sorted(
+        processes,
+        key=lambda k: (k.split("-")[0], int(k.rsplit("-", 1)[-1]) if k[-1].isdigit() else 0),
+    ):
+        kind = label.split("-")[0]
+        roles[label] = (
+            kind
+            if kind == "driver"
+            else f"{kind}-{sum(1 for r in roles.values() if r.startswith(kind)) + 1}"
+        )
+    row = {
+        "photos": size,
+        "photos_per_second": photos_per_second,
+        "peak_rss_mb": {roles[k]: v["rss_mb_peak"] for k, v in processes.items()},
+        "final_rss_mb": {roles[k]: v["rss_mb_final"] for k, v in processes.items()},
+        **figures["inspected"],
+    }
+    if "ray_system_rss_mb_peak" in figures:
+        row["peak_rss_mb"]["ray-system (sum)"] = figures["ray_system_rss_mb_peak"]
+    return row
+
+
+def _ratios(rows: list[dict]) -> dict:
+    first, last = rows[0], rows[-1]
+
+    def peak(row: dict) -> float:
+        return max((v for v in row["peak_rss_mb"].values() if v), default=0.0)
+
+    return {
+        "photos_per_second": round(last["photos_per_second"] / first["photos_per_second"], 3),
+        "peak_rss": round(peak(last) / peak(first), 3) if peak(first) else None,
+        "open": round(last["open_seconds"] / first["open_seconds"], 2),
+        "resume": round(last["resume_seconds"] / first["resume_seconds"], 2),
+    }
+
+
+def _describe(row: dict) -> str:
+    peak = max((v for v in row["peak_rss_mb"].values() if v), default=0.0)
+    files = sum(t["data_files"] for t in row["tables"].values())
+    entries = sum(t["log_entries"] for t in row["tables"].values())
+    return (
+        f"{row['photos_per_second']:.1f} photos/s, peak RSS {peak:.0f} MB, {files} data files, "
+        f"{entries} log entries, open {row['open_seconds'] * 1000:.0f} ms, resume "
+        f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s"
+    )
