@@ -59,6 +59,7 @@ H_TOPIC = "trapline.original.topic"
 H_PARTITION = "trapline.original.partition"
 H_OFFSET = "trapline.original.offset"
 MAX_HEADER_MESSAGE_CHARS = 4096
+MAX_HEARTBEAT_INTERVAL_MS = 3000  # see make_consumer: Tansu and static members
 
 
 class _RedactSecrets(logging.Filter):
@@ -158,6 +159,7 @@ def make_consumer(
     session_timeout_ms: int = 45_000,
     heartbeat_interval_ms: int | None = None,
     max_poll_interval_ms: int = 300_000,
+    group_instance_id: str | None = None,
     listener: ConsumerRebalanceListener | None = None,
     bootstrap_timeout_ms: int = 30_000,
     **security: Any,
@@ -169,6 +171,17 @@ def make_consumer(
     On Tansu a new group waits half the first member's `session_timeout_ms` before it assigns
     partitions, so tests pass 6000. `listener` sees revocations and assignments (resume from
     what storage holds). `group_id=None` gives a group-less consumer for `assign()`.
+
+    `group_instance_id` makes the consumer a static member (KIP-345, brokers 2.3+): it sends no
+    LeaveGroup on close, and a new process with the same id that joins within the session
+    timeout takes the old one's place and partitions without a rebalance. A static member that
+    stays away is removed after the session timeout, as a dynamic one is.
+    Heartbeats go every `session_timeout_ms / 15`, at most every 3 s (Java's default: 3 s at
+    45 s), which matters on Tansu with static members: its 0.6.0 build counts only heartbeats as a static member's sign of life, not its JoinGroup or
+    SyncGroup, which it holds for half the session timeout and 3 s; a restarted static member
+    whose first heartbeat came later than the session timeout after its predecessor's last was
+    evicted, and when that member had led the group, the group never formed again (measured:
+    static at a 6 s session timeout hung for good). See docs/operations.md, "Static membership".
     """
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -178,13 +191,22 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "max_poll_records": max_poll_records,
         "session_timeout_ms": session_timeout_ms,
-        "heartbeat_interval_ms": heartbeat_interval_ms or max(session_timeout_ms // 3, 100),
+        "heartbeat_interval_ms": heartbeat_interval_ms
+        or max(min(session_timeout_ms // 15, MAX_HEARTBEAT_INTERVAL_MS), 100),
         "max_poll_interval_ms": max_poll_interval_ms,
         "bootstrap_timeout_ms": bootstrap_timeout_ms,
         **security_options(security),
     }
+    if group_instance_id is not None:
+        config["group_instance_id"] = group_instance_id
     log.info("kafka consumer %s topics=%s", redacted(config), list(topics))
     consumer = _connect(KafkaConsumer, config)
+    if group_instance_id is not None and tuple(consumer.config["api_version"]) < (2, 3):
+        log.warning(
+            "group_instance_id %r ignored: the broker speaks Kafka %s, static membership needs "
+            "2.3+; this worker joins as a dynamic member",
+            group_instance_id, ".".join(map(str, consumer.config["api_version"])),
+        )  # fmt: skip
     if topics:
         consumer.subscribe(list(topics), listener=listener)
     return consumer

@@ -295,7 +295,16 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(
         None, description="CA bundle that signed the brokers' certificates."
     )
-    session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer group session timeout.")
+    session_timeout_ms: int = Field(
+        45_000,
+        ge=1000,
+        description="Consumer group session timeout: a worker silent this long is removed from the group and its partitions reassigned (with group_instance_id: also how long a restart may take and keep its partitions).",
+    )
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Static group membership (KIP-345): worker i of this process joins as '<id>-<i>', so a restart within session_timeout_ms gets its partitions back without a rebalance. Stable across restarts, unique per process (the chart uses the pod name); unset: dynamic membership. See docs/operations.md.",
+    )
     poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
     folder_commit_every: int = Field(
         2000,

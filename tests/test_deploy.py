@@ -30,7 +30,7 @@ _spec = importlib.util.spec_from_file_location("check_helm", ROOT / "scripts" / 
 check_helm = sys.modules.setdefault("check_helm", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(check_helm)
 
-WORKLOAD_KINDS = {"Deployment", "RayCluster"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "RayCluster"}
 # Settings the chart sets for Triton before services/settings.py has them (models/triton_backend.py
 # make_backends takes them); unknown TRAPLINE_* variables are ignored by pydantic-settings.
 PENDING_SETTINGS = {"model_backend", "triton_url"}
@@ -51,7 +51,7 @@ def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
 
 
 def pod_specs(doc: dict) -> list[dict]:
-    if doc["kind"] == "Deployment":
+    if doc["kind"] in ("Deployment", "StatefulSet"):
         return [doc["spec"]["template"]["spec"]]
     if doc["kind"] == "RayCluster":
         spec = doc["spec"]
@@ -252,7 +252,7 @@ def test_credentials_come_only_from_secrets_never_the_configmap(scenario, render
                     assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
                     assert env["valueFrom"]["secretKeyRef"]["name"] in values_text
     if scenario == "all-features":
-        worker = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+        worker = one(docs, "StatefulSet", "-worker")["spec"]["template"]["spec"]
         fetch = {e["name"] for e in worker["initContainers"][0]["env"]}
         assert "AWS_SECRET_ACCESS_KEY" in fetch and "TRAPLINE_KAFKA_SASL_PASSWORD" not in fetch
         sasl = {e["name"] for e in worker["containers"][0]["env"]}
@@ -306,7 +306,7 @@ def test_every_pod_is_covered_by_a_network_policy_and_a_disruption_budget(render
                 continue
             templates = (
                 [doc["spec"]["template"]]
-                if doc["kind"] == "Deployment"
+                if doc["kind"] in ("Deployment", "StatefulSet")
                 else [doc["spec"]["headGroupSpec"]["template"]]
                 + [g["template"] for g in doc["spec"]["workerGroupSpecs"]]
             )
@@ -334,18 +334,18 @@ def _selects(selector: dict, labels: dict) -> bool:
 # ------------------------------------------------------------------------------------- workers
 
 
-def test_default_install_is_a_worker_deployment_that_drains_and_probes_its_metrics_port(rendered):
+def test_default_install_is_a_worker_statefulset_that_drains_and_probes_its_metrics_port(rendered):
     docs = rendered["default"]
     assert {d["kind"] for d in docs} == {
         "ConfigMap",
         "CronJob",  # the tables' compaction (Delta OPTIMIZE, VACUUM)
-        "Deployment",
+        "StatefulSet",
         "NetworkPolicy",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
     }
-    deployment = one(docs, "Deployment", "-worker")
+    deployment = one(docs, "StatefulSet", "-worker")
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 2
     # SIGTERM drains: the open segments are finished, written and committed before the pod goes.
@@ -360,11 +360,26 @@ def test_default_install_is_a_worker_deployment_that_drains_and_probes_its_metri
     service = one(docs, "Service", "-worker")
     assert service["spec"]["clusterIP"] == "None"
     assert service["metadata"]["labels"]["trapline.io/scrape-job"] == "trapline-worker"
+    assert deployment["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_workers_are_static_group_members_named_after_their_pod(rendered):
+    """A pod's name is its consumers' group instance id: the same after a restart (and, in a
+    StatefulSet, after a replacement), different for every pod."""
+    from_pod_name = {"name": "TRAPLINE_GROUP_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}  # fmt: skip
+    worker = one(rendered["default"], "StatefulSet", "-worker")["spec"]["template"]["spec"]
+    assert from_pod_name in worker["containers"][0]["env"]
+    head = one(rendered["ray-native-triton"], "RayCluster")["spec"]["headGroupSpec"]
+    driver = [c for c in head["template"]["spec"]["containers"] if c["name"] == "driver"][0]
+    assert from_pod_name in driver["env"]
+    dynamic = check_helm.manifests({"kafka": {"staticMembership": False}})
+    worker = one(dynamic, "StatefulSet", "-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert "TRAPLINE_GROUP_INSTANCE_ID" not in {e["name"] for e in worker["env"]}
 
 
 def test_all_features_scale_on_lag_with_keda_and_expose_every_worker_port(rendered):
     docs = rendered["all-features"]
-    deployment = one(docs, "Deployment", "-worker")
+    deployment = one(docs, "StatefulSet", "-worker")
     assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
     worker = deployment["spec"]["template"]["spec"]["containers"][0]
     assert worker["image"].endswith("@sha256:" + "0" * 64)
@@ -382,6 +397,7 @@ def test_all_features_scale_on_lag_with_keda_and_expose_every_worker_port(render
     assert meta["bootstrapServers"] == config["TRAPLINE_KAFKA_BOOTSTRAP"]
     assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     auth = one(docs, "TriggerAuthentication")
     assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {
         "username",
@@ -395,7 +411,11 @@ def test_all_features_scale_on_lag_with_keda_and_expose_every_worker_port(render
 
 def test_ray_mode_runs_the_driver_in_the_head_pod_and_the_actors_on_the_worker_group(rendered):
     docs = rendered["ray-native-triton"]
-    assert not [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-worker")]
+    assert not [
+        d
+        for d in of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet")
+        if d["metadata"]["name"].endswith("-worker")
+    ]
     cluster = one(docs, "RayCluster")
     head = cluster["spec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"

@@ -107,6 +107,19 @@ env:
 {{- end }}
 {{- end }}
 
+{{/* TRAPLINE_GROUP_INSTANCE_ID = the pod's name (kafka.staticMembership), as a YAML list for
+"extra": stable across the restarts of a pod (and, in the worker StatefulSet, its replacements),
+unique across pods; the process's consumers join as <pod name>-<i>. */}}
+{{- define "trapline.memberIdEnv" -}}
+{{- if .Values.kafka.staticMembership }}
+- name: TRAPLINE_GROUP_INSTANCE_ID
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+{{- else }}
+[]
+{{- end }}
+{{- end }}
+
 {{- define "trapline.s3Env" -}}
 {{- with .Values.s3.existingSecret }}
   - name: AWS_ACCESS_KEY_ID
