@@ -7,6 +7,7 @@ write_tables). The browser checks drive Debian's chromium through playwright-cor
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
@@ -19,10 +20,11 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
-from review_fixtures import write_review_results
+from review_fixtures import DEPLOYMENTS, write_review_results
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import append_reviews, read_reviews
+from trapline.services.exports.camtrap_dp import export_camtrap_dp
 from trapline.services.report import build_report
 from trapline.services.review import POST_HEADER, running_review
 from trapline.services.review_data import ReviewFilter, ReviewStore
@@ -260,6 +262,24 @@ def test_a_reviewer_corrects_three_events_in_chromium(sixty, tmp_path):
     for event_id, label in zip(done, ("mouflon", "human", "fox")):
         for media_id in sheet[sheet.event_id == event_id].media_id:
             assert sorted_as[media_id] == (label, "ana")
+
+    # ... and so does the Camtrap DP export, with classificationMethod human.
+    deployments = tmp_path / "deployments.csv"
+    deployments.write_text(
+        "deployment_id,latitude,longitude,utc_offset,start,end\n"
+        + "".join(
+            f"{d},44.9{i},5.4{i},+00:00,2025-04-30T00:00:00+00:00,2025-12-31T00:00:00+00:00\n"
+            for i, d in enumerate(DEPLOYMENTS)
+        )
+    )
+    export_camtrap_dp(root, str(tmp_path / "package"), str(deployments), draft=True)
+    with open(tmp_path / "package" / "observations.csv", newline="") as handle:
+        exported = {r["observationID"]: r for r in csv.DictReader(handle)}
+    expected = zip(done, (("Ovis gmelini", "animal"), ("", "human"), ("Vulpes vulpes", "animal")))
+    for event_id, (name, kind) in expected:
+        row = exported[f"{event_id}-event"]
+        assert (row["scientificName"], row["observationType"]) == (name, kind)
+        assert (row["classificationMethod"], row["classifiedBy"]) == ("human", "ana")
 
 
 @needs_browser
