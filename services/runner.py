@@ -174,17 +174,28 @@ class _Backoff:
 
     def __init__(self) -> None:
         self.delay_s = FIRST_RETRY_DELAY_S
+        self.since: float | None = None  # the outage's first failure (monotonic)
+        self.retries = 0
 
     def wait(self, error: BaseException, photos: int) -> None:
         what = "storage" if isinstance(error, StorageUnavailable) else "model backend"
+        self.since = self.since if self.since is not None else time.monotonic()
+        self.retries += 1
         log.warning(
-            "%s unavailable (%s); retrying batch of %d in %.0f s", what, error, photos, self.delay_s
-        )
+            "%s unavailable (%s); retrying batch of %d in %.0f s (retry %d, failing for %.0f s)",
+            what, error, photos, self.delay_s, self.retries, time.monotonic() - self.since,
+        )  # fmt: skip
         time.sleep(self.delay_s)
         self.delay_s = min(self.delay_s * 2, MAX_RETRY_DELAY_S)
 
     def reset(self) -> None:
+        if self.since is not None:
+            log.info(
+                "batches succeed again after %.0f s and %d retries",
+                time.monotonic() - self.since, self.retries,
+            )  # fmt: skip
         self.delay_s = FIRST_RETRY_DELAY_S
+        self.since, self.retries = None, 0
 
 
 def start_local_ray(settings: Settings, forward_logs: bool = False) -> bool:

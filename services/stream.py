@@ -89,6 +89,8 @@ class StreamWorker(kafka_io.RebalanceListener):
         self._assigned: set[TopicPartition] = set()
         self.retry_delay_s = FIRST_RETRY_DELAY_S
         self._retry_at = 0.0  # no checkpoint before this (backoff after an outage)
+        # An outage in progress: (first failed checkpoint at, retries so far), for the log.
+        self._outage: tuple[float, int] | None = None
         self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
         security = settings.kafka_security()
         self.producer = producer or kafka_io.make_producer(settings.kafka_bootstrap, **security)
@@ -277,6 +279,14 @@ class StreamWorker(kafka_io.RebalanceListener):
             return
         self.retry_delay_s = FIRST_RETRY_DELAY_S
         self._retry_at = 0.0
+        if self._outage is not None:
+            since, retries = self._outage
+            log.info(
+                "checkpoints succeed again after %.0f s and %d retries",
+                self.clock() - since,
+                retries,
+            )
+            self._outage = None
         self._settle(batches, outcome, owned)
 
     def _settle(self, batches: dict[TopicPartition, Batch], outcome: Outcome, owned: bool) -> None:
@@ -314,7 +324,13 @@ class StreamWorker(kafka_io.RebalanceListener):
                 "%s unavailable (%s); revoked partitions left to their new owner", cause, error
             )
             return
-        log.warning("%s unavailable (%s); retrying in %.0f s", cause, error, self.retry_delay_s)
+        since, retries = self._outage or (self.clock(), 0)
+        self._outage = (since, retries + 1)
+        log.warning(
+            "%s unavailable (%s); retrying in %.0f s (retry %d, failing for %.0f s; the records "
+            "wait, nothing is written as failed)",
+            cause, error, self.retry_delay_s, retries + 1, self.clock() - since,
+        )  # fmt: skip
         self._retry_at = self.clock() + self.retry_delay_s
         self.retry_delay_s = min(self.retry_delay_s * 2, MAX_RETRY_DELAY_S)
 
