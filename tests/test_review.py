@@ -388,3 +388,41 @@ def test_upload_api_reviews_only_the_programs_own_deployments(sixty, tmp_path):
     assert [(r["event_id"], r["reviewer"], r["label"]) for r in rows] == [
         (mine, "alpha/ana", "wolf")
     ]
+
+
+def test_the_cli_serves_the_page_on_loopback(sixty, tmp_path):
+    import os
+    import signal
+    import socket
+    import sys
+
+    root = fresh_copy(sixty[0], tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    trapline = Path(sys.executable).parent / "trapline"
+    process = subprocess.Popen(
+        [str(trapline), "review", root, "--reviewer", "cli tester", "--port", str(port),
+         "-d", "cam-01"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        meta = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                meta = requests.get(f"http://127.0.0.1:{port}/api/meta", timeout=2).json()
+                break
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert meta is not None, process.stdout.read().decode() if process.poll() else "no answer"
+        assert meta["reviewer"] == "cli tester" and meta["deployments"] == ["cam-01"]
+        assert meta["total"] == 12
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output = process.communicate(timeout=20)[0].decode()
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output = process.communicate()[0].decode()
+    assert "reviewing 12 events" in output and f"http://127.0.0.1:{port}/" in output
