@@ -109,7 +109,7 @@ class ReviewStore:
         self.storage_options = storage_options or {}
         self._lock = threading.RLock()
         self._details: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._photos: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        self._photos: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
         self._refreshing = False
         self._index = self._load()
         self._checked = time.monotonic()
@@ -334,6 +334,17 @@ class ReviewStore:
 
     def event(self, event_id: str) -> dict[str, Any]:
         """An event with its photos (in time order) and their boxes."""
+        summary, photos = self._detail(event_id)
+        person = (summary["review"] or {}).get("observation_type") == "human"
+        public = []
+        for photo in photos:
+            blurred, hidden, _ = self._privacy(photo, person)
+            shown = {k: v for k, v in photo.items() if k not in ("uri", "person_boxes")}
+            public.append({**shown, "blurred": blurred, "hidden": hidden})
+        return {**summary, "photos": public}
+
+    def _detail(self, event_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The event's summary and its photos with their paths and person boxes (cached)."""
         with self._lock:
             index = self._index
             at = index.position.get(event_id)
@@ -347,11 +358,18 @@ class ReviewStore:
                 self._details[event_id] = cached
                 while len(self._details) > 512:
                     self._details.popitem(last=False)
-        public = [
-            {k: v for k, v in photo.items() if k not in ("uri", "person_boxes")}
-            for photo in cached["photos"]
-        ]
-        return {**summary, "photos": public}
+        return summary, cached["photos"]
+
+    def _privacy(
+        self, photo: dict[str, Any], reviewed_person: bool
+    ) -> tuple[bool, bool, list[tuple[float, ...]]]:
+        """(blurred, hidden, boxes to blur) for a reviewer who may not see people: the person
+        boxes, or the whole photo when a reviewer said the event shows a person that the
+        detector missed. A video cannot be blurred here: hidden."""
+        if self.show_people:
+            return False, False, []
+        boxes = photo["person_boxes"] or ([(0.0, 0.0, 1.0, 1.0)] if reviewed_person else [])
+        return bool(boxes), bool(boxes) and photo["video"], boxes
 
     @staticmethod
     def _event_filter(index: _Index, at: int) -> pc.Expression:
@@ -394,8 +412,6 @@ class ReviewStore:
                 "name": m["uri"].rstrip("/").rsplit("/", 1)[-1],
                 "timestamp": _iso(m["timestamp"]), "width": m["width"], "height": m["height"],
                 "observation_type": m["observation_type"], "video": is_video,
-                "blurred": bool(people) and not self.show_people,
-                "hidden": bool(people) and not self.show_people and is_video,
                 "person_boxes": [(b["bbox_x"], b["bbox_y"], b["bbox_width"], b["bbox_height"]) for b in people],
                 "boxes": [
                     {"observation_id": b["observation_id"], "category": b["category"],
@@ -411,18 +427,19 @@ class ReviewStore:
 
     def photo(self, event_id: str, media_id: str) -> tuple[bytes, str]:
         """The photo's bytes and media type; people blurred unless this reviewer may see them."""
-        with self._lock:
-            hit = self._photos.get((event_id, media_id))
-            if hit is not None:
-                self._photos.move_to_end((event_id, media_id))
-                return hit
-        self.event(event_id)
-        with self._lock:
-            photos = self._details[event_id]["photos"]
+        summary, photos = self._detail(event_id)
         found = next((p for p in photos if p["media_id"] == media_id), None)
         if found is None:
             raise NotFound(f"no photo {media_id!r} in event {event_id!r}")
-        if found["hidden"]:
+        person = (summary["review"] or {}).get("observation_type") == "human"
+        blurred, hidden, boxes = self._privacy(found, person)
+        key = (event_id, media_id, tuple(boxes))
+        with self._lock:
+            hit = self._photos.get(key)
+            if hit is not None:
+                self._photos.move_to_end(key)
+                return hit
+        if hidden:
             raise Hidden(
                 f"{found['name']}: a video with people cannot be blurred; "
                 "start the review with --show-people to see it"
@@ -430,11 +447,11 @@ class ReviewStore:
         fs, path = fsspec.core.url_to_fs(found["uri"], **self.storage_options)
         data = fs.cat_file(path)
         kind = mimetypes.guess_type(found["name"])[0] or "application/octet-stream"
-        if found["blurred"]:
-            data = _shrink(blur_boxes(data, found["person_boxes"], media_id))
-            kind = "image/jpeg" if not kind.endswith("png") else kind
+        if blurred:
+            data = _shrink(blur_boxes(data, boxes, media_id))
+            kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
         with self._lock:
-            self._photos[(event_id, media_id)] = (data, kind)
+            self._photos[key] = (data, kind)
             while len(self._photos) > 64:
                 self._photos.popitem(last=False)
         return data, kind

@@ -157,6 +157,24 @@ def test_people_are_blurred_unless_the_reviewer_may_see_them(sixty, tmp_path):
         assert _roughness(after) < 0.5 * _roughness(before)
 
 
+def test_an_event_reviewed_as_person_is_blurred_whole_where_the_detector_saw_no_one(
+    sixty, tmp_path
+):
+    root = fresh_copy(sixty[0], tmp_path)
+    store = ReviewStore(root, "ana")
+    shown = ReviewStore(root, "ana", show_people=True)
+    blank = store.page(ReviewFilter(label="blank"), 0, 1)["events"][0]
+    photo = store.event(blank["event_id"])["photos"][0]
+    assert not photo["blurred"]
+    before, _ = store.photo(blank["event_id"], photo["media_id"])
+    store.save(blank["event_id"], "person")
+    after = store.event(blank["event_id"])["photos"][0]
+    assert after["blurred"] and not shown.event(blank["event_id"])["photos"][0]["blurred"]
+    hidden, _ = store.photo(blank["event_id"], photo["media_id"])
+    with Image.open(io.BytesIO(before)) as a, Image.open(io.BytesIO(hidden)) as b:
+        assert _roughness(b.convert("L")) < 0.5 * _roughness(a.convert("L"))
+
+
 def _roughness(image: Image.Image) -> float:
     """Mean difference between neighbouring pixels: high for noise, low once blurred."""
     pixels = np.asarray(image, dtype=np.float64)

@@ -122,6 +122,7 @@ async function photoBlob(url) {
 
 async function show(pos) {
   const request = ++state.request;
+  if ($("status").className === "error") status(""); // an old error is not about this event
   try {
     if (pos < 0) pos = 0;
     let summary = await summaryAt(pos);
@@ -219,7 +220,16 @@ async function showFrame(i) {
     status("This video shows people and cannot be blurred: start the review with --show-people to see it.");
     return;
   }
-  const url = await photoBlob(photoUrl(e, photo));
+  let url;
+  try {
+    url = await photoBlob(photoUrl(e, photo));
+  } catch (error) { // a file moved since the run: the event can still be reviewed
+    if (state.event === e) {
+      img.removeAttribute("src");
+      status(`${photo.name}: ${error.message || error}`, true);
+    }
+    return;
+  }
   if (state.event !== e || e.photos[state.frame] !== photo) return;
   if (img.src !== url) {
     img.src = url;
