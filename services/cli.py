@@ -433,7 +433,9 @@ def review_cmd(
 @app.command()
 def compact(
     results: str = typer.Argument(..., help="Results folder or URL."),
-    table: list[str] = typer.Option(None, help="Only these tables (repeatable); default all four."),
+    table: list[str] = typer.Option(
+        None, help="Only these tables (repeatable); default all (the reviews table too)."
+    ),
     target_size_mb: int = typer.Option(128, help="Aim for files of about this size."),
     vacuum_hours: float | None = typer.Option(
         None,
