@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"first new row of its partitions {figures['restart_to_first_row_s']} s, all of "
                 f"them {figures['restart_to_all_partitions_s']} s (median; each: "
                 f"{figures['each_all_partitions_s']}); {figures['hung']} of {figures['trials']} "
-                f"hung; duplicates {figures['duplicates']}, losses {figures['losses']}"
+                f"hung; duplicates {figures['duplicates']}, losses {figures['losses']}; "
+                f"start-up / group protocol / resume to rows, each trial: "
+                f"{figures['each_start_join_assignment_rows_s']}"
             )
         print(f"report: {out / 'restart.json'}")
         return result

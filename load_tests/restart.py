@@ -172,6 +172,22 @@ def resume_lines(log: Path, since: float = 0.0) -> list[tuple[float, int]]:
     return found
 
 
+def _log_time(log: Path, since: float, starts: str, nonempty: bool = False) -> float | None:
+    """Time of the first line after `since` whose message starts with `starts`."""
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        message = record.get("message", "") if isinstance(record, dict) else ""
+        if not message.startswith(starts) or (nonempty and message.endswith("[]")):
+            continue
+        at = datetime.fromisoformat(record["time"]).timestamp()
+        if at >= since:
+            return at
+    return None
+
+
 def current_assignment(log: Path) -> set[int]:
     """The partitions of the worker's last rebalance: its last burst of "resumes" lines (an
     eager rebalance revokes everything and resumes each assigned partition at once)."""
@@ -297,6 +313,13 @@ def run_trial(mode: str, options: RestartOptions, say=print) -> dict:
             taken_over = {
                 p for w in survivors for _, p in resume_lines(w.log, since=killed_at)
             } & owned
+            # Where the time went, from the restarted worker's log: its start-up until its
+            # first JoinGroup, the group protocol until its first assignment (on Tansu mostly the
+            # broker's holds), and from there to the rows (resume, processing, the commit).
+            joining = _log_time(restarted.log, restarted.started, "(Re-)joining group")
+            assigned = _log_time(
+                restarted.log, restarted.started, "Updated partition assignment", nonempty=True
+            )
             mine = [first_row[p] for p in owned]
             others = [v for p, v in first_row.items() if p not in owned]
             return {
@@ -307,6 +330,13 @@ def run_trial(mode: str, options: RestartOptions, say=print) -> dict:
                 "restart_to_first_row_s": round(min(mine), 2),
                 "restart_to_all_partitions_s": round(max(mine), 2),
                 "per_partition_s": {str(p): round(first_row[p], 2) for p in sorted(owned)},
+                "start_to_join_s": round(joining - restarted.started, 2) if joining else None,
+                "join_to_assignment_s": round(assigned - joining, 2)
+                if joining and assigned
+                else None,
+                "assignment_to_rows_s": round(restarted.started + max(mine) - assigned, 2)
+                if assigned
+                else None,
                 "other_partitions_s": round(max(others), 2) if others else None,
                 "restarted_worker_took_back": sorted(took_back & owned),
                 "survivor_took_over": sorted(taken_over),
@@ -375,6 +405,10 @@ def run_restart_bench(options: RestartOptions, say=print) -> dict:
             for key in ("restart_to_first_row_s", "restart_to_all_partitions_s")
         } | {
             "each_all_partitions_s": [t["restart_to_all_partitions_s"] for t in runs],
+            "each_start_join_assignment_rows_s": [
+                [t["start_to_join_s"], t["join_to_assignment_s"], t["assignment_to_rows_s"]]
+                for t in runs
+            ],
             "trials": len(trials),
             "hung": len(trials) - len(runs),
             "duplicates": sum(t["duplicates"] for t in runs),
