@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 from harness import account, accounted, start_worker, stop_workers, wait_until, worker_env
 from test_stream_faults import make_photos
 
@@ -83,3 +84,54 @@ def test_a_restarted_worker_with_its_instance_id_takes_back_its_partitions_exact
         )
     )
     assert (score.duplicates, score.losses) == (0, 0)
+
+
+class NotReassigned(AssertionError):
+    """The departed worker's partitions stayed unassigned (the failure the xfail expects)."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NotReassigned,
+    reason="Tansu 0.6.0 evicts a static member that stays away but keeps the group's generation "
+    "and assignment, so its partitions go to nobody (docs/operations.md, 'Static membership'); "
+    "a real Kafka rebalances after the session timeout",
+)
+def test_a_static_worker_gone_for_good_is_replaced_after_the_session_timeout(
+    tansu, kafka_topic, tmp_path
+):
+    session_ms = 30_000
+    topic = kafka_topic("static-gone", partitions=4)
+    out = tmp_path / "out"
+    logs = [tmp_path / "worker-0.log", tmp_path / "worker-1.log"]
+    envs = [
+        worker_env(
+            tansu.bootstrap, topic, "g-static-gone",
+            group_instance_id=f"pod{i}", session_timeout_ms=session_ms,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    workers = [start_worker(envs[0], out, logs[0])]
+    time.sleep(1.0)
+    workers.append(start_worker(envs[1], out, logs[1]))
+    try:
+        wait_until(
+            lambda: current_assignment(logs[0]) and current_assignment(logs[1]),
+            120, "both workers assigned", workers, logs[0],
+        )  # fmt: skip
+        gone = current_assignment(logs[1])
+        workers[1].send_signal(signal.SIGKILL)
+        assert workers[1].wait(timeout=30) == -9
+        killed_at = time.time()
+        deadline = time.monotonic() + session_ms / 1000 + 60  # the timeout, a rejoin, a margin
+        taken: set[int] = set()
+        while time.monotonic() < deadline and not gone <= taken:
+            taken = {p for _, p in resume_lines(logs[0], since=killed_at)}
+            assert workers[0].poll() is None, "the surviving worker exited"
+            time.sleep(1.0)
+    finally:
+        stop_workers(workers)
+    if not gone <= taken:
+        raise NotReassigned(
+            f"partitions {sorted(gone - taken)} of the departed worker stay unassigned"
+        )
