@@ -66,6 +66,23 @@ TABLE_CONFIGURATION = {
     "delta.logRetentionDuration": "interval 7 days",
     "delta.deletedFileRetentionDuration": "interval 7 days",
 }
+# Min/max statistics only for the columns readers filter on beyond the partitions (times,
+# taxa, confidence, failure kinds). delta-rs parses every live file's statistics on each commit
+# and each open, so statistics on all ~25 columns doubled a commit's cost at 480 files
+# (docs/performance.md); nothing else reads them.
+STATS_COLUMNS: dict[str, list[str]] = {
+    "media": ["timestamp", "observation_type", "processed_at"],
+    "observations": ["timestamp", "scientific_name", "label_probability"],
+    "events": ["start", "end", "scientific_name"],
+    "failures": ["kind", "failed_at"],
+    "reviews": ["reviewed_at"],
+}
+# Every this many versions of a table, the writer whose commit lands on a multiple merges the
+# table's small files (OPTIMIZE; `compact_small_files`). delta-rs's cost per commit and per open
+# grows with the table's live files (~0.1 ms each), and a stream worker adds a few files per
+# table every few seconds; merging keeps them near one per partition. Version-based, so one
+# writer does it, whichever it is, with no state of its own (as delta-rs does checkpoints).
+COMPACT_EVERY_VERSIONS = 50
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
@@ -158,7 +175,10 @@ def create_table(root: str, table: str) -> DeltaTable:
                 name=table,
                 # delta-rs refuses table properties it does not know: the version goes here.
                 description=f"Trapline {table} table, schema version {SCHEMA_VERSION} (docs/tables/{table}.md)",
-                configuration=TABLE_CONFIGURATION,
+                configuration={
+                    **TABLE_CONFIGURATION,
+                    "delta.dataSkippingStatsColumns": ",".join(STATS_COLUMNS[table]),
+                },
                 storage_options=options,
             )
         except DeltaError as error:  # lost the race for version 0: the winner's table is there
@@ -186,14 +206,15 @@ def append(
     transactions: Sequence[AppVersion] = (),
     compression: str = "zstd",
     metadata: Mapping[str, str] | None = None,
-) -> None:
+) -> int:
     """Append `data` to `table` in one commit carrying `transactions`, against the snapshot
-    `table` holds (refresh it with `update_incremental` first).
+    `table` holds (refresh it with `update_incremental` first); returns the new version.
 
     Raises `ConcurrentCommit` when a commit since that snapshot carried one of the same app ids:
     the caller re-reads the versions and decides again (a zombie learns it was fenced). An
     empty `data` still commits the transactions: a partition's position moves on although none
-    of its photos had, say, a failure.
+    of its photos had, say, a failure. Every COMPACT_EVERY_VERSIONS versions it also merges the
+    table's small files (after the commit: the data is safe whatever happens to that).
     """
     properties = CommitProperties(
         app_transactions=[Transaction(t.app_id, t.version) for t in transactions],
@@ -211,6 +232,31 @@ def append(
         )
     except CommitFailedError as error:
         raise ConcurrentCommit(f"{table.table_uri}: {error}") from error
+    version = table.version()
+    if COMPACT_EVERY_VERSIONS and version % COMPACT_EVERY_VERSIONS == 0:
+        compact_small_files(table, compression)
+    return version
+
+
+def compact_small_files(
+    table: DeltaTable, compression: str = "zstd", target_size_mb: int = 128
+) -> dict | None:
+    """OPTIMIZE: merge each partition's small files into few large ones, in one commit that
+    removes them and adds the merged ones (readers see either; app transactions stay). Safe
+    while others write: appends never conflict with it. A conflict with another compaction or
+    an outage skips it (logged): the next one merges these files too. Returns delta-rs's
+    metrics (numFilesRemoved, numFilesAdded, partitionsOptimized), None when skipped."""
+    try:
+        return table.optimize.compact(
+            target_size=target_size_mb * 2**20,
+            writer_properties=WriterProperties(compression=codec(compression)),
+            post_commithook_properties=AFTER_COMMIT,
+        )
+    except (CommitFailedError, *STORAGE_ERRORS) as error:
+        log.warning(
+            "%s: merging small files skipped (%s); the next compaction will", table.table_uri, error
+        )
+        return None
 
 
 def codec(compression: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
@@ -112,3 +113,28 @@ def test_compact_command_refuses_a_short_vacuum_and_reports_what_it_did(tmp_path
     assert refused.exit_code == 2 and "--force-retention" in refused.output
     done = CliRunner().invoke(app, ["compact", root])
     assert done.exit_code == 0 and "2 files -> 1" in done.output
+
+
+def test_writers_merge_small_files_every_few_versions_without_losing_a_row(tmp_path, monkeypatch):
+    """The in-writer compaction (pipelines/delta.py): the commit landing on a multiple of
+    COMPACT_EVERY_VERSIONS merges the files; rows and app versions are those committed."""
+    monkeypatch.setattr(delta, "COMPACT_EVERY_VERSIONS", 4)
+    root = str(tmp_path)
+    for batch in range(3):  # versions 1-3 (0 is the table's creation): three small files
+        commit_photos(root, batch * 5, 5)
+    assert data_files(root) == 3
+    commit_photos(root, 15, 5)  # version 4: its own file, then all four merged
+    assert data_files(root) == 1
+    commit_photos(root, 20, 5)
+    assert data_files(root) == 2
+    ids = read_table(root, "media").column("media_id").to_pylist()
+    assert sorted(ids) == [f"m{i:05d}" for i in range(25)]
+    assert delta.app_version(delta.open_table(root, "media"), "writer") == 24
+
+
+def test_statistics_are_kept_only_for_the_columns_readers_filter_on(tmp_path):
+    root = str(tmp_path)
+    commit_photos(root, 0, 3)
+    add = pa.table(DeltaTable(f"{root}/media").get_add_actions(flatten=True)).to_pydict()
+    stats = {k.split(".", 1)[1] for k in add if k.startswith("min.")}
+    assert stats == set(delta.STATS_COLUMNS["media"])
