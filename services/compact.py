@@ -1,7 +1,9 @@
 """`trapline compact`: Delta OPTIMIZE (merge small files) and VACUUM (delete what no one reads).
 
 The service commits every few seconds, so a busy season leaves thousands of small files that slow
-every reader. OPTIMIZE rewrites each partition's small files into few large ones in one commit
+every reader and every commit. The writers merge them every 50 versions of a table
+(`delta.COMPACT_EVERY_VERSIONS`); this command merges whatever is left, and does what the
+writers never do: VACUUM, and the log cleanup. OPTIMIZE rewrites each partition's small files into few large ones in one commit
 that removes the old files from the table and adds the new ones: a reader going through the log
 sees either version, never both or neither, and the rows are the same. It is safe while workers
 write: their commits only add files, which never conflict with a compaction (delta-rs retries
