@@ -7,6 +7,7 @@
     .venv/bin/python -m load_tests --gpu                 # also the GPU benchmark (CUDA node)
     .venv/bin/python -m load_tests --mode delta          # Delta commits/s, resume vs history
     .venv/bin/python -m load_tests --mode restart        # kill -9 + restart: dynamic vs static
+    .venv/bin/python -m load_tests --mode growth --sizes 1000,10000,100000   # costs vs photos
 
 One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
 classify, write), decode variants, a naive MegaDetector-style loop, `trapline run` with each
@@ -43,7 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--mode", choices=("all", "folder", "stream", "delta", "restart"), default="all"
+        "--mode",
+        choices=("all", "folder", "stream", "delta", "restart", "growth"),
+        default="all",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="--mode growth: photo counts, each through a folder run and the stream",
+    )
+    parser.add_argument(
+        "--growth-modes", default="folder,stream", help="--mode growth: which run modes"
     )
     parser.add_argument(
         "--trials", type=int, default=2, help="--mode restart: kills per membership mode"
@@ -124,6 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_delta_bench(histories, args.storage)
         ratio = result["resume_ratio_longest_to_shortest"]
         print(f"resume after {histories[-1]} / after {histories[0]} commits: {ratio} (flat: ~1)")
+        return result
+    if args.mode == "growth":  # costs as the photos grow: small photos, both modes
+        import json
+
+        from load_tests.growth import run_growth_bench
+
+        sizes = [int(n) for n in args.sizes.split(",")]
+        out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        modes = tuple(args.growth_modes.split(","))
+        result = run_growth_bench(sizes, args.cache, modes, workers=args.stream_workers)
+        (out / "growth.json").write_text(json.dumps(result, indent=2))
+        reporting.write_growth_png(result, out)
+        for mode in modes:
+            print(f"{mode}: {sizes[-1]} / {sizes[0]} photos: {result[mode]['ratios_to_smallest']}")
+        print(f"report: {out / 'growth.json'}, {out / 'growth.png'}")
         return result
     if args.mode == "restart":  # group membership alone: tiny photos, two workers
         import json

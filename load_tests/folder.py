@@ -119,7 +119,6 @@ def run_folder_bench(
         "ray_system_rss_mb_peak": round(
             sum(v["rss_mb_peak"] for k, v in sampler.summary().items() if k.startswith("ray-")), 1
         ),
-        "inspected": inspected,
         "cpu": cpu_split(
             sampler,
             ended - (summary.wall_seconds - summary.startup_seconds),
@@ -128,4 +127,4 @@ def run_folder_bench(
             stage_cost_s * n,
         ),  # fmt: skip
         "timeline": [[round(t, 3), done] for t, done in timeline],
-    }
+    } | ({"inspected": inspected} if inspect else {})

@@ -119,7 +119,7 @@ def run_growth_bench(
               flush=True)  # fmt: skip
         if "folder" in modes:
             settings = Settings(workers=workers, threads_per_worker=1, metrics_port=0)
-            figures = run_folder_bench(paths, settings, 0.0, workers, inspect=table_costs)
+            figures = run_folder_bench(paths, settings, 0.0, max(workers, 1), inspect=table_costs)
             results["folder"].append(_row(size, figures, figures["photos_per_second_steady"]))
             print(f"    folder: {_describe(results['folder'][-1])}", flush=True)
         if "stream" in modes:

@@ -21,8 +21,9 @@ FOLDER_FIELDS = (
     "workers", "photos", "processed", "failed", "photos_per_second_steady",
     "photos_per_second_overall", "startup_seconds", "wall_seconds", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo", "processes",
-    "cpu", "timeline",
+    "ray_system_rss_mb_peak", "cpu", "timeline",
 )  # fmt: skip
+# Both benches add "inspected" (the output's own measurements) when asked to (--mode growth).
 STREAM_FIELDS = (
     "events", "rate_requested", "workers", "partitions", "batch_max_records",
     "commit_interval_s", "batch_size", "storage", "rows_written", "media_rows",
@@ -118,6 +119,39 @@ def write_png(report: dict, out_dir: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / "report.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_growth_png(result: dict, out_dir: Path) -> Path:
+    """`--mode growth`: photos/s, peak RSS, open/resume times and report time against photos,
+    one line per mode (log x axis); flat lines are the goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("photos/s", lambda r: r["photos_per_second"]),
+        ("peak RSS of the largest process (MB)", lambda r: max(r["peak_rss_mb"].values())),
+        ("open the tables (ms)", lambda r: r["open_seconds"] * 1000),
+        ("resume (ms)", lambda r: r["resume_seconds"] * 1000),
+        ("data files, all tables", lambda r: sum(t["data_files"] for t in r["tables"].values())),
+        ("report build (s)", lambda r: r["report_seconds"]),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, (title, value) in zip(axes.flat, panels):
+        for mode in ("folder", "stream"):
+            runs = result.get(mode, {}).get("runs", [])
+            if runs:
+                ax.plot([r["photos"] for r in runs], [value(r) for r in runs], "o-", label=mode)
+        ax.set_xscale("log")
+        ax.set(title=title, xlabel="photos")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "growth.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -244,7 +244,8 @@ def run_stream_bench(
         figures = _figures(
             out, events, produced, timeline, metrics, sampler, options, folder_size(out)
         )
-        figures["inspected"] = inspect(out, None) if inspect else {}
+        if inspect:
+            figures["inspected"] = inspect(out, None)
         return figures
     finally:
         for process, log in workers:

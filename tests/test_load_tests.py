@@ -32,8 +32,40 @@ def test_driver_writes_a_complete_report(tmp_path, capsys):
         assert stream["lag_final"] == 0
         assert stream["latency_seconds"]["p50"] > 0
         assert stream["processes"], "worker CPU/RSS were sampled"
-    assert set(report["stage_seconds_per_photo"]) == {"read", "decode", "detect", "classify", "write"}
+    assert set(report["stage_seconds_per_photo"]) == {
+        "read",
+        "decode",
+        "detect",
+        "classify",
+        "write",
+    }
     assert report["pipeline_efficiency"] > 0 and report["speedup_over_naive"] > 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-2].startswith("pipeline efficiency (headline):")
     assert printed[-1].startswith("speed-up over the naive")
+
+
+@pytest.mark.slow
+def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
+    out = tmp_path / "growth"
+    main([
+        "--mode", "growth", "--sizes", "6,12", "--growth-modes", "folder", "--stream-workers", "0",
+        "--cache", str(tmp_path / "photos"), "--out", str(out),
+    ])  # fmt: skip
+    result = json.loads((out / "growth.json").read_text())
+    assert (out / "growth.png").read_bytes().startswith(b"\x89PNG")
+    runs = result["folder"]["runs"]
+    assert [r["photos"] for r in runs] == [6, 12]
+    for run in runs:
+        assert run["photos_per_second"] > 0 and run["peak_rss_mb"]["driver"] > 0
+        assert (
+            run["tables"]["media"]["data_files"] >= 1 and run["tables"]["media"]["log_entries"] >= 2
+        )
+        assert run["open_seconds"] > 0 and run["resume_seconds"] > 0 and run["report_seconds"] > 0
+    assert set(result["folder"]["ratios_to_smallest"]) == {
+        "photos_per_second",
+        "peak_rss",
+        "open",
+        "resume",
+    }
+    assert "folder: 12 / 6 photos" in capsys.readouterr().out
