@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e '.[dev,import]'   # [import]: torch 2.13 CPU from local wheels, seconds
 scripts/install_ceph.sh            # Ceph RGW: the S3 gateway (Debian packages)
 scripts/setup_triton.sh            # tritonserver 2.51 (CPU, python backend) in .venv-triton/
+scripts/setup_upstream.sh          # YOLOv5, MegaDetector, ultralytics, timm in .venv-upstream/ (fidelity tests)
 scripts/install_prometheus.sh      # Prometheus + promtool (Debian packages)
 scripts/install_chromium.sh        # chromium (Debian) + playwright-core (npm) for the report page test
 # checkov pins packaging<24, which ray refuses: it gets a venv of its own.

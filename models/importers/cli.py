@@ -72,6 +72,12 @@ def import_megadetector_command(
     classes: str | None = typer.Option(None, help="Comma-separated category of each class column."),
     samples: int = _SAMPLES,
     tolerance: float = _TOLERANCE,
+    dynamic: bool = typer.Option(
+        False,
+        "--dynamic",
+        help="Dynamic height and width axes (YOLOv5 export.py --dynamic): needed by "
+        "`profile: reference` / `letterbox: rectangle`; Triton repositories need a fixed size.",
+    ),
 ) -> None:
     """Identify, load (only with --trust), export to ONNX, check parity, write the sidecar."""
     from trapline.models.importers.megadetector import ImportOptions, import_megadetector
@@ -79,6 +85,7 @@ def import_megadetector_command(
     options = ImportOptions(
         trust=trust, img_size=img_size, name=name, version=version, samples=samples,
         tolerance=tolerance, classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+        dynamic=dynamic,
     )  # fmt: skip
     _run(import_megadetector, checkpoint, _out(checkpoint, out), options=options)
 

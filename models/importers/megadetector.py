@@ -58,6 +58,7 @@ class ImportOptions:
     samples: int = 2  # random batches compared in the parity check
     batch: int = 1  # images per parity batch
     tolerance: float = 1e-3  # largest score (or logit) difference accepted, ONNX vs torch
+    dynamic: bool = False  # detectors: dynamic H and W axes (needed by `letterbox: rectangle`)
 
 
 def require_trust(info: CheckpointInfo, trust: bool, command: str) -> None:
@@ -98,7 +99,7 @@ def import_megadetector(path: Path, out: Path, options: ImportOptions) -> Import
     if side % stride:
         raise CheckpointError(f"{path}: input size {side} is not a multiple of the stride {stride}")
     wrapped = _FirstOutput(model).eval()
-    export_onnx(wrapped, out, "images", "output", side)
+    export_onnx(wrapped, out, "images", "output", side, dynamic_hw=options.dynamic)
     parity = check_parity(
         wrapped, out, side, samples=options.samples, batch=options.batch,
         tolerance=options.tolerance, layout=layout,
@@ -116,6 +117,7 @@ def import_megadetector(path: Path, out: Path, options: ImportOptions) -> Import
         "layout": layout,
         "classes": list(names),
         "stride": stride,
+        "dynamic_hw": options.dynamic,
         "source": {"file": path.name, "md5": info.md5, "identified_as": info.kind,
                    "why": info.reason},
         "parity": parity.as_dict(),

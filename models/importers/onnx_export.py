@@ -33,8 +33,17 @@ class Parity:
 
 
 def export_onnx(
-    module: torch.nn.Module, path: Path, input_name: str, output_name: str, side: int
+    module: torch.nn.Module,
+    path: Path,
+    input_name: str,
+    output_name: str,
+    side: int,
+    *,
+    dynamic_hw: bool = False,
 ) -> None:
+    """`dynamic_hw`: height and width axes left symbolic too (YOLOv5 `export.py --dynamic`), so
+    the detector takes the rectangle letterbox's canvases; the output's row count then follows
+    the input and stays symbolic, its other axes static."""
     import onnx
 
     dummy = torch.zeros(1, 3, side, side)
@@ -44,15 +53,34 @@ def export_onnx(
     torch.onnx.export(
         module, (dummy,), str(path), dynamo=False,  # the TorchScript exporter: stable graphs, no onnxscript
         input_names=[input_name], output_names=[output_name],
-        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        dynamic_axes=_dynamic_axes(input_name, output_name, out_shape, dynamic_hw),
         opset_version=OPSET, do_constant_folding=True,
     )  # fmt: skip
     graph = onnx.load(str(path))
-    for dim, size in zip(graph.graph.output[0].type.tensor_type.shape.dim[1:], out_shape):
+    for axis, (dim, size) in enumerate(
+        zip(graph.graph.output[0].type.tensor_type.shape.dim[1:], out_shape), start=1
+    ):
+        if dynamic_hw and axis == _rows_axis(out_shape):
+            continue
         dim.ClearField("dim_param")
         dim.dim_value = int(size)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
+
+
+def _rows_axis(out_shape: tuple[int, ...]) -> int:
+    """The output axis whose length is the number of predictions (grows with H x W): the
+    longest one (YOLOv5 (B, N, 5 + nc), ultralytics (B, 4 + nc, N))."""
+    return 1 + max(range(len(out_shape)), key=lambda i: out_shape[i])
+
+
+def _dynamic_axes(input_name: str, output_name: str, out_shape, dynamic_hw: bool) -> dict:
+    if not dynamic_hw:
+        return {input_name: {0: "batch"}, output_name: {0: "batch"}}
+    return {
+        input_name: {0: "batch", 2: "height", 3: "width"},
+        output_name: {0: "batch", _rows_axis(out_shape): "predictions"},
+    }
 
 
 def check_parity(
