@@ -69,9 +69,10 @@ def table_costs(out: Path, source: Path | None) -> dict:
     for name in delta.WRITE_ORDER:
         folder = out / name
         log = folder / "_delta_log"
+        table = delta.open_table(str(out), name)
         tables[name] = {
-            "data_files": sum(1 for _ in folder.rglob("*.parquet"))
-            - sum(1 for _ in log.glob("*.parquet")),
+            "data_files": len(table.file_uris()) if table is not None else 0,  # live, in the log
+            "files_on_storage": sum(1 for p in folder.rglob("*.parquet") if log not in p.parents),
             "log_entries": sum(1 for _ in log.iterdir()) if log.exists() else 0,
         }
 

@@ -17,6 +17,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
@@ -162,7 +164,19 @@ def _on_ray(
                 continue
             backoff.reset()
             idle.append(actor)
-            yield output
+            yield owned_arrays(output)
+
+
+def owned_arrays(output: BatchOutput) -> BatchOutput:
+    """`output` with copies of the arrays Ray hands back as read-only views into its object
+    store: one such view (a box's logits) pins its whole batch object there, and its pages in
+    this process, for as long as the result waits for its deployment's commit (measured:
+    +13 KB of driver RSS per photo, 1,000 to 10,000 photos; load_tests --mode growth)."""
+    for result in output.results:
+        for detection in result.detections:
+            if detection.logits is not None and not detection.logits.flags.owndata:
+                detection.logits = np.array(detection.logits)
+    return output
 
 
 class _Backoff:

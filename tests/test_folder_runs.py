@@ -98,3 +98,22 @@ def test_a_folder_run_killed_with_sigkill_resumes_without_redoing_committed_work
     assert sorted(uris) == sorted(str(p) for p in photos)
     events = read_table(str(out), "events").column("event_id").to_pylist()
     assert len(events) == len(set(events))
+
+
+def test_results_back_from_ray_hold_no_view_into_its_object_store():
+    """Ray returns numpy arrays as read-only views of its object store (checked on Ray 2.60:
+    `flags.owndata` False); held until their deployment's commit, each would pin its batch's
+    whole object. The driver keeps copies (`owned_arrays`)."""
+    import numpy as np
+
+    from trapline.pipelines.flow import BatchOutput
+    from trapline.pipelines.types import Detection, MediaRef, MediaResult
+    from trapline.services.runner import owned_arrays
+
+    store = np.arange(38, dtype=np.float32).tobytes()  # stands for a buffer Ray shares
+    view = np.frombuffer(store, dtype=np.float32)
+    box = Detection("animal", 0.9, (0.1, 0.1, 0.2, 0.2), logits=view)
+    result = MediaResult(MediaRef("a.jpg", "cam"), "m", "s", 4, 3, None, None, None, 1, [box])
+    owned_arrays(BatchOutput([result], []))
+    assert box.logits.flags.owndata and box.logits is not view
+    assert box.logits.tolist() == view.tolist()
