@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from load_tests.stream import worker_env
 from trapline.pipelines.events import UploadEvent, encode_upload_event, split_source
 from trapline.pipelines.readers import read_table
 from trapline.services import kafka_io
@@ -128,20 +128,11 @@ class _Producer:
 def _env(
     broker: TansuServer, topic: str, group: str, options: RestartOptions, instance: str | None
 ):
-    env = dict(
-        os.environ,
-        TRAPLINE_KAFKA_BOOTSTRAP=broker.bootstrap,
-        TRAPLINE_UPLOADS_TOPIC=topic,
-        TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
-        TRAPLINE_CONSUMER_GROUP=group,
-        TRAPLINE_SESSION_TIMEOUT_MS=str(options.session_timeout_ms),
-        TRAPLINE_COMMIT_INTERVAL_S=str(options.commit_interval_s),
-        TRAPLINE_BATCH_MAX_RECORDS="50",
-        TRAPLINE_THREADS_PER_WORKER="1",
-        TRAPLINE_METRICS_PORT="0",
-        TRAPLINE_STORAGE_ROOTS='["*"]',  # the benchmark's own photos, in a temporary folder
-        PYTHONUNBUFFERED="1",
-    )
+    env = worker_env(
+        broker, topic, group, session_timeout_ms=options.session_timeout_ms,
+        commit_interval_s=options.commit_interval_s, batch_max_records=50, metrics_port=0,
+    )  # fmt: skip
+    env["PYTHONUNBUFFERED"] = "1"
     env.pop("TRAPLINE_GROUP_INSTANCE_ID", None)
     if instance is not None:
         env["TRAPLINE_GROUP_INSTANCE_ID"] = instance

@@ -95,25 +95,32 @@ def _events(paths: list[Path], storage: str | None) -> list[tuple[str, str, str]
     return events
 
 
-def _start_worker(
-    broker: TansuServer, topic: str, group: str, out: Path, options: StreamOptions, port: int
-):
+def worker_env(broker: TansuServer, topic: str, group: str, **settings: object) -> dict[str, str]:
+    """The environment of a benchmark's `trapline serve` worker: this broker, topic and group,
+    any photo path allowed (the benchmark's own, wherever --cache / --storage put them; serve's
+    default roots are the upload prefix and --out: docs/security.md), plus `settings` as
+    TRAPLINE_<NAME> variables."""
     env = dict(
         os.environ,
         TRAPLINE_KAFKA_BOOTSTRAP=broker.bootstrap,
         TRAPLINE_UPLOADS_TOPIC=topic,
         TRAPLINE_DLQ_TOPIC=f"{topic}.dlq",
         TRAPLINE_CONSUMER_GROUP=group,
-        TRAPLINE_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
-        TRAPLINE_BATCH_MAX_RECORDS=str(options.batch_max_records),
-        TRAPLINE_COMMIT_INTERVAL_S=str(options.commit_interval_s),
-        TRAPLINE_BATCH_SIZE=str(options.batch_size),
         TRAPLINE_THREADS_PER_WORKER="1",
-        TRAPLINE_METRICS_PORT=str(port),
-        # The benchmark's own photos, wherever --cache / --storage put them (serve's default
-        # roots are the upload prefix and --out: docs/security.md).
         TRAPLINE_STORAGE_ROOTS='["*"]',
     )
+    env.update({f"TRAPLINE_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def _start_worker(
+    broker: TansuServer, topic: str, group: str, out: Path, options: StreamOptions, port: int
+):
+    env = worker_env(
+        broker, topic, group, session_timeout_ms=SESSION_TIMEOUT_MS,
+        batch_max_records=options.batch_max_records, commit_interval_s=options.commit_interval_s,
+        batch_size=options.batch_size, metrics_port=port,
+    )  # fmt: skip
     command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
     log = open(out.parent / f"worker-{port}.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log

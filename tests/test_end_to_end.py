@@ -76,7 +76,9 @@ def test_ray_workers_give_the_same_tables_as_in_process(in_process_run, tmp_path
     assert summary.startup_seconds > 0
 
     def key_rows(folder: Path, table: str, columns: list[str]):
-        return sorted(tuple(r[c] for c in columns) for r in pq.read_table(folder / table).to_pylist())
+        return sorted(
+            tuple(r[c] for c in columns) for r in pq.read_table(folder / table).to_pylist()
+        )
 
     media_columns = ["media_id", "observation_type", "event_id", "event_label"]
     observation_columns = ["media_id", "category", "label", "bbox_x", "bbox_y"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser_support import BROWSER, CHROMIUM, NODE, needs_browser
 from multi_deployment import PLAN, write_multi_deployment
 from PIL import Image
 from typer.testing import CliRunner
@@ -33,13 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "photos"
 DEPLOYMENTS = ROOT / "examples" / "deployments.csv"
 TRUTH = ROOT / "examples" / "ground_truth.csv"
-BROWSER = ROOT / "tests" / "browser"
-CHROMIUM = shutil.which("chromium")
-NODE = shutil.which("node")
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None or NODE is None or not (BROWSER / "node_modules" / "playwright-core").is_dir(),
-    reason="chromium or playwright-core not installed: run scripts/install_chromium.sh (scripts/test.sh does)",
-)
 
 
 @pytest.fixture(scope="module")

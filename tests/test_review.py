@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from browser_support import BROWSER, CHROMIUM, NODE, needs_browser
 from PIL import Image
 from review_fixtures import DEPLOYMENTS, write_review_results
 
@@ -29,15 +30,6 @@ from trapline.services.report import build_report
 from trapline.services.review import POST_HEADER, running_review
 from trapline.services.review_data import ReviewFilter, ReviewStore
 from trapline.services.sort import sort_results
-
-ROOT = Path(__file__).resolve().parent.parent
-BROWSER = ROOT / "tests" / "browser"
-CHROMIUM = shutil.which("chromium")
-NODE = shutil.which("node")
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None or NODE is None or not (BROWSER / "node_modules" / "playwright-core").is_dir(),
-    reason="chromium or playwright-core not installed: run scripts/install_chromium.sh",
-)
 
 
 @pytest.fixture(scope="module")
