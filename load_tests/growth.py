@@ -161,11 +161,16 @@ def _row(size: int, figures: dict, photos_per_second: float) -> dict:
     return row
 
 
+def largest_rss(rss_mb: dict[str, float]) -> float:
+    """The largest single process's RSS (Ray's own processes are summed apart: left out)."""
+    return max((v for k, v in rss_mb.items() if v and "(sum)" not in k), default=0.0)
+
+
 def _ratios(rows: list[dict]) -> dict:
     first, last = rows[0], rows[-1]
 
     def peak(row: dict) -> float:
-        return max((v for v in row["peak_rss_mb"].values() if v), default=0.0)
+        return largest_rss(row["peak_rss_mb"])
 
     return {
         "photos_per_second": round(last["photos_per_second"] / first["photos_per_second"], 3),
@@ -176,7 +181,7 @@ def _ratios(rows: list[dict]) -> dict:
 
 
 def _describe(row: dict) -> str:
-    peak = max((v for v in row["peak_rss_mb"].values() if v), default=0.0)
+    peak = largest_rss(row["peak_rss_mb"])
     files = sum(t["data_files"] for t in row["tables"].values())
     entries = sum(t["log_entries"] for t in row["tables"].values())
     return (

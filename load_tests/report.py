@@ -132,9 +132,11 @@ def write_growth_png(result: dict, out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from load_tests.growth import largest_rss
+
     panels = [
         ("photos/s", lambda r: r["photos_per_second"]),
-        ("peak RSS of the largest process (MB)", lambda r: max(r["peak_rss_mb"].values())),
+        ("peak RSS of the largest process (MB)", lambda r: largest_rss(r["peak_rss_mb"])),
         ("open the tables (ms)", lambda r: r["open_seconds"] * 1000),
         ("resume (ms)", lambda r: r["resume_seconds"] * 1000),
         ("data files, all tables", lambda r: sum(t["data_files"] for t in r["tables"].values())),

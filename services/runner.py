@@ -168,10 +168,9 @@ def _on_ray(
 
 
 def owned_arrays(output: BatchOutput) -> BatchOutput:
-    """`output` with copies of the arrays Ray hands back as read-only views into its object
-    store: one such view (a box's logits) pins its whole batch object there, and its pages in
-    this process, for as long as the result waits for its deployment's commit (measured:
-    +13 KB of driver RSS per photo, 1,000 to 10,000 photos; load_tests --mode growth)."""
+    """`output` with copies of the arrays Ray hands back as read-only views of the buffer it
+    deserialised: one such view (a box's logits) keeps its whole batch's buffer alive for as
+    long as the result waits for its deployment's commit (up to `folder_commit_every` photos)."""
     for result in output.results:
         for detection in result.detections:
             if detection.logits is not None and not detection.logits.flags.owndata:

@@ -100,10 +100,10 @@ def test_a_folder_run_killed_with_sigkill_resumes_without_redoing_committed_work
     assert len(events) == len(set(events))
 
 
-def test_results_back_from_ray_hold_no_view_into_its_object_store():
-    """Ray returns numpy arrays as read-only views of its object store (checked on Ray 2.60:
-    `flags.owndata` False); held until their deployment's commit, each would pin its batch's
-    whole object. The driver keeps copies (`owned_arrays`)."""
+def test_results_back_from_ray_hold_no_view_of_the_buffer_ray_deserialised():
+    """Ray returns numpy arrays as read-only views of the buffer it deserialised (checked on
+    Ray 2.60: `flags.owndata` False); held until their deployment's commit, each would keep its
+    batch's whole buffer. The driver keeps copies (`owned_arrays`)."""
     import numpy as np
 
     from trapline.pipelines.flow import BatchOutput
