@@ -33,9 +33,10 @@ def split_scores(raw: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def postprocess(
-    raw: np.ndarray, layout: str, conf_threshold: float, iou_threshold: float, max_det: int = 100
+    raw: np.ndarray, layout: str, conf_threshold: float, iou_threshold: float, max_det: int = 300
 ) -> list[Boxes]:
-    """Threshold, class-aware NMS and top `max_det` per image."""
+    """Threshold, class-aware NMS and top `max_det` per image (300, as YOLOv5's and
+    ultralytics' NMS and so MegaDetector: a lower cap drops boxes they keep)."""
     centres, class_scores = split_scores(np.asarray(raw, dtype=np.float32), layout)
     best_class = class_scores.argmax(axis=-1)
     best_score = np.take_along_axis(class_scores, best_class[..., None], axis=-1)[..., 0]

@@ -14,7 +14,7 @@ import numpy as np
 from trapline.models.backend import DetectorBackend
 from trapline.models.contracts import ModelContractError
 from trapline.models.yolo import Boxes, postprocess
-from trapline.pipelines.fidelity import LetterboxMode
+from trapline.pipelines.fidelity import LetterboxMode, ResizeFilter
 from trapline.pipelines.letterbox import Letterbox
 from trapline.pipelines.types import Detection, Frame
 
@@ -38,6 +38,7 @@ def detect_frames(
     conf_threshold: float,
     iou_threshold: float,
     letterbox: LetterboxMode = "square",
+    resize: ResizeFilter = "pillow",
 ) -> list[list[Detection]]:
     """One list of detections per frame, best first."""
     if not frames:
@@ -59,7 +60,7 @@ def detect_frames(
     for (height, width), indices in by_shape.items():
         batch = np.empty((len(indices), height, width, 3), dtype=np.uint8)
         for row, i in enumerate(indices):
-            boxes[i].draw(frames[i].image, batch[row])
+            boxes[i].draw(frames[i].image, batch[row], resize)
         raw = detector.detect(batch)
         if raw.shape[0] != len(indices):
             raise ValueError(f"detector returned {raw.shape[0]} results for {len(indices)} images")

@@ -22,6 +22,12 @@ per switch):
   (pipelines/decode.py); true decodes every pixel and resizes from there, as upstream does
   (both read the whole photo with cv2/PIL, then resize). Costs the full decode: 100-230 ms for
   a 12 MP JPEG on one core against a few ms, and 36 MB of RGB per photo held until the crops.
+- `resize`: `pillow` resizes the photo into the detector canvas with Pillow's bilinear filter,
+  which antialiases when it shrinks; `opencv` uses OpenCV's `cv2.resize(..., INTER_LINEAR)`,
+  which does not, as YOLOv5's `letterbox` (MegaDetector) and ultralytics' `LetterBox` do. On a
+  2048 px photo shrunk to 1280 the two differ by many grey levels along edges, enough to move
+  boxes and scores (tests/test_upstream_fidelity.py). Costs the `opencv-python-headless` package
+  (the `reference` extra); speed is about the same.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Literal
 LetterboxMode = Literal["square", "rectangle"]
 CropRounding = Literal["round", "truncate"]
 ProfileName = Literal["fast", "reference"]
+ResizeFilter = Literal["pillow", "opencv"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +46,28 @@ class Fidelity:
     letterbox: LetterboxMode  # detector input: square S x S, or the stride-multiple rectangle
     crop_rounding: CropRounding  # classifier crop edges: nearest pixel, or DeepFaune's int()
     full_resolution: bool  # decode every pixel (upstream) or the smallest DCT scale needed
+    resize: ResizeFilter  # detector canvas resize: Pillow bilinear (antialiased) or OpenCV's
 
 
 PROFILES: dict[str, Fidelity] = {
     # Throughput: today's behaviour and the default (docs/models.md, "Reference behaviour").
-    "fast": Fidelity(letterbox="square", crop_rounding="round", full_resolution=False),
+    "fast": Fidelity(
+        letterbox="square", crop_rounding="round", full_resolution=False, resize="pillow"
+    ),
     # Same pixels into the models as MegaDetector and DeepFaune feed theirs.
-    "reference": Fidelity(letterbox="rectangle", crop_rounding="truncate", full_resolution=True),
+    "reference": Fidelity(
+        letterbox="rectangle", crop_rounding="truncate", full_resolution=True, resize="opencv"
+    ),
 }
+
+
+def require_resize(resize: ResizeFilter) -> None:
+    """Refuse at start, not on the first photo, when `resize: opencv` has no OpenCV."""
+    if resize == "opencv":
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "resize: opencv (set by profile: reference) needs OpenCV: pip install "
+                "'trapline[reference]' (opencv-python-headless), or set resize: pillow"
+            ) from None

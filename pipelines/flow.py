@@ -29,6 +29,7 @@ from trapline.pipelines.decode import FULL_RESOLUTION, decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import check_letterbox, detect_frames
 from trapline.pipelines.errors import OUTAGES, describe, is_retryable
+from trapline.pipelines.fidelity import require_resize
 from trapline.pipelines.postprocess import PostprocessOptions, apply_postprocessing, find_static
 from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
 from trapline.pipelines.source import read_bytes
@@ -76,6 +77,7 @@ class PhotoPipeline:
             else max(settings.decode_min_long_side, detector.spec.input_size)
         )
         check_letterbox(detector, settings.letterbox)  # a fixed-size detector: refuse at start
+        require_resize(settings.resize)  # resize: opencv without OpenCV: refuse at start
 
     @property
     def model_names(self) -> ModelNames:
@@ -120,6 +122,7 @@ class PhotoPipeline:
                     self.settings.detection_threshold,
                     self.settings.nms_iou,
                     self.settings.letterbox,
+                    self.settings.resize,
                 )
                 stage, classified_at = "classify", time.perf_counter()
                 timer["detect"] += classified_at - started

@@ -62,12 +62,27 @@ class Letterbox:
             canvas_h,
         )
 
-    def draw(self, image: Image.Image, out: np.ndarray) -> None:
-        """Write the letterboxed photo into `out` (canvas_h x canvas_w x 3 uint8), in place."""
+    def draw(self, image: Image.Image, out: np.ndarray, resize: str = "pillow") -> None:
+        """Write the letterboxed photo into `out` (canvas_h x canvas_w x 3 uint8), in place.
+
+        `resize`: "pillow" (bilinear, antialiased when shrinking) or "opencv" (`cv2.resize`
+        INTER_LINEAR, as YOLOv5 / MegaDetector and ultralytics letterbox; pipelines/fidelity.py).
+        """
         out[...] = PAD_VALUE
-        resized = image.resize((self.scaled_w, self.scaled_h), Image.Resampling.BILINEAR)
+        size = (self.scaled_w, self.scaled_h)
+        if resize == "opencv":
+            import cv2
+
+            pixels = np.asarray(image)
+            resized = (
+                pixels
+                if pixels.shape[1::-1] == size
+                else cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+            )
+        else:
+            resized = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
         out[self.pad_y : self.pad_y + self.scaled_h, self.pad_x : self.pad_x + self.scaled_w] = (
-            np.asarray(resized)
+            resized
         )
 
     def to_relative(self, xyxy: np.ndarray) -> np.ndarray:

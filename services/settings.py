@@ -22,7 +22,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from trapline.pipelines.fidelity import PROFILES, CropRounding, LetterboxMode, ProfileName
+from trapline.pipelines.fidelity import (
+    PROFILES,
+    CropRounding,
+    LetterboxMode,
+    ProfileName,
+    ResizeFilter,
+)
 
 _config_file: ContextVar[str | None] = ContextVar("trapline_config_file", default=None)
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -84,7 +90,7 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=1, description="Labels and probabilities kept per observation.")
     profile: ProfileName = Field(
         "fast",
-        description="Pre-processing profile (docs/models.md, 'Reference behaviour'): fast (the default: square letterbox, rounded crops, reduced-scale decode; throughput, and any exported detector) or reference (the same pixels into the models as MegaDetector and DeepFaune: needs a detector exported with dynamic H/W, costs the full decode). The three switches below override it one by one.",
+        description="Pre-processing profile (docs/models.md, 'Reference behaviour'): fast (the default: square letterbox, rounded crops, reduced-scale decode; throughput, and any exported detector) or reference (the same pixels into the models as MegaDetector and DeepFaune: needs a detector exported with dynamic H/W, costs the full decode and needs OpenCV). The four switches below override it one by one.",
     )
     letterbox: LetterboxMode | None = Field(
         None,
@@ -97,6 +103,10 @@ class Settings(BaseSettings):
     full_resolution: bool | None = Field(
         None,
         description="Decode every pixel and resize from there, as upstream does (costs the full JPEG decode), instead of the smallest DCT scale the models need; unset: the profile's.",
+    )
+    resize: ResizeFilter | None = Field(
+        None,
+        description="Detector canvas resize: pillow (bilinear, antialiased when shrinking) or opencv (cv2 INTER_LINEAR, as MegaDetector and ultralytics; needs the reference extra); unset: the profile's.",
     )
 
     # Throughput
@@ -369,7 +379,7 @@ class Settings(BaseSettings):
     def _apply_profile(self) -> Settings:
         """Switches left unset take the profile's value (pipelines/fidelity.py)."""
         chosen = PROFILES[self.profile]
-        for name in ("letterbox", "crop_rounding", "full_resolution"):
+        for name in ("letterbox", "crop_rounding", "full_resolution", "resize"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(chosen, name))
         return self

@@ -163,9 +163,9 @@ def ultralytics_save(a: dict) -> dict:
     model = DetectionModel(cfg, ch=3, nc=3, verbose=False)
     _spread(model, a["seed"])
     head = model.model[-1]
+    model.half().float()  # calibrate the weights the fp16 checkpoint will hold
     with torch.no_grad():
-        for level in head.cv3:
-            level[-1].weight.mul_(a.get("head_gain", 1.0))
+        _calibrate_classes(model, [level[-1] for level in head.cv3], a["calibrate"])
     model.names = {0: "animal", 1: "person", 2: "vehicle"}  # the trainer sets data['names']
     out = Path(a["out"])
 
@@ -190,6 +190,35 @@ def ultralytics_save(a: dict) -> dict:
     trainer = Trainer()
     trainer.save_model()
     return {"last": str(trainer.last)}
+
+
+def _calibrate_classes(model, convs, photos: list[str], top: float = 0.002) -> None:
+    """Scale the class convolutions so their logits have std 2 on `photos` (640 wide), and bias
+    them so about `top` of the (cell, class) scores exceed 0.3: a few hundred boxes, spread
+    over (0, 1), whatever the architecture (random heads answer all ~0 or all ~1, and how
+    much depends on the photo, hence calibrating on the photos the test runs)."""
+    from PIL import Image
+
+    images = []
+    for photo in photos:
+        image = Image.open(photo).convert("RGB")
+        image = image.resize((640, round(640 * image.height / image.width / 32) * 32))
+        images.append(np.asarray(image))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    seen = []
+    hooks = [c.register_forward_hook(lambda m, i, o: seen.append(o.flatten())) for c in convs]
+    for conv in convs:
+        conv.bias.zero_()
+    model.eval()
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    logits = torch.cat(seen)
+    scale = 2.0 / float(logits.std())
+    bias = float(torch.logit(torch.tensor(0.3))) - float(torch.quantile(logits * scale, 1 - top))
+    for conv in convs:
+        conv.weight.mul_(scale)
+        conv.bias.fill_(bias)
 
 
 def _ultralytics_model(path: str) -> torch.nn.Module:
