@@ -416,3 +416,39 @@ def test_ultralytics_parameter_names_are_ultralytics(ultra_checkpoint):
             "model.22.cv3.2.2.bias", "model.22.dfl.conv.weight",
         }  # fmt: skip
     assert expected <= keys
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "says"),
+    [
+        ("models.common", "RepNCSPELAN4", "original YOLOv9 repository"),  # MDv1000-cedar
+        ("ultralytics.nn.modules.block", "SCDown", "YOLOv10-style end-to-end"),  # MDv6 YOLOv10
+        ("ultralytics.nn.modules.head", "v10Detect", "YOLOv10-style end-to-end"),
+    ],
+)
+def test_unsupported_families_are_refused_with_the_reason_and_what_to_do(
+    tmp_path, module, name, says
+):
+    import types
+
+    block = type(name, (torch.nn.Module,), {"__module__": module})
+    fake = types.ModuleType(module)
+    setattr(fake, name, block)
+    path = tmp_path / f"{name}.pt"
+    if module.startswith("ultralytics."):
+        with named_as_ultralytics():  # the package tree, as the CBFuse test above
+            setattr(sys.modules[module], name, block)
+            torch.save({"model": block(), "ema": None}, path)
+    else:
+        saved = sys.modules.get(module)
+        sys.modules[module] = fake
+        try:
+            torch.save({"model": block(), "ema": None}, path)
+        finally:
+            if saved is None:
+                del sys.modules[module]
+            else:
+                sys.modules[module] = saved
+    with pytest.raises(Exception, match=f"{module}.{name}") as refused:
+        load_trusted(path)
+    assert says in str(refused.value) and "use MDv5a" in str(refused.value)

@@ -97,6 +97,31 @@ KNOWN = (
 )
 
 
+# Names that say which unsupported family a refused file is, and what to do instead.
+_ORIGINAL_YOLOV9 = ("RepNCSPELAN4", "ADown", "SPPELAN", "DDetect", "DualDDetect", "CBLinear")
+_END_TO_END = ("v10Detect", "SCDown", "C2fCIB", "PSA")  # YOLOv10 blocks (ultralytics)
+
+
+def _what_to_do(refused: str) -> str:
+    """A hint for the two families the importers do not rebuild, from the refused name."""
+    name = refused.rsplit(".", 1)[-1]
+    if refused.split(" refers to ")[-1].startswith("models.") and name in _ORIGINAL_YOLOV9:
+        return (
+            ". This is the original YOLOv9 repository's layout (YOLOv9 blocks under "
+            "`models.common` / `models.yolo`, as MDv1000-cedar is expected to be): Trapline "
+            "rebuilds YOLOv9-c only under ultralytics' class names. Export it to ONNX with that "
+            "repository's export.py (--include onnx --dynamic) and write the sidecar by hand "
+            "(docs/models.md, 'By hand'), or use MDv5a / MDv1000-redwood, -larch or -sorrel"
+        )
+    if name in _END_TO_END:
+        return (
+            ". This is a YOLOv10-style end-to-end model (MDv6 YOLOv10 variants): its one-to-one "
+            "head answers top-k rows, not the (B, 4 + nc, N) layout the pipeline decodes, so it "
+            "cannot be served as it is; use MDv5a or an MDv1000 / MDv6 YOLOv9-c or YOLO11 model"
+        )
+    return ""
+
+
 def is_allowed(module: str, name: str) -> bool:
     return (module, name) in ALLOWED
 
@@ -124,7 +149,7 @@ def load_trusted(path: Path) -> Any:
     except PickleRefused as error:
         raise CheckpointError(
             f"{path}: refused before loading anything: {error} (the importer loads exact names "
-            f"only; {KNOWN})"
+            f"only; {KNOWN}){_what_to_do(str(error))}"
         ) from None
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):

@@ -40,7 +40,8 @@ def load_ultralytics(path: Path) -> nn.Module:
     if end2end:
         raise CheckpointError(
             f"{path}: the Detect head is end-to-end (YOLOv10/YOLO26 one-to-one top-k rows), not "
-            "the (B, 4 + nc, N) layout the pipeline decodes"
+            "the (B, 4 + nc, N) layout the pipeline decodes, so it cannot be served as it is; use "
+            "MDv5a or an MDv1000 / MDv6 YOLOv9-c or YOLO11 model"
         )
     if not hasattr(model, "stride"):  # as attempt_load_one_weight does
         model.stride = head.stride
