@@ -55,7 +55,7 @@ from trapline.services.triton_server import (
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "models" / "demo"
-PHOTOS = REPO.parent / "shared" / "camtrap-dp-1.0.2"
+PHOTOS = REPO / "tests" / "data" / "real_photos"  # real Reconyx frames (Camtrap DP example, MIT)
 SMALL_BATCHES = RepositoryOptions(max_batch_size=8, preferred_batch_sizes=(4, 8))
 
 
@@ -75,9 +75,9 @@ def model_files(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def canvases(model_files) -> np.ndarray:
-    """Letterboxed detector inputs: the real Reconyx burst (when shared/ is there) and noise."""
+    """Letterboxed detector inputs: real Reconyx photos and noise."""
     side = load_detector_spec(model_files[0]).input_size
-    photos = sorted(PHOTOS.glob("*.JPG"))[:6]
+    photos = sorted(PHOTOS.rglob("*.JPG"))
     rng = np.random.default_rng(7)
     batch = rng.integers(0, 256, (len(photos) + 3, side, side, 3), dtype=np.uint8)
     for i, path in enumerate(photos):

@@ -50,7 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_VENV = Path(os.environ.get("TRAPLINE_UPSTREAM_VENV", REPO / ".venv-upstream"))
 UPSTREAM_PYTHON = UPSTREAM_VENV / "bin" / "python"
 REFERENCE = REPO / "tests" / "upstream" / "reference.py"
-PHOTOS = sorted((REPO.parent / "shared" / "camtrap-dp-1.0.2").glob("*.JPG"))[:3]
+# Real camera-trap photos nobody here made (Camtrap DP 1.0.2 example, MIT; tests/data/real_photos).
+PHOTOS = sorted((REPO / "tests" / "data" / "real_photos").rglob("*.JPG"))[:3]
 THRESHOLD = 0.2  # MegaDetector's typical threshold
 RAW_TOLERANCE = 1e-3
 MIN_IOU = 0.95
@@ -65,7 +66,7 @@ def _require_upstream() -> None:
         return
     reason = (
         f"no upstream reference venv at {UPSTREAM_VENV} (run scripts/setup_upstream.sh: needs "
-        "x86_64 Linux, Python 3.11 and PyPI) or no photos in ../shared/camtrap-dp-1.0.2"
+        "x86_64 Linux, Python 3.11 and PyPI) or no photos in tests/data/real_photos"
     )
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the upstream fidelity tests: {reason}")
