@@ -6,7 +6,7 @@
     .venv/bin/python -m load_tests --storage s3://bucket/bench   # photos read from S3 (TRAPLINE_S3_*)
     .venv/bin/python -m load_tests --gpu                 # also the GPU benchmark (CUDA node)
     .venv/bin/python -m load_tests --mode delta          # Delta commits/s, resume vs history
-    .venv/bin/python -m load_tests --mode restart        # kill -9 + restart: dynamic vs static
+    .venv/bin/python -m load_tests --mode restart        # kill -9 + restart: dynamic, static, ordinal
     .venv/bin/python -m load_tests --mode growth --sizes 1000,10000,100000   # costs vs photos
 
 One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--membership",
-        default="dynamic,static",
-        help="--mode restart: membership modes to time, in order",
+        default="dynamic,static,ordinal",
+        help="--mode restart: membership modes to time, in order (ordinal: fixed partition ownership)",
     )
     parser.add_argument(
         "--history",

@@ -1,6 +1,6 @@
 """Restart recovery: how long a killed and restarted worker's partitions wait for their next row.
 
-    .venv/bin/python -m load_tests --mode restart            # dynamic, then static membership
+    .venv/bin/python -m load_tests --mode restart            # dynamic, static, ordinal
 
 Each trial starts a fresh Tansu broker, a topic of `partitions` partitions and `workers` real
 `trapline serve --workers 0` processes in one consumer group, and sends upload events at `rate`
@@ -20,7 +20,9 @@ Dynamic membership: the old member stays in the group until its session timeout 
 new process joins as a new member, and the partitions move once or twice. Static membership
 (`group_instance_id`): the new process takes the old one's place and assignment (KIP-345).
 On Tansu both include the broker's own holds (docs/operations.md, "Static membership"); a real
-Kafka answers a static member's rejoin at once.
+Kafka answers a static member's rejoin at once. Ordinal (`partition_assignment=ordinal`): no
+group protocol; worker i of the trial owns the partitions p with p % workers == i and the restarted
+process assigns them to itself at start.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ RESUME = re.compile(r"partition (?P<topic>\S+)/(?P<partition>\d+) resumes at off
 @dataclass
 class RestartOptions:
     trials: int = 2  # per membership mode
-    modes: tuple[str, ...] = ("dynamic", "static")
+    modes: tuple[str, ...] = ("dynamic", "static", "ordinal")
     workers: int = 2
     partitions: int = 4
     rate: float = 4.0  # events/s over all partitions, for the whole trial
@@ -126,16 +128,21 @@ class _Producer:
 
 
 def _env(
-    broker: TansuServer, topic: str, group: str, options: RestartOptions, instance: str | None
+    broker: TansuServer, topic: str, group: str, options: RestartOptions, mode: str, index: int
 ):
     env = worker_env(
         broker, topic, group, session_timeout_ms=options.session_timeout_ms,
         commit_interval_s=options.commit_interval_s, batch_max_records=50, metrics_port=0,
     )  # fmt: skip
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("TRAPLINE_GROUP_INSTANCE_ID", None)
-    if instance is not None:
-        env["TRAPLINE_GROUP_INSTANCE_ID"] = instance
+    for name in ("GROUP_INSTANCE_ID", "PARTITION_ASSIGNMENT", "WORKER_ORDINAL", "WORKER_REPLICAS"):
+        env.pop(f"TRAPLINE_{name}", None)
+    if mode == "static":  # the chart uses the pod's name
+        env["TRAPLINE_GROUP_INSTANCE_ID"] = f"pod{index}"
+    elif mode == "ordinal":  # the chart: the pod's ordinal and the StatefulSet's replicas
+        env["TRAPLINE_PARTITION_ASSIGNMENT"] = "ordinal"
+        env["TRAPLINE_WORKER_ORDINAL"] = str(index)
+        env["TRAPLINE_WORKER_REPLICAS"] = str(options.workers)
     return env
 
 
@@ -230,10 +237,7 @@ def run_trial(mode: str, options: RestartOptions, say=print) -> dict:
             kafka_io.ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], options.partitions)
             # One process per pod, each with its own id (the chart uses the pod's name); its
             # one consumer joins as "<id>-0". Dynamic: no id.
-            envs = [
-                _env(broker, topic, group, options, f"pod{i}" if mode == "static" else None)
-                for i in range(options.workers)
-            ]
+            envs = [_env(broker, topic, group, options, mode, i) for i in range(options.workers)]
             for index, env in enumerate(envs):
                 workers.append(_start(index, env, out, work / f"worker-{index}.log"))
                 time.sleep(1.0)  # worker 0 joins first

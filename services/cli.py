@@ -25,8 +25,13 @@ def run(
     config: Path | None = typer.Option(None, help="YAML settings file."),
     workers: int | None = typer.Option(None, help="Ray workers; 0 = in-process."),
     batch_size: int | None = typer.Option(None, help="Photos per detector batch."),
-    detector: Path | None = typer.Option(None, help="Detector: an ONNX file (with .json sidecar) or a release name (`trapline models fetch --list`)."),
-    classifier: Path | None = typer.Option(None, help="Classifier: an ONNX file (with .json sidecar) or a release name."),
+    detector: Path | None = typer.Option(
+        None,
+        help="Detector: an ONNX file (with .json sidecar) or a release name (`trapline models fetch --list`).",
+    ),
+    classifier: Path | None = typer.Option(
+        None, help="Classifier: an ONNX file (with .json sidecar) or a release name."
+    ),
     json_summary: Path | None = typer.Option(
         None, "--json-summary", help="Also write the summary as JSON."
     ),
@@ -235,12 +240,14 @@ def serve(
     from trapline.services.object_store import describe_storage
     from trapline.services.reaper import start_reaper
     from trapline.services.serve_roots import StorageRootsError, with_serve_roots
+    from trapline.services.stream import ordinal_slot
     from trapline.services.stream import serve as serve_forever
 
     configure_json_logging()  # one JSON object per line on stdout, the workers' lines too
     try:
         settings = with_serve_roots(load_settings(config, workers=workers), out)
-    except StorageRootsError as error:
+        ordinal_slot(settings, 0)  # ordinal assignment: refuse an unknown or too large ordinal
+    except (StorageRootsError, ValueError) as error:
         console.print(f"[red]trapline serve: {error}[/red]")
         raise typer.Exit(2) from None
     if settings.workers == 0:  # the one consumer is this process: its lines name it too

@@ -316,6 +316,20 @@ class Settings(BaseSettings):
         description="Static group membership (KIP-345): worker i of this process joins as '<id>-<i>', so a restart within session_timeout_ms gets its partitions back without a rebalance. Stable across restarts, unique per process (the chart uses the pod name); unset: dynamic membership. See docs/operations.md.",
     )
     poll_max_records: int = Field(500, ge=1, description="Records fetched per poll.")
+    partition_assignment: Literal["group", "ordinal"] = Field(
+        "group",
+        description="Who consumes which partition. group: the Kafka consumer group assigns and rebalances (a dead worker's partitions move to the others). ordinal: fixed ownership without a group protocol, partition p to worker slot p % (worker_replicas x workers), so a restarted worker reads its partitions at once and nothing rebalances, but a worker that stays down stops its partitions until it is back (Kubernetes restarts it). See docs/operations.md, 'Fixed partition ownership'.",
+    )
+    worker_ordinal: int | None = Field(
+        None,
+        ge=0,
+        description="partition_assignment=ordinal: this process's number among worker_replicas (0-based); unset: the number at the end of the host name (a StatefulSet pod's trapline-worker-3 is 3).",
+    )
+    worker_replicas: int = Field(
+        1,
+        ge=1,
+        description="partition_assignment=ordinal: processes (pods) sharing the uploads topic; each runs `workers` consumers (at least one).",
+    )
     folder_commit_every: int = Field(
         2000,
         ge=1,

@@ -12,6 +12,11 @@ Rebalances: kafka-python calls the listener on its IO thread, where blocking con
 refused, so the callbacks only note the change and the loop applies it. A revoked partition's
 ready range is written (the tables' versions settle any race with its new owner); a partition
 that the tables show was moved on by someone else (fenced) is dropped and resumed from them.
+With `partition_assignment=ordinal` there is no group protocol at all: worker slot i of N
+assigns itself the partitions p with p % N == i (`OrdinalSlot`), so a restarted worker reads
+at once and nothing rebalances; the tables' versions still decide what is written, so two
+workers that believe they own one partition (N changing in a rolling update) are fenced like
+a zombie, never duplicated.
 Outages (models, storage, the dead-letter topic) are retried with capped backoff, never
 dead-lettered: the photos are fine. The consumer and producer can be passed in, so a test can
 drive a worker from an in-memory source.
@@ -20,6 +25,8 @@ drive a worker from an in-memory source.
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_DELAY_S = 1.0  # an outage: first wait before retrying a checkpoint
 MAX_RETRY_DELAY_S = 60.0
 LAG_INTERVAL_S = 15.0  # how often consumer lag is read from the broker
+PARTITIONS_INTERVAL_S = 30.0  # ordinal assignment: how often the topic's partitions are re-read
 
 
 @dataclass
@@ -92,6 +100,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         # An outage in progress: (first failed checkpoint at, retries so far), for the log.
         self._outage: tuple[float, int] | None = None
         self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
+        self.slot = ordinal_slot(settings, index)  # None: the consumer group assigns
+        self._owned: set[TopicPartition] = set()  # ordinal assignment: the partitions claimed
+        self._owned_at = float("-inf")
         security = settings.kafka_security()
         self.producer = producer or kafka_io.make_producer(settings.kafka_bootstrap, **security)
         self.dead_letters = kafka_io.DeadLetter(self.producer, settings.dlq_topic)
@@ -104,10 +115,18 @@ class StreamWorker(kafka_io.RebalanceListener):
             settings.consumer_group,
             max_poll_records=settings.poll_max_records,
             session_timeout_ms=settings.session_timeout_ms,
-            group_instance_id=member_id(settings, index),
+            group_instance_id=member_id(settings, index) if self.slot is None else None,
             **security,
         )
-        self.consumer.subscribe([settings.uploads_topic], listener=self)
+        if self.slot is None:
+            self.consumer.subscribe([settings.uploads_topic], listener=self)
+        else:
+            log.info(
+                "fixed partition ownership: slot %d of %d reads the partitions p of %s with "
+                "p %% %d == %d; no consumer group rebalances",
+                self.slot.index, self.slot.count, settings.uploads_topic, self.slot.count,
+                self.slot.index,
+            )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -119,6 +138,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if self.clock() - last_lag_at >= LAG_INTERVAL_S:
                     self._publish_lag()
                     last_lag_at = self.clock()
+                if self.slot is not None and self.clock() - self._owned_at >= PARTITIONS_INTERVAL_S:
+                    self._claim_partitions()
                 polled = self.consumer.poll(timeout_ms=200)
                 self._apply_rebalance()
                 if not self.buffers:  # not idle while waiting for the group to assign partitions
@@ -197,6 +218,39 @@ class StreamWorker(kafka_io.RebalanceListener):
         with self._rebalance_lock:
             self._assigned.update(assigned)
             self._revoked.difference_update(assigned)
+
+    def _claim_partitions(self) -> None:
+        """Ordinal assignment: assign this slot's partitions of the topic to the consumer; again
+        every PARTITIONS_INTERVAL_S, to take partitions added to the topic (seen once the
+        client's metadata refreshes, `metadata_max_age_ms`)."""
+        self._owned_at = self.clock()
+        topic = self.settings.uploads_topic
+        try:
+            partitions = self.consumer.partitions_for_topic(topic)
+        except kafka_io.KafkaError as error:
+            log.warning("partitions of %s unknown (%s); asking again", topic, error)
+            self._owned_at -= PARTITIONS_INTERVAL_S - FIRST_RETRY_DELAY_S
+            return
+        if not partitions:
+            log.warning("topic %s not found on the broker; asking again", topic)
+            self._owned_at -= PARTITIONS_INTERVAL_S - FIRST_RETRY_DELAY_S
+            return
+        from kafka import TopicPartition
+
+        assert self.slot is not None
+        owned = {TopicPartition(topic, p) for p in partitions if self.slot.owns(p)}
+        if owned == self._owned:
+            return
+        if not owned:
+            log.warning(
+                "slot %d of %d owns none of the %d partitions of %s: this worker idles "
+                "(more workers than partitions)",
+                self.slot.index, self.slot.count, len(partitions), topic,
+            )  # fmt: skip
+        self.consumer.assign(sorted(owned))  # keeps the positions of partitions already held
+        self.on_partitions_assigned(owned - self._owned)
+        self._owned = owned
+        self._apply_rebalance()  # seek the new ones before the next poll fetches
 
     def _apply_rebalance(self) -> None:
         """Write what revoked partitions have ready; resume assigned ones from the tables."""
@@ -373,6 +427,47 @@ class StreamWorker(kafka_io.RebalanceListener):
                 },
             )
         )
+
+
+@dataclass(frozen=True)
+class OrdinalSlot:
+    """partition_assignment=ordinal: this consumer is slot `index` of `count` and owns the
+    partitions p with p % count == index."""
+
+    index: int
+    count: int
+
+    def owns(self, partition: int) -> bool:
+        return partition % self.count == self.index
+
+
+def ordinal_slot(settings: Settings, index: int, hostname: str | None = None) -> OrdinalSlot | None:
+    """Worker `index` of this process under ordinal assignment (None: the group assigns).
+
+    The process's ordinal is `worker_ordinal`, or the number ending the host name (a StatefulSet
+    pod `trapline-worker-3` is 3); its `workers` consumers (at least one) take consecutive slots.
+    Raises ValueError at start when the ordinal is unknown or not below `worker_replicas`:
+    a wrong one would leave partitions to nobody.
+    """
+    if settings.partition_assignment != "ordinal":
+        return None
+    ordinal = settings.worker_ordinal
+    if ordinal is None:
+        host = hostname if hostname is not None else socket.gethostname()
+        match = re.search(r"-(\d+)$", host)
+        if match is None:
+            raise ValueError(
+                "partition_assignment=ordinal needs TRAPLINE_WORKER_ORDINAL or a host name "
+                f"ending in -N (a StatefulSet pod's); this host is {host!r}"
+            )
+        ordinal = int(match[1])
+    if ordinal >= settings.worker_replicas:
+        raise ValueError(
+            f"worker ordinal {ordinal} is not below worker_replicas={settings.worker_replicas}: "
+            "set TRAPLINE_WORKER_REPLICAS to the number of worker processes (pods)"
+        )
+    per_process = max(settings.workers, 1)
+    return OrdinalSlot(ordinal * per_process + index, settings.worker_replicas * per_process)
 
 
 def member_id(settings: Settings, index: int) -> str | None:

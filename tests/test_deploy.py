@@ -377,6 +377,30 @@ def test_workers_are_static_group_members_named_after_their_pod(rendered):
     assert "TRAPLINE_GROUP_INSTANCE_ID" not in {e["name"] for e in worker["env"]}
 
 
+def test_ordinal_assignment_shares_partitions_by_pod_ordinal_and_refuses_keda():
+    """kafka.partitionAssignment=ordinal: each pod learns the pod count (its ordinal comes from
+    its host name), joins no group; KubeRay's one driver is ordinal 0 of 1; KEDA is refused."""
+    import helm_python as helm
+
+    values = {"kafka": {"partitionAssignment": "ordinal"}, "workers": {"replicas": 3}}
+    worker = one(check_helm.manifests(values), "StatefulSet", "-worker")
+    env = {
+        e["name"]: e.get("value")
+        for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["TRAPLINE_PARTITION_ASSIGNMENT"] == "ordinal"
+    assert env["TRAPLINE_WORKER_REPLICAS"] == "3"
+    assert "TRAPLINE_GROUP_INSTANCE_ID" not in env and "TRAPLINE_WORKER_ORDINAL" not in env
+    ray = check_helm.manifests(values | {"rayCluster": {"enabled": True}})
+    head = one(ray, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    driver = {e["name"]: e.get("value") for c in head if c["name"] == "driver" for e in c["env"]}
+    assert (driver["TRAPLINE_WORKER_REPLICAS"], driver["TRAPLINE_WORKER_ORDINAL"]) == ("1", "0")
+    with pytest.raises(helm.HelmError, match="keda.enabled changes the pod count"):
+        check_helm.manifests(values | {"keda": {"enabled": True}})
+    with pytest.raises(helm.HelmError, match="must be group or ordinal"):
+        check_helm.manifests({"kafka": {"partitionAssignment": "sticky"}})
+
+
 def test_all_features_scale_on_lag_with_keda_and_expose_every_worker_port(rendered):
     docs = rendered["all-features"]
     deployment = one(docs, "StatefulSet", "-worker")

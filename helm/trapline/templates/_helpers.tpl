@@ -107,11 +107,31 @@ env:
 {{- end }}
 {{- end }}
 
-{{/* TRAPLINE_GROUP_INSTANCE_ID = the pod's name (kafka.staticMembership), as a YAML list for
-"extra": stable across the restarts of a pod (and, in the worker StatefulSet, its replacements),
-unique across pods; the process's consumers join as <pod name>-<i>. */}}
-{{- define "trapline.memberIdEnv" -}}
-{{- if .Values.kafka.staticMembership }}
+{{/* How the worker's consumers get their partitions, as a YAML list for "extra":
+kafka.partitionAssignment=ordinal: fixed ownership, no group protocol (docs/operations.md, "Fixed
+partition ownership"): TRAPLINE_WORKER_REPLICAS = the StatefulSet's pods, each pod's ordinal read
+from its host name (trapline-worker-3 is 3); on KubeRay the one driver is ordinal 0 of 1.
+group (the default) with kafka.staticMembership: TRAPLINE_GROUP_INSTANCE_ID = the pod's name,
+stable across the restarts of a pod (and, in the worker StatefulSet, its replacements), unique
+across pods; the process's consumers join as <pod name>-<i>. */}}
+{{- define "trapline.consumerIdentityEnv" -}}
+{{- $assignment := .Values.kafka.partitionAssignment | default "group" }}
+{{- if not (has $assignment (list "group" "ordinal")) }}
+{{- fail (printf "kafka.partitionAssignment must be group or ordinal, not %q" $assignment) }}
+{{- end }}
+{{- if eq $assignment "ordinal" }}
+{{- if .Values.keda.enabled }}
+{{- fail "kafka.partitionAssignment=ordinal shares the partitions among workers.replicas pods; keda.enabled changes the pod count without changing the shares: use one or the other" }}
+{{- end }}
+- name: TRAPLINE_PARTITION_ASSIGNMENT
+  value: ordinal
+- name: TRAPLINE_WORKER_REPLICAS
+  value: {{ ternary 1 .Values.workers.replicas .Values.rayCluster.enabled | quote }}
+{{- if .Values.rayCluster.enabled }}
+- name: TRAPLINE_WORKER_ORDINAL
+  value: "0"
+{{- end }}
+{{- else if .Values.kafka.staticMembership }}
 - name: TRAPLINE_GROUP_INSTANCE_ID
   valueFrom:
     fieldRef: {fieldPath: metadata.name}
