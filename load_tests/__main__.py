@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--mode restart: the consumer group's session timeout",
     )
     parser.add_argument(
+        "--serve-workers",
+        type=int,
+        default=0,
+        help="--mode restart: `trapline serve --workers` of each process (>= 1: Ray actors)",
+    )
+    parser.add_argument(
         "--membership",
         default="dynamic,static,ordinal",
         help="--mode restart: membership modes to time, in order (ordinal: fixed partition ownership)",
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             modes=tuple(args.membership.split(",")),
             session_timeout_ms=args.session_timeout_ms,
             rate=args.rate or 4.0,
+            serve_workers=args.serve_workers,
         )
         out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=True)

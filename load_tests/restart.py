@@ -27,8 +27,10 @@ process assigns them to itself at start.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -46,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from load_tests.procstats import descendants
 from load_tests.stream import worker_env
 from trapline.pipelines.events import UploadEvent, encode_upload_event, split_source
 from trapline.pipelines.readers import read_table
@@ -64,6 +67,9 @@ class RestartOptions:
     rate: float = 4.0  # events/s over all partitions, for the whole trial
     session_timeout_ms: int = 20_000
     commit_interval_s: float = 1.0
+    serve_workers: int = (
+        0  # `trapline serve --workers`: 0 in-process, >= 1 Ray actors (+ Ray's start)
+    )
     victim: int = 0  # the worker killed: 0 is started first (Tansu makes the first joiner leader)
     settle_s: float = 6.0  # no assignment change for this long before the kill
     timeout_s: float = 180.0  # per phase
@@ -143,11 +149,12 @@ def _env(
         env["TRAPLINE_PARTITION_ASSIGNMENT"] = "ordinal"
         env["TRAPLINE_WORKER_ORDINAL"] = str(index)
         env["TRAPLINE_WORKER_REPLICAS"] = str(options.workers)
+    env["TRAPLINE_WORKERS"] = str(options.serve_workers)
     return env
 
 
 def _start(index: int, env: dict[str, str], out: Path, log: Path) -> _Worker:
-    command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
+    command = [sys.executable, "-m", "trapline", "serve", "--out", str(out)]  # --workers: env
     with log.open("ab") as handle:
         process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
     return _Worker(index, log, process, time.time())
@@ -256,10 +263,16 @@ def run_trial(mode: str, options: RestartOptions, say=print) -> dict:
             owned = current_assignment(victim.log)
             if not owned:
                 raise RuntimeError(f"worker {options.victim} owns no partition; nothing to time")
-            before = _visible(out)
             killed_at = time.time()
+            # The whole process tree, as when a container dies: with --serve-workers >= 1 the
+            # Ray actor (under the process's own raylet) would otherwise write on for seconds.
+            tree = descendants(victim.process.pid)
             victim.process.send_signal(signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             victim.process.wait()
+            before = _visible(out)  # after the kill: a commit of the victim's last moment is before
             restarted = _start(victim.index, envs[victim.index], out, victim.log)
             workers[victim.index] = restarted
             say(f"  {mode}: killed worker {victim.index} (partitions {sorted(owned)}), restarted")
