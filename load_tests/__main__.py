@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         "folder": None,
         "scaling": [],
         "stream": {},
+        "stream_to_folder": None,
+        "throughput_over_stage_costs_alone": None,
         "pipeline_efficiency": None,
         "speedup_over_naive": None,
         "gpu": None,
@@ -276,9 +278,20 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"stream, paced: {len(paced)} events at {rate}/s")
         options.rate = rate
         result["stream"]["paced"] = run_stream_bench(paced, warmup, options)
+        saturated = result["stream"]["saturated"]
         if args.mode == "stream":  # no folder run: the headline is the streaming pipeline's
-            measured = result["stream"]["saturated"]["events_per_second"]
-    result["pipeline_efficiency"] = round(measured / ideal, 3)
+            measured = saturated["processed_per_second"]
+        else:  # the same photos, the same cores: what the service keeps of the folder run
+            folder_rate = result["folder"]["photos_per_second_steady"]
+            result["stream_to_folder"] = {
+                "processed": round(saturated["processed_per_second"] / folder_rate, 3),
+                "rows_readable": round(saturated["events_per_second"] / folder_rate, 3),
+            }
+    # Against the stage costs measured alone (can exceed 1: they drift and lack warm batching),
+    # and against the bound measured in the run itself (<= 1 by construction: the headline).
+    result["throughput_over_stage_costs_alone"] = round(measured / ideal, 3)
+    headline_run = result["folder"] if result["folder"] else result["stream"]["saturated"]
+    result["pipeline_efficiency"] = headline_run["stage_busy_share"]
     result["speedup_over_naive"] = round(measured / naive, 2)
     if args.gpu:
         from load_tests.gpu import run_gpu_bench

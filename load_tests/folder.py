@@ -16,6 +16,8 @@ from load_tests.procstats import ProcessSampler, cmdline, descendants
 from trapline.services.runner import run_folder
 from trapline.services.settings import Settings
 
+WORKER_STAGES = ("read", "decode", "detect", "classify")  # the photo stages; "write" is overhead
+
 
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -71,6 +73,17 @@ def cpu_split(
     }
 
 
+def stage_busy_share(summary, workers: int) -> float | None:
+    """The workers' time inside the photo stages (read, decode, detect, classify, timed by the
+    workers themselves in this run) / (workers x the run's busy time): the pipeline's efficiency
+    against a bound measured in the conditions it runs in (warm, batched, same processes), <= 1
+    by construction. What is left is overhead: the driver, Ray's hops, waits for a batch or a
+    write. The driver's "write" is not a worker stage."""
+    busy = summary.wall_seconds - summary.startup_seconds - summary.shutdown_seconds
+    staged = sum(v for k, v in summary.stage_seconds.items() if k in WORKER_STAGES)
+    return round(staged / (max(workers, 1) * busy), 3) if busy > 0 else None
+
+
 def run_folder_bench(
     paths: list[Path],
     settings: Settings,
@@ -110,6 +123,7 @@ def run_folder_bench(
         "startup_seconds": round(summary.startup_seconds, 2),
         "wall_seconds": round(summary.wall_seconds, 2),
         "mean_batch_fill": round(n / batches / settings.batch_size, 3) if batches else 0.0,
+        "stage_busy_share": stage_busy_share(summary, settings.workers),
         "stage_seconds_per_photo": {
             stage: round(seconds / n, 5) for stage, seconds in sorted(summary.stage_seconds.items())
         },

@@ -8,7 +8,13 @@ they are copied to first) at `rate` events/s, stamping `uploaded_at` at the mome
 Measured by the benchmark itself, not read from the broker (Tansu's high watermark is wrong,
 DESIGN.md): lag = events acknowledged by the broker minus rows written (media + failures), over
 time; end-to-end latency = the row's `processed_at` minus the event's `uploaded_at`, per photo.
-The workers' own Prometheus endpoints give batch fill, time per stage and bytes read.
+The workers' own Prometheus endpoints give batch fill, time per stage and bytes read (the
+warm-up's share subtracted), and, polled during the run, when the workers had processed every
+event (`processed_per_second`). That is the stream's throughput: the rows of each camera's last
+burst are then still held for `sequence_hold_s` (pipelines/sequences.py), a fixed latency that
+`events_per_second` (rows readable) includes and a long run amortises (`hold_tail_seconds`).
+`stage_busy_share` = the workers' time inside the stages (read, decode, detect, classify) / (workers
+x that time): the efficiency against a bound measured in the run itself, <= 1 by construction.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from load_tests.folder import folder_size
+from load_tests.folder import WORKER_STAGES, folder_size
 from load_tests.procstats import ProcessSampler
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.services import kafka_io
 from trapline.services.local_servers import TansuServer, free_port, start_tansu, stop_process
 
+PROCESSED = (
+    "trapline_batch_size_sum"  # photos through the detector, per worker (services/metrics.py)
+)
 SESSION_TIMEOUT_MS = 6000  # Tansu assigns a new group after half of it (DESIGN.md)
 
 
@@ -217,6 +226,9 @@ def run_stream_bench(
             find = lambda: {f"worker-{p.pid}": p.pid for p, _ in workers}  # noqa: E731
             timeline: list[tuple[float, int, int]] = []  # (t, acked, processed), measured events
             base = counter.count()
+            base_metrics = [_scrape(port) for port in ports]  # the warm-up's share
+            processed_base = sum(m.get(PROCESSED, 0.0) for m in base_metrics)
+            all_processed_at: float | None = None  # s after the start: every event processed
             started = time.monotonic()
             sender = threading.Thread(
                 target=_produce, args=(producer, topic, events, options.rate, produced), daemon=True
@@ -225,7 +237,10 @@ def run_stream_bench(
                 sender.start()
                 while True:
                     done = counter.count() - base
-                    timeline.append((time.monotonic() - started, produced.acked, done))
+                    now = time.monotonic() - started
+                    timeline.append((now, produced.acked, done))
+                    if all_processed_at is None and _processed(ports) - processed_base >= len(events):
+                        all_processed_at = now
                     if done >= len(events):
                         break
                     if produced.failed:
@@ -241,7 +256,10 @@ def run_stream_bench(
                         )
                     time.sleep(0.25)
                 sender.join(60)
-            metrics = [_scrape(port) for port in ports]
+            metrics = [
+                {k: v - before.get(k, 0.0) for k, v in _scrape(port).items()}
+                for port, before in zip(ports, base_metrics)
+            ]
             producer.close(timeout=5)
             for process, _ in workers:
                 process.send_signal(signal.SIGTERM)
@@ -249,8 +267,9 @@ def run_stream_bench(
                 stop_process(process, 30)
                 log.close()
         figures = _figures(
-            out, events, produced, timeline, metrics, sampler, options, folder_size(out)
-        )
+            out, events, produced, timeline, metrics, sampler, options, folder_size(out),
+            all_processed_at,
+        )  # fmt: skip
         if inspect:
             figures["inspected"] = inspect(out, None)
         return figures
@@ -261,7 +280,20 @@ def run_stream_bench(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _figures(out, events, produced, timeline, metrics, sampler, options, written) -> dict:
+def _processed(ports: list[int]) -> float:
+    """Photos the workers have run through the stages so far (0 for a worker not answering)."""
+    total = 0.0
+    for port in ports:
+        try:
+            total += _scrape(port).get(PROCESSED, 0.0)
+        except OSError:
+            pass
+    return total
+
+
+def _figures(
+    out, events, produced, timeline, metrics, sampler, options, written, all_processed_at
+) -> dict:
     media = read_table(str(out), "media", columns=["media_id", "processed_at"])
     processed_at = dict(
         zip(media.column("media_id").to_pylist(), media.column("processed_at").to_pylist())
@@ -276,6 +308,7 @@ def _figures(out, events, produced, timeline, metrics, sampler, options, written
             )
     n = len(events)
     duration = timeline[-1][0] if timeline else 0.0
+    all_processed_at = all_processed_at or duration  # not seen while polling: the rows bound it
     total = lambda key: sum(m.get(key, 0.0) for m in metrics)  # noqa: E731
     batches = total("trapline_batch_size_count")
     stages = sorted(
@@ -300,6 +333,15 @@ def _figures(out, events, produced, timeline, metrics, sampler, options, written
         "rows_written": timeline[-1][2] if timeline else 0,
         "media_rows": len(latencies),
         "events_per_second": round(n / duration, 3) if duration else 0.0,
+        "processed_per_second": round(n / all_processed_at, 3) if all_processed_at else 0.0,
+        "hold_tail_seconds": round(duration - all_processed_at, 3),
+        "stage_busy_share": round(
+            sum(total(f"trapline_stage_seconds_sum:{s}") for s in WORKER_STAGES)
+            / (options.workers * all_processed_at),
+            3,
+        )
+        if all_processed_at
+        else None,
         "latency_seconds": {"p50": pct(50), "p95": pct(95), "p99": pct(99), "max": pct(100)},
         "lag_max": max((a - p for _, a, p in timeline), default=0),
         "lag_final": (timeline[-1][1] - timeline[-1][2]) if timeline else 0,
