@@ -179,6 +179,11 @@ def headline(report: dict) -> list[str]:
             f"{run['events_per_second']:.2f} counting the last hold ({run['hold_tail_seconds']} s), "
             f"stage busy share {run['stage_busy_share']}, latency p50 {lat['p50']} s "
             f"p95 {lat['p95']} s p99 {lat['p99']} s, max lag {run['lag_max']} events"
+            + (
+                f"   [paced: p99 target <= hold + 2 s = {report['settings']['sequence_hold_s'] + 2:g} s]"
+                if name == "paced" and "sequence_hold_s" in report.get("settings", {})
+                else ""
+            )
         )
     drift = report.get("stage_cost_drift")
     drift_note = (

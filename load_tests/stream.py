@@ -239,7 +239,9 @@ def run_stream_bench(
                     done = counter.count() - base
                     now = time.monotonic() - started
                     timeline.append((now, produced.acked, done))
-                    if all_processed_at is None and _processed(ports) - processed_base >= len(events):
+                    if all_processed_at is None and _processed(ports) - processed_base >= len(
+                        events
+                    ):
                         all_processed_at = now
                     if done >= len(events):
                         break

@@ -13,4 +13,4 @@ scripts/install_prometheus.sh      # Prometheus + promtool (Debian packages)
 scripts/install_chromium.sh        # chromium (Debian) + playwright-core (npm) for the report page test
 # checkov pins packaging<24, which ray refuses: it gets a venv of its own.
 [[ -x .venv-checkov/bin/checkov ]] || { python3 -m venv .venv-checkov && .venv-checkov/bin/pip install -q checkov==3.3.30; }
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"   # the 25 slowest, for CI time
