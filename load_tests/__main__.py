@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--mode restart: the consumer group's session timeout",
     )
     parser.add_argument(
+        "--placement",
+        choices=("even", "key"),
+        default="even",
+        help="stream phases: cameras spread evenly over the partitions, or by Kafka's key hash",
+    )
+    parser.add_argument(
         "--serve-workers",
         type=int,
         default=0,
@@ -270,7 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
                     run["cpu"][key] = round(run["cpu"][key] * scale, 3)
     if args.mode in ("all", "stream"):
         options = StreamOptions(
-            rate=0, workers=args.stream_workers, batch_size=args.batch_size, storage=args.storage
+            rate=0,
+            workers=args.stream_workers,
+            batch_size=args.batch_size,
+            storage=args.storage,
+            placement=args.placement,
         )
         say(f"stream, saturated: {args.photos} events as fast as they go")
         result["stream"]["saturated"] = run_stream_bench(photos, warmup, options)

@@ -27,7 +27,7 @@ FOLDER_FIELDS = (
 # Both benches add "inspected" (the output's own measurements) when asked to (--mode growth).
 STREAM_FIELDS = (
     "events", "rate_requested", "workers", "partitions", "batch_max_records",
-    "commit_interval_s", "batch_size", "storage", "rows_written", "media_rows",
+    "commit_interval_s", "batch_size", "storage", "placement", "rows_written", "media_rows",
     "events_per_second", "processed_per_second", "hold_tail_seconds", "stage_busy_share",
     "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",

@@ -60,6 +60,11 @@ class StreamOptions:
     batch_max_records: int = 64
     commit_interval_s: float = 1.0
     storage: str | None = None  # fsspec URL the photos are copied to first; None: where they are
+    # Which partition a camera's events go to. "even": camera k of the run on partition
+    # k % partitions, so each worker gets its share (what thousands of cameras average out to);
+    # "key": Kafka's default murmur2 of the key, as `trapline submit` and the upload API send
+    # them: with the bench's 4 cameras, 3 hash to partition 0 and one worker does 75 % of the work.
+    placement: str = "even"
     timeout_s: float = 300.0
 
 
@@ -135,8 +140,12 @@ def _start_worker(
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _produce(producer, topic: str, events, rate: float, produced: _Produced) -> None:
-    """Send `events` paced at `rate`/s (0: unpaced), `uploaded_at` = the moment of sending."""
+def _produce(
+    producer, topic: str, events, rate: float, produced: _Produced, partitions: int | None = None
+) -> None:
+    """Send `events` paced at `rate`/s (0: unpaced), `uploaded_at` = the moment of sending;
+    keyed by camera, and with `partitions`, camera k (in sorted order) on partition k % it."""
+    cameras = {name: k for k, name in enumerate(sorted({e[2] for e in events}))}
     started = time.monotonic()
     for number, (media_id, uri, deployment) in enumerate(events):
         if rate:
@@ -163,7 +172,8 @@ def _produce(producer, topic: str, events, rate: float, produced: _Produced) -> 
             with produced.lock:
                 produced.failed.append(f"{media_id}: {error}")
 
-        future = producer.send(topic, key=deployment.encode(), value=value)
+        partition = None if partitions is None else cameras[deployment] % partitions
+        future = producer.send(topic, key=deployment.encode(), value=value, partition=partition)
         future.add_callback(acked)
         future.add_errback(failed)
     producer.flush(timeout=60)
@@ -219,7 +229,8 @@ def run_stream_bench(
             counter = _RowCounter(out)
             deadline = time.monotonic() + options.timeout_s
             warm_produced = _Produced()
-            _produce(producer, topic, warm, 0, warm_produced)
+            placed = options.partitions if options.placement == "even" else None
+            _produce(producer, topic, warm, 0, warm_produced, placed)
             _wait_rows(counter, len(warm), deadline, workers)
 
             produced = _Produced()
@@ -231,7 +242,9 @@ def run_stream_bench(
             all_processed_at: float | None = None  # s after the start: every event processed
             started = time.monotonic()
             sender = threading.Thread(
-                target=_produce, args=(producer, topic, events, options.rate, produced), daemon=True
+                target=_produce,
+                args=(producer, topic, events, options.rate, produced, placed),
+                daemon=True,
             )
             with ProcessSampler(find) as sampler:
                 sender.start()
@@ -332,6 +345,7 @@ def _figures(
         "commit_interval_s": options.commit_interval_s,
         "batch_size": options.batch_size,
         "storage": options.storage or "local",
+        "placement": options.placement,
         "rows_written": timeline[-1][2] if timeline else 0,
         "media_rows": len(latencies),
         "events_per_second": round(n / duration, 3) if duration else 0.0,
