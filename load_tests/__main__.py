@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mode",
-        choices=("all", "folder", "stream", "delta", "restart", "growth"),
+        choices=("all", "folder", "stream", "delta", "restart", "growth", "cluster"),
         default="all",
     )
     parser.add_argument(
@@ -203,6 +203,19 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"photos: {args.photos} of {args.size} (+{DEPLOYMENTS} warm-up) in {args.cache}")
     paths = ensure_photos(args.cache, args.photos + DEPLOYMENTS, width, height)
     photos, warmup = paths[: args.photos], paths[args.photos :]
+    if args.mode == "cluster":  # both modes on a two-node Ray cluster: work per node
+        import json
+
+        from load_tests.cluster import run_cluster_bench
+
+        say("two-node Ray cluster (ray start: a head and a second node, one CPU each)")
+        result = run_cluster_bench(photos, warmup, args.batch_size, say)
+        out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cluster.json").write_text(json.dumps(result, indent=2))
+        print(f"work on both nodes in both modes: {result['work_on_every_node']}; report: "
+              f"{out / 'cluster.json'}")  # fmt: skip
+        return result
     uris = [str(p) for p in photos]
     settings = Settings(
         workers=max(counts), threads_per_worker=1, batch_size=args.batch_size, metrics_port=0

@@ -124,6 +124,7 @@ def run_folder_bench(
         "wall_seconds": round(summary.wall_seconds, 2),
         "mean_batch_fill": round(n / batches / settings.batch_size, 3) if batches else 0.0,
         "stage_busy_share": stage_busy_share(summary, settings.workers),
+        "photos_per_node": dict(summary.photos_per_node),  # Ray node id -> photos
         "stage_seconds_per_photo": {
             stage: round(seconds / n, 5) for stage, seconds in sorted(summary.stage_seconds.items())
         },

@@ -20,7 +20,7 @@ REPORT_FIELDS = (
 )  # fmt: skip
 FOLDER_FIELDS = (
     "workers", "photos", "processed", "failed", "photos_per_second_steady",
-    "photos_per_second_overall", "startup_seconds", "wall_seconds", "mean_batch_fill", "stage_busy_share",
+    "photos_per_second_overall", "startup_seconds", "wall_seconds", "mean_batch_fill", "stage_busy_share", "photos_per_node",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo", "processes",
     "ray_system_rss_mb_peak", "cpu", "timeline",
 )  # fmt: skip
@@ -31,7 +31,7 @@ STREAM_FIELDS = (
     "events_per_second", "processed_per_second", "hold_tail_seconds", "stage_busy_share",
     "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",
-    "event_bytes_per_photo", "processes", "timeline", "latency_timeline",
+    "event_bytes_per_photo", "processes", "timeline", "latency_timeline", "per_worker",
 )  # fmt: skip
 
 

@@ -65,6 +65,7 @@ class StreamOptions:
     # "key": Kafka's default murmur2 of the key, as `trapline submit` and the upload API send
     # them: with the bench's 4 cameras, 3 hash to partition 0 and one worker does 75 % of the work.
     placement: str = "even"
+    serve_workers: int = 0  # `trapline serve --workers`: 0 in-process, >= 1 Ray actors per process
     timeout_s: float = 300.0
 
 
@@ -135,7 +136,8 @@ def _start_worker(
         batch_max_records=options.batch_max_records, commit_interval_s=options.commit_interval_s,
         batch_size=options.batch_size, metrics_port=port,
     )  # fmt: skip
-    command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", str(out)]
+    workers = str(options.serve_workers)  # >= 1: Ray actors, on RAY_ADDRESS's cluster if set
+    command = [sys.executable, "-m", "trapline", "serve", "--workers", workers, "--out", str(out)]
     log = open(out.parent / f"worker-{port}.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
@@ -225,6 +227,8 @@ def run_stream_bench(
             kafka_io.ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], options.partitions)
             ports = [free_port() for _ in range(options.workers)]
             workers = [_start_worker(broker, topic, "bench", out, options, port) for port in ports]
+            # A process's actor i serves metrics on its port + i (services/stream.py).
+            ports = [port + i for port in ports for i in range(max(options.serve_workers, 1))]
             producer = kafka_io.make_producer(broker.bootstrap, client_id="trapline-bench")
             counter = _RowCounter(out)
             deadline = time.monotonic() + options.timeout_s
@@ -285,6 +289,12 @@ def run_stream_bench(
             out, events, produced, timeline, metrics, sampler, options, folder_size(out),
             all_processed_at,
         )  # fmt: skip
+        nodes = _actor_nodes(work)
+        figures["per_worker"] = [
+            {"metrics_port": port, "processed": round(m.get(PROCESSED, 0.0)),
+             "ray_node": nodes.get(port)}
+            for port, m in zip(ports, metrics)
+        ]  # fmt: skip
         if inspect:
             figures["inspected"] = inspect(out, None)
         return figures
@@ -293,6 +303,26 @@ def run_stream_bench(
             stop_process(process, 5)
             log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _actor_nodes(work: Path) -> dict[int, str]:
+    """Metrics port -> Ray node id of each stream actor, from the "runs on Ray node" lines of
+    the `trapline serve` logs (in-process workers have none)."""
+    import json
+    import re
+
+    found = {}
+    for log in work.glob("worker-*.log"):
+        port = int(log.stem.split("-")[1])
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                message = json.loads(line).get("message", "")
+            except (ValueError, AttributeError):
+                continue
+            match = re.fullmatch(r"worker (\d+) runs on Ray node (\S+)", message)
+            if match:
+                found[port + int(match[1])] = match[2]
+    return found
 
 
 def _processed(ports: list[int]) -> float:
@@ -353,7 +383,7 @@ def _figures(
         "hold_tail_seconds": round(duration - all_processed_at, 3),
         "stage_busy_share": round(
             sum(total(f"trapline_stage_seconds_sum:{s}") for s in WORKER_STAGES)
-            / (options.workers * all_processed_at),
+            / (options.workers * max(options.serve_workers, 1) * all_processed_at),  # consumers
             3,
         )
         if all_processed_at

@@ -57,6 +57,10 @@ def start_local_ray(settings: Settings, forward_logs: bool = False) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=forward_logs)
         return True
     ray.init(
+        # "local": always a Ray of our own. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (left by any `ray start` on the machine, even a
+        # stopped one: then it fails) instead of starting one sized and bound as below.
+        address="local",
         num_cpus=settings.workers * settings.threads_per_worker,
         include_dashboard=settings.ray_dashboard,
         dashboard_host="127.0.0.1",

@@ -76,6 +76,7 @@ class RunSummary:
     observation_types: Counter = field(default_factory=Counter)
     detections: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
+    photos_per_node: Counter = field(default_factory=Counter)  # Ray node id -> photos sent there
     event_labels: Counter = field(default_factory=Counter)
     failure_kinds: Counter = field(default_factory=Counter)
     events: int = 0
@@ -136,6 +137,7 @@ def _on_ray(
     summary.models, summary.classifier_labels = ray.get(
         [actor.describe.remote() for actor in actors]
     )[0]
+    node_of = dict(zip(actors, ray.get([actor.node.remote() for actor in actors])))
     summary.startup_seconds = time.perf_counter() - started
     idle = list(actors) * 2  # two batches in flight per actor: one running, one queued
     pending: dict = {}  # object ref -> (actor, batch): a batch met by an outage is sent again
@@ -163,6 +165,7 @@ def _on_ray(
                 pending[actor.process.remote(batch)] = (actor, batch)
                 continue
             backoff.reset()
+            summary.photos_per_node[node_of[actor]] += len(batch)  # a cluster: work spreads?
             idle.append(actor)
             yield owned_arrays(output)
 
@@ -229,6 +232,12 @@ class PipelineActor:
 
     def process(self, refs: list[MediaRef]) -> BatchOutput:
         return self.pipeline.process(refs)
+
+    def node(self) -> str:
+        """The Ray node this actor runs on (its id), so a run can say how work spread."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 def run_folder(

@@ -484,10 +484,13 @@ class StreamActor:
     reach it while `run` loops."""
 
     def __init__(self, settings: Settings, out: str, index: int):
+        import ray
+
         from trapline.services.log_format import configure_json_logging
         from trapline.services.runner import build_pipeline
 
         configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
+        log.info("worker %d runs on Ray node %s", index, ray.get_runtime_context().get_node_id())
         self.worker = StreamWorker(settings, out, build_pipeline(settings), index=index)
         if settings.metrics_port:
             metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()

@@ -5,6 +5,7 @@ on shared CI machines are noise; only the benchmark's own in-run ratios mean any
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         "resume",
     }
     assert "folder: 12 / 6 photos" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cluster_mode_spreads_both_modes_over_two_ray_nodes(tmp_path, capsys):
+    """A real two-node Ray cluster (`ray start` twice): the folder run's actors and the stream's
+    actors land on both nodes and each node processes photos; the cluster is gone afterwards."""
+    out = tmp_path / "cluster"
+    result = main([
+        "--mode", "cluster", "--photos", "16", "--size", "640x480",
+        "--cache", str(tmp_path / "photos"), "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads((out / "cluster.json").read_text()) == result
+    for mode in ("folder", "stream"):
+        per_node = result[mode]["per_node"]
+        assert set(per_node) == {"head", "second"}, per_node
+        assert sum(node["photos"] for node in per_node.values()) == 16
+        assert all(node["photos"] > 0 for node in per_node.values()), per_node
+        assert 0 < result[mode]["stage_busy_share"] <= 1
+    assert result["work_on_every_node"] is True
+    assert "work on both nodes in both modes: True" in capsys.readouterr().out
+    assert not os.environ.get("RAY_ADDRESS"), "the bench must restore the environment"
