@@ -349,6 +349,11 @@ def _commit(
     ready = results.pop(deployment, [])
     if not finished:
         ready, held = _split_last_burst(ready, settings)
+        if len(held) >= settings.folder_commit_every:
+            # One burst as long as a commit (a time-lapse, photos closer than sequence_gap_s
+            # for hours): cut it here, as the stream does (stream_buffer.ready_end). Held, it
+            # would keep the deployment in memory and be split again at every later batch.
+            ready, held = ready + held, []
     ready_failures = failures.pop(deployment, [])
     if held:
         results[deployment] = held

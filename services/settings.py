@@ -333,7 +333,7 @@ class Settings(BaseSettings):
     folder_commit_every: int = Field(
         2000,
         ge=1,
-        description="Folder runs: a deployment is committed when all its photos are done, and a long one every this many photos (at an event boundary), so a killed run keeps its work.",
+        description="Folder runs: a deployment is committed when all its photos are done, and a long one every this many photos (at an event boundary; a burst this long, a time-lapse, is cut), so a killed run keeps its work and memory stays bounded.",
     )
     batch_max_records: int = Field(
         500,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -117,3 +118,36 @@ def test_results_back_from_ray_hold_no_view_of_the_buffer_ray_deserialised():
     owned_arrays(BatchOutput([result], []))
     assert box.logits.flags.owndata and box.logits is not view
     assert box.logits.tolist() == view.tolist()
+
+
+def _card(root: Path, photos: int, spacing: timedelta) -> None:
+    folder = root / "cam-0"
+    folder.mkdir(parents=True)
+    for i in range(photos):
+        when = datetime(2024, 5, 1, 6) + i * spacing
+        (folder / f"IMG_{i:04d}.jpg").write_bytes(jpeg_bytes(160, 120, when=when, seed=i))
+
+
+def test_a_long_deployment_is_committed_as_it_goes_and_an_endless_burst_is_cut(tmp_path):
+    """folder_commit_every bounds what a run holds per deployment: bursts are committed at an
+    event boundary as photos come back; a burst longer than that (a time-lapse, every photo
+    closer than sequence_gap_s) is cut, not held until the deployment ends."""
+    from trapline.services.runner import run_folder
+    from trapline.services.settings import Settings
+
+    settings = Settings(workers=0, batch_size=4, folder_commit_every=8)
+    for name, spacing in (("bursts", None), ("time-lapse", timedelta(seconds=2))):
+        source, out = tmp_path / name, tmp_path / f"{name}-out"
+        if spacing is None:
+            make_card(source, deployments=1, photos=30)  # 3-frame bursts a minute apart
+        else:
+            _card(source, 30, spacing)
+        run_folder(str(source), str(out), settings)
+        media = read_table(str(out), "media", columns=["media_id", "event_id"]).to_pylist()
+        assert len(media) == len({row["media_id"] for row in media}) == 30
+        assert open_table(str(out), "media").version() >= 3, f"{name}: committed as it went"
+        sizes = sorted(Counter(row["event_id"] for row in media).values())
+        if spacing is None:  # cut at event boundaries only: every burst whole
+            assert sizes == [3] * 10
+        else:  # one endless burst, cut where a commit was due
+            assert len(sizes) >= 3 and max(sizes) <= 8 + settings.batch_size, sizes
