@@ -44,10 +44,10 @@ def two_node_cluster(cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
     port = free_port()
     logs = Path(tempfile.mkdtemp(prefix="trapline-bench-cluster-"))
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    # Before Ray is imported: it reads the authentication settings at import.
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     import ray
 
+    _reread_ray_auth()  # a Ray used earlier in this process read them already
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
     common = ["--block", "--num-cpus", str(cpus_per_node), "--disable-usage-stats"]
     commands = {
@@ -97,6 +97,18 @@ def two_node_cluster(cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _reread_ray_auth()  # a later local Ray of this process runs as before
+
+
+def _reread_ray_auth() -> None:
+    """Make this process's Ray read RAY_AUTH_MODE and RAY_AUTH_TOKEN again: it reads them once
+    (RayConfig and a token cache). The same two calls as Ray's own tests
+    (ray/_private/authentication_test_utils.py, `reset_auth_token_state`); private API of
+    Ray 2.60, used by this benchmark only."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def run_cluster_bench(paths: list[Path], warmup: list[Path], batch_size: int, say=print) -> dict:
