@@ -331,7 +331,7 @@ class Settings(BaseSettings):
         description="partition_assignment=ordinal: processes (pods) sharing the uploads topic; each runs `workers` consumers (at least one).",
     )
     folder_commit_every: int = Field(
-        2000,
+        500,  # the driver holds up to this many results per deployment: 433 MB at 2000, 358 at 500 (10k photos)
         ge=1,
         description="Folder runs: a deployment is committed when all its photos are done, and a long one every this many photos (at an event boundary; a burst this long, a time-lapse, is cut), so a killed run keeps its work and memory stays bounded.",
     )
