@@ -33,7 +33,7 @@ from load_tests.folder import run_folder_bench
 from load_tests.photos import DEPLOYMENTS, ensure_photos
 from load_tests.stages import decode_variants, naive_loop, stage_costs
 from load_tests.stream import StreamOptions, run_stream_bench
-from trapline.services.object_store import configure_fsspec
+from trapline.services.adapters.object_store import configure_fsspec
 from trapline.services.settings import Settings
 
 

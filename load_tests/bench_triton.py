@@ -4,7 +4,7 @@
     python -m load_tests.bench_triton --model md5-random --fp16 --device cuda   # GPU machine
 
 Both paths start from the same letterboxed uint8 batches and end at the same boxes:
-- Triton: the real local tritonserver (`services/triton_server.py`) serving the repository
+- Triton: the real local tritonserver (`services/devstack/triton.py`) serving the repository
   `models/triton_repository.py` builds (uint8 NHWC over loopback gRPC, /255 and NMS inside the
   graph), then `models/yolo.postprocess` on the <= 100 rows per image it answers;
 - ONNX Runtime: `models/onnx_backend.OnnxDetector` in this process (float32 /255 conversion,
@@ -40,8 +40,8 @@ from trapline.models.triton_backend import TritonDetector
 from trapline.models.triton_repository import RepositoryOptions, build_repository
 from trapline.models.yolo import postprocess
 from trapline.pipelines.letterbox import Letterbox
+from trapline.services.devstack.triton import start_triton, triton_install
 from trapline.services.settings import DEMO_MODELS
-from trapline.services.triton_server import start_triton, triton_install
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "camtrap-dp-1.0.2"

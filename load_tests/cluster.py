@@ -30,7 +30,7 @@ from pathlib import Path
 
 from load_tests.folder import run_folder_bench
 from load_tests.stream import StreamOptions, run_stream_bench
-from trapline.services.local_servers import free_port, stop_process
+from trapline.services.devstack.tansu import free_port, stop_process
 from trapline.services.settings import Settings
 
 RAY = Path(sys.executable).with_name("ray")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from load_tests.photos import link_folder
 from load_tests.procstats import ProcessSampler, cmdline, descendants
-from trapline.services.runner import run_folder
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 
 WORKER_STAGES = ("read", "decode", "detect", "classify")  # the photo stages; "write" is overhead

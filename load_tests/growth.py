@@ -27,7 +27,7 @@ from load_tests.stream import StreamOptions, run_stream_bench
 from trapline.pipelines import delta
 from trapline.pipelines.delta_txn import read_app_versions
 from trapline.pipelines.source import list_media
-from trapline.services.folder_tables import pending_refs
+from trapline.services.run.folder_tables import pending_refs
 from trapline.services.settings import Settings
 
 WIDTH, HEIGHT = 1280, 960
@@ -63,7 +63,7 @@ def ensure_small_photos(cache: Path, count: int) -> list[Path]:
 def table_costs(out: Path, source: Path | None) -> dict:
     """Files and log entries per table; median seconds to open the tables, to resume, and to
     build the report (the output's own measurements, taken before the benchmark removes it)."""
-    from trapline.services.report import build_report
+    from trapline.services.tools.report import build_report
 
     tables = {}
     for name in delta.WRITE_ORDER:

@@ -52,8 +52,8 @@ from load_tests.procstats import descendants
 from load_tests.stream import worker_env
 from trapline.pipelines.events import UploadEvent, encode_upload_event, split_source
 from trapline.pipelines.readers import read_table
-from trapline.services import kafka_io
-from trapline.services.local_servers import TansuServer, start_tansu, stop_process
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import TansuServer, start_tansu, stop_process
 
 RESUME = re.compile(r"partition (?P<topic>\S+)/(?P<partition>\d+) resumes at offset")
 

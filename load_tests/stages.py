@@ -29,7 +29,7 @@ from trapline.pipelines.letterbox import Letterbox
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Frame, MediaRef, MediaResult
-from trapline.services.runner import write_tables
+from trapline.services.run.folder import write_tables
 from trapline.services.settings import Settings
 
 STAGES = ("read", "decode", "detect", "classify", "write")

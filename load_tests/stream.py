@@ -42,11 +42,11 @@ from load_tests.folder import WORKER_STAGES, folder_size
 from load_tests.procstats import ProcessSampler
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.services import kafka_io
-from trapline.services.local_servers import TansuServer, free_port, start_tansu, stop_process
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import TansuServer, free_port, start_tansu, stop_process
 
 PROCESSED = (
-    "trapline_batch_size_sum"  # photos through the detector, per worker (services/metrics.py)
+    "trapline_batch_size_sum"  # photos through the detector, per worker (services/run/metrics.py)
 )
 SESSION_TIMEOUT_MS = 6000  # Tansu assigns a new group after half of it (DESIGN.md)
 
@@ -227,7 +227,7 @@ def run_stream_bench(
             kafka_io.ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], options.partitions)
             ports = [free_port() for _ in range(options.workers)]
             workers = [_start_worker(broker, topic, "bench", out, options, port) for port in ports]
-            # A process's actor i serves metrics on its port + i (services/stream.py).
+            # A process's actor i serves metrics on its port + i (services/run/stream.py).
             ports = [port + i for port in ports for i in range(max(options.serve_workers, 1))]
             producer = kafka_io.make_producer(broker.bootstrap, client_id="trapline-bench")
             counter = _RowCounter(out)

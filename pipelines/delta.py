@@ -11,8 +11,8 @@ Exactly once rests on Delta's application transactions (SetTransaction): every c
 (app id, version) pairs, the table remembers the last version per app id (also through
 checkpoints), and delta-rs refuses a commit when a concurrent commit since its snapshot carried
 one of the same app ids (`CommitFailedError`, "Concurrent transaction failed"). The stream uses
-one app id per Kafka partition (version = last offset written, `services/stream_checkpoint.py`);
-folder runs one per input folder and deployment (`services/runner.py`).
+one app id per Kafka partition (version = last offset written, `services/run/stream_checkpoint.py`);
+folder runs one per input folder and deployment (`services/run/folder.py`).
 
 Object stores: delta-rs needs an atomic "create if absent" for the log's next version. Local
 disks have it (hard link); on S3-compatible stores it is a conditional PUT (`If-None-Match: *`),
@@ -119,7 +119,7 @@ _s3_options: dict[str, str] = {}  # this process's delta-rs options for s3:// (s
 def set_s3_options(options: Mapping[str, str] | None) -> None:
     """Use these delta-rs storage options for every `s3://` table this process opens.
 
-    Per process, like fsspec's config (services/object_store.py calls this from
+    Per process, like fsspec's config (services/adapters/object_store.py calls this from
     `configure_fsspec`, with the endpoint, region and keys of the settings).
     """
     _s3_options.clear()

@@ -50,7 +50,7 @@ from trapline.pipelines.types import (
     StageError,
 )
 from trapline.pipelines.video import decode_video, is_video
-from trapline.services import metrics
+from trapline.services.run import metrics
 from trapline.services.settings import Settings
 
 

@@ -126,7 +126,7 @@ def batch_end(
 def last_sequences(items: list[SequenceItem], gap_seconds: float) -> list[SequenceItem]:
     """Each deployment's last event so far: the photos that a later photo could still join.
 
-    A folder run keeps them out of an intermediate commit (services/runner.py): a later photo
+    A folder run keeps them out of an intermediate commit (services/run/folder.py): a later photo
     may still join them.
     """
     by_deployment: dict[str, list[SequenceItem]] = defaultdict(list)

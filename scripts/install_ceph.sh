@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages that run a throwaway Ceph cluster with its S3 gateway (RGW), for
-# the S3 integration tests and the local stack (see services/ceph_server.py).
+# the S3 integration tests and the local stack (see services/devstack/ceph.py).
 #
 #   scripts/install_ceph.sh          # idempotent: does nothing when the packages are present
 #
@@ -45,7 +45,7 @@ apt() {
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
     apt update -qq
 fi
-# Installing starts no daemon here (no systemd in CI containers); services/ceph_server.py
+# Installing starts no daemon here (no systemd in CI containers); services/devstack/ceph.py
 # runs its own throwaway cluster in a temp dir.
 apt install -y -qq --no-install-recommends "${missing[@]}"
 

@@ -21,7 +21,7 @@ from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Detection, MediaRef, MediaResult
-from trapline.services.runner import write_tables
+from trapline.services.run.folder import write_tables
 from trapline.services.settings import Settings
 
 MODELS = ModelNames("demo-detector", "1", "demo-classifier", "1")

@@ -19,8 +19,8 @@ from typing import Any
 import fsspec
 import pytest
 
-from trapline.services import object_store
-from trapline.services.ceph_server import CephRGW, missing_ceph_programs, start_ceph_rgw
+from trapline.services.adapters import object_store
+from trapline.services.devstack.ceph import CephRGW, missing_ceph_programs, start_ceph_rgw
 
 
 @pytest.fixture(scope="session")

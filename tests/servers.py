@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from trapline.services import kafka_io
-from trapline.services.local_servers import TansuServer, start_tansu
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import TansuServer, start_tansu
 
 # Tansu assigns partitions to a new group only after half the first member's session timeout;
 # 6 s (the lowest Kafka's default broker settings allow) makes that a 3 s wait.

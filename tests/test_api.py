@@ -31,14 +31,14 @@ from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import parse_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.services import kafka_io, object_store
-from trapline.services.api_auth import RateLimiter
-from trapline.services.api_multipart import MultipartFiles
-from trapline.services.api_registry import Registry
-from trapline.services.api_storage import Refused, sniff
-from trapline.services.runner import build_pipeline
+from trapline.services.adapters import kafka_io, object_store
+from trapline.services.api.auth import RateLimiter
+from trapline.services.api.multipart import MultipartFiles
+from trapline.services.api.registry import Registry
+from trapline.services.api.storage import Refused, sniff
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
 
 pytest_plugins = ["s3_fixtures"]
 pytestmark = pytest.mark.slow
@@ -481,8 +481,8 @@ def test_the_bytes_kept_are_the_bytes_checked_while_puts_race_the_completion(sta
     stored must hash to its name (the check reads a private copy, which is what is kept)."""
     import threading
 
-    from trapline.services.api_presigned import complete_presigned, presigned_path
-    from trapline.services.api_storage import MediaStore
+    from trapline.services.api.presigned import complete_presigned, presigned_path
+    from trapline.services.api.storage import MediaStore
 
     store = MediaStore(f"s3://{stack.bucket}/race")
     bodies = [b"\xff\xd8\xff\xe0" + os.urandom(3_000_000) for _ in range(2)]  # JPEG by its head
@@ -547,7 +547,7 @@ def test_registries_racing_on_one_storage_let_exactly_one_program_have_an_id(
     from threading import Barrier
 
     from trapline.pipelines.deployments import Deployment
-    from trapline.services.api_registry import Conflict
+    from trapline.services.api.registry import Conflict
 
     root = f"s3://{stack.bucket}/race-registry" if where == "s3" else str(tmp_path / "registry")
     clients = [Registry(root) for _ in range(8)]

@@ -54,7 +54,7 @@ from trapline.models.importers.yolov5_arch import (  # noqa: E402
     build_yolov5,
     save_yolov5_checkpoint,
 )
-from trapline.services.cli import app  # noqa: E402
+from trapline.services.cli.main import app  # noqa: E402
 
 runner = CliRunner()
 EXT_CODE = 0xF1  # a copyreg extension code the EXT1 case registers for os.system

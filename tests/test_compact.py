@@ -15,9 +15,9 @@ from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult
-from trapline.services.cli import app
-from trapline.services.compact import RetentionTooShort, compact
+from trapline.services.cli.main import app
 from trapline.services.settings import Settings
+from trapline.services.tools.compact import RetentionTooShort, compact
 
 MODELS = ModelNames("det", "1", "cls", "1")
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from trapline.services.docs import documentation_pages
+from trapline.services.tools.tables_doc import documentation_pages
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from trapline.services.evaluate import evaluate_run
-from trapline.services.runner import run_folder
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
+from trapline.services.tools.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "photos"

@@ -19,26 +19,26 @@ from typer.testing import CliRunner
 
 from trapline.pipelines.deployments import load_deployments
 from trapline.pipelines.readers import read_table
-from trapline.services.cli import app
-from trapline.services.exports.camtrap_dp import export_camtrap_dp, write_package
-from trapline.services.exports.camtrap_metadata import descriptor, read_metadata
-from trapline.services.exports.camtrap_rows import build_tables
-from trapline.services.exports.camtrap_validate import validate_package
-from trapline.services.exports.common import (
+from trapline.services.cli.main import app
+from trapline.services.run.folder import run_folder
+from trapline.services.settings import Settings
+from trapline.services.tools.exports.camtrap_dp import export_camtrap_dp, write_package
+from trapline.services.tools.exports.camtrap_metadata import descriptor, read_metadata
+from trapline.services.tools.exports.camtrap_rows import build_tables
+from trapline.services.tools.exports.camtrap_validate import validate_package
+from trapline.services.tools.exports.common import (
     ExportError,
     Results,
     common_base,
     read_results,
     relative_to,
 )
-from trapline.services.exports.megadetector import (
+from trapline.services.tools.exports.megadetector import (
     DETECTION_CATEGORIES,
     format_problems,
     load_megadetector,
     megadetector_document,
 )
-from trapline.services.runner import run_folder
-from trapline.services.settings import Settings
 
 pytest_plugins = ["s3_fixtures"]  # ceph_rgw, s3_settings, s3, s3_bucket
 ROOT = Path(__file__).resolve().parents[1]

@@ -109,7 +109,7 @@ def test_results_back_from_ray_hold_no_view_of_the_buffer_ray_deserialised():
 
     from trapline.pipelines.flow import BatchOutput
     from trapline.pipelines.types import Detection, MediaRef, MediaResult
-    from trapline.services.runner import owned_arrays
+    from trapline.services.run.folder import owned_arrays
 
     store = np.arange(38, dtype=np.float32).tobytes()  # stands for a buffer Ray shares
     view = np.frombuffer(store, dtype=np.float32)
@@ -132,7 +132,7 @@ def test_a_long_deployment_is_committed_as_it_goes_and_an_endless_burst_is_cut(t
     """folder_commit_every bounds what a run holds per deployment: bursts are committed at an
     event boundary as photos come back; a burst longer than that (a time-lapse, every photo
     closer than sequence_gap_s) is cut, not held until the deployment ends."""
-    from trapline.services.runner import run_folder
+    from trapline.services.run.folder import run_folder
     from trapline.services.settings import Settings
 
     settings = Settings(workers=0, batch_size=4, folder_commit_every=8)

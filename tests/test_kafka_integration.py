@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from trapline.pipelines.events import SCHEMA_V1, parse_upload_event
-from trapline.services import kafka_io
-from trapline.services.local_servers import ServerStartError, start_tansu
-from trapline.services.submit import submit_folder
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import ServerStartError, start_tansu
+from trapline.services.tools.submit import submit_folder
 
 
 def write_jpegs(folder: Path, count: int) -> list[Path]:

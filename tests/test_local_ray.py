@@ -20,7 +20,7 @@ from proc_sockets import command, descendants, is_loopback, listening
 from test_stream_faults import make_photos, worker_env
 
 from trapline.pipelines.readers import read_table
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 pytestmark = pytest.mark.slow
 TRAPLINE = [sys.executable, "-m", "trapline"]

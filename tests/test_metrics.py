@@ -2,7 +2,7 @@ import json
 import urllib.error
 import urllib.request
 
-from trapline.services import metrics
+from trapline.services.run import metrics
 
 
 def test_lag_is_end_minus_next_offset_and_never_negative():

@@ -48,13 +48,13 @@ from trapline.models.fetch import (  # noqa: E402
     fetch,
     resolve_model,
 )
-from trapline.models.importers.cli import fetch_command  # noqa: E402
 from trapline.models.importers.deepfaune import import_deepfaune  # noqa: E402
 from trapline.models.importers.identify import CheckpointError  # noqa: E402
 from trapline.models.importers.megadetector import ImportOptions  # noqa: E402
 from trapline.models.labels import DEEPFAUNE_LABELS  # noqa: E402
 from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector  # noqa: E402
 from trapline.models.triton_backend import make_backends  # noqa: E402
+from trapline.services.cli.models import fetch_command  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # A file server with Range support and a switch that cuts responses short

@@ -47,7 +47,7 @@ from trapline.models.importers.yolov5_arch import (  # noqa: E402
 from trapline.models.labels import DEEPFAUNE_LABELS  # noqa: E402
 from trapline.models.onnx_backend import OnnxClassifier, OnnxDetector  # noqa: E402
 from trapline.models.yolo import postprocess  # noqa: E402
-from trapline.services.cli import app  # noqa: E402
+from trapline.services.cli.main import app  # noqa: E402
 
 SIDE = 128  # detector test input (two stride-64 cells); the default is the native 1280
 SIDE_U = 96  # ultralytics test input (three stride-32 cells); the default is 640

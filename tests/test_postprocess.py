@@ -270,8 +270,8 @@ def test_country_from_coordinates_is_offline_and_says_none_at_sea():
 def test_the_static_report_lists_each_suppressed_place_with_its_period_and_examples(tmp_path):
     from typer.testing import CliRunner
 
-    from trapline.services.cli import app
-    from trapline.services.runner import write_tables
+    from trapline.services.cli.main import app
+    from trapline.services.run.folder import write_tables
 
     rock = (0.10, 0.70, 0.08, 0.06)
     results = [

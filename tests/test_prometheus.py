@@ -31,11 +31,11 @@ import pytest
 import yaml
 from servers import TEST_SESSION_TIMEOUT_MS
 
-from trapline.services import metrics
-from trapline.services.runner import build_pipeline
+from trapline.services.run import metrics
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "rules" / "trapline-alerts.yaml"

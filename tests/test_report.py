@@ -23,11 +23,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from trapline.pipelines.readers import read_table
-from trapline.services.cli import app
-from trapline.services.report import build_report
-from trapline.services.runner import run_folder
+from trapline.services.cli.main import app
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
-from trapline.services.sort import LOG_FOLDER, sort_results
+from trapline.services.tools.report import build_report
+from trapline.services.tools.sort import LOG_FOLDER, sort_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "photos"

@@ -25,11 +25,11 @@ from review_fixtures import DEPLOYMENTS, write_review_results
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import append_reviews, read_reviews
-from trapline.services.exports.camtrap_dp import export_camtrap_dp
-from trapline.services.report import build_report
-from trapline.services.review import POST_HEADER, running_review
-from trapline.services.review_data import ReviewFilter, ReviewStore
-from trapline.services.sort import sort_results
+from trapline.services.tools.exports.camtrap_dp import export_camtrap_dp
+from trapline.services.tools.report import build_report
+from trapline.services.tools.review import POST_HEADER, running_review
+from trapline.services.tools.review_data import ReviewFilter, ReviewStore
+from trapline.services.tools.sort import sort_results
 
 
 @pytest.fixture(scope="module")
@@ -350,10 +350,10 @@ def test_report_and_sort_use_reviewed_labels_and_keep_the_machines(sixty, tmp_pa
 
 def test_upload_api_reviews_only_the_programs_own_deployments(sixty, tmp_path):
     from trapline.pipelines.deployments import Deployment
-    from trapline.services.api import build_app
-    from trapline.services.api_registry import Registry
-    from trapline.services.review import running_app
+    from trapline.services.api.app import build_app
+    from trapline.services.api.registry import Registry
     from trapline.services.settings import Settings
+    from trapline.services.tools.review import running_app
 
     root = fresh_copy(sixty[0], tmp_path)
     registry = Registry(str(tmp_path / "registry"))

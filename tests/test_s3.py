@@ -23,9 +23,9 @@ from trapline.pipelines.readers import read_table
 from trapline.pipelines.source import list_media, read_bytes
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult, StageError
-from trapline.services import object_store
-from trapline.services.object_store import S3Options
-from trapline.services.runner import run_folder
+from trapline.services.adapters import object_store
+from trapline.services.adapters.object_store import S3Options
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 
 # The real-server fixtures (ceph_rgw, s3_settings, s3, s3_bucket); tests/ is on sys.path.

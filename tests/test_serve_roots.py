@@ -6,7 +6,7 @@ import pytest
 
 from trapline.pipelines import uri_safety
 from trapline.pipelines.types import StageError
-from trapline.services.serve_roots import StorageRootsError, serve_storage_roots
+from trapline.services.run.serve_roots import StorageRootsError, serve_storage_roots
 from trapline.services.settings import Settings
 
 

@@ -17,10 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from trapline.pipelines.readers import read_table
-from trapline.services.cli import app
-from trapline.services.runner import run_folder
+from trapline.services.cli.main import app
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
-from trapline.services.sort import (
+from trapline.services.tools.sort import (
     LOG_FOLDER,
     blurred_source,
     final_label,

@@ -14,11 +14,11 @@ from servers import TEST_SESSION_TIMEOUT_MS
 from trapline.pipelines import delta
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.services import kafka_io
-from trapline.services.runner import build_pipeline
+from trapline.services.adapters import kafka_io
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
 
@@ -160,7 +160,7 @@ def test_a_burst_straddling_commit_boundaries_is_one_event_as_in_a_folder_run(
 ):
     """Commits of 2 records cut the sample's 3-photo bursts; holding each deployment's last
     event back until it is quiet gives the folder run's events, ids included."""
-    from trapline.services.runner import run_folder
+    from trapline.services.run.folder import run_folder
 
     folder = run_folder(str(card.parent), str(tmp_path / "folder"), Settings(workers=0))
     expected = sorted(

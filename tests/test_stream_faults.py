@@ -21,8 +21,8 @@ from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.services import kafka_io
-from trapline.services.submit import submit_folder
+from trapline.services.adapters import kafka_io
+from trapline.services.tools.submit import submit_folder
 
 
 def make_photos(folder: Path, count: int, deployments: int, seed: int = 0) -> list[Path]:
@@ -54,7 +54,7 @@ def worker_env(bootstrap: str, topic: str, group: str, **settings: Any) -> dict[
         TRAPLINE_BATCH_SIZE="16",
         PYTHONUNBUFFERED="1",
         # Photos come from each test's temporary folders, outside serve's default roots
-        # (upload prefix and --out): allowed on purpose (services/serve_roots.py).
+        # (upload prefix and --out): allowed on purpose (services/run/serve_roots.py).
         TRAPLINE_STORAGE_ROOTS='["*"]',
     )
     env.update({f"TRAPLINE_{k.upper()}": str(v) for k, v in settings.items()})

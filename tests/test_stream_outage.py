@@ -14,10 +14,10 @@ from tritonclient.utils import InferenceServerException
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
-from trapline.services import metrics
-from trapline.services.runner import build_pipeline
+from trapline.services.run import metrics
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import MAX_RETRY_DELAY_S, StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import MAX_RETRY_DELAY_S, StreamWorker
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
 TOPIC = "uploads"
@@ -70,7 +70,7 @@ def test_an_internal_error_that_never_clears_is_retried_loudly_and_counted_never
     stage_errors = metrics.RETRYABLE_ERRORS.labels("detect")
     retries_before, stage_before = retries._value.get(), stage_errors._value.get()
 
-    with caplog.at_level(logging.INFO, logger="trapline.services.stream"):
+    with caplog.at_level(logging.INFO, logger="trapline.services.run.stream"):
         while not worker._pending():  # one turn of the loop: poll, assignment, buffer
             polled = worker.consumer.poll()
             worker._apply_rebalance()

@@ -16,9 +16,9 @@ from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import TABLES
-from trapline.services.runner import build_pipeline
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
 TOPIC = "uploads"

@@ -13,7 +13,7 @@ from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import SCHEMA_VERSION, TABLES, ModelNames
 from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
-from trapline.services.runner import write_tables
+from trapline.services.run.folder import write_tables
 from trapline.services.settings import Settings
 
 MODELS = ModelNames("det", "1", "cls", "2")

@@ -45,8 +45,8 @@ from trapline.models.triton_repository import (
 )
 from trapline.models.yolo import postprocess
 from trapline.pipelines.letterbox import Letterbox
-from trapline.services.local_servers import ServerStartError, free_port
-from trapline.services.triton_server import (
+from trapline.services.devstack.tansu import ServerStartError, free_port
+from trapline.services.devstack.triton import (
     TritonSetupError,
     default_venv,
     start_triton,
@@ -471,8 +471,8 @@ def test_streaming_end_to_end_with_triton_gives_the_onnx_runtime_rows(
     from test_stream import run_worker, send_raw, settings_for
 
     from trapline.pipelines.readers import read_table
-    from trapline.services import kafka_io
-    from trapline.services.submit import submit_folder
+    from trapline.services.adapters import kafka_io
+    from trapline.services.tools.submit import submit_folder
 
     if model_files[0].parent != DEMO:
         pytest.skip("the demo models are not built")

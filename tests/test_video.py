@@ -18,9 +18,9 @@ from PIL import Image
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.video import decode_video
-from trapline.services.runner import run_folder
+from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
-from trapline.services.sort import sort_results
+from trapline.services.tools.sort import sort_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "photos"
@@ -127,7 +127,7 @@ def test_a_video_in_a_folder_run_is_one_media_row_with_per_frame_detections(tmp_
     assert len(broken) == 1 and broken.iloc[0].stage == "decode"
     assert summary.processed == len(media) and summary.failed == len(failures)
     # the report counts it as a video; the spreadsheet has its row
-    from trapline.services.report import build_report
+    from trapline.services.tools.report import build_report
 
     counted = build_report(str(results), str(tmp_path / "report"))
     assert counted.videos == 1 and counted.media == len(media)
@@ -145,7 +145,7 @@ def test_a_video_announced_by_an_upload_event_is_one_media_row(tansu, kafka_topi
     """Service mode takes videos like photos: event -> frames -> one media row, frame numbers kept."""
     from test_stream import run_worker, settings_for
 
-    from trapline.services.submit import submit_folder
+    from trapline.services.tools.submit import submit_folder
 
     card = tmp_path / "card" / "cam-v"
     card.mkdir(parents=True)

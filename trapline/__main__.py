@@ -1,3 +1,3 @@
-from trapline.services.cli import app
+from trapline.services.cli.main import app
 
 app()

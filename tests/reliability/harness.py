@@ -81,7 +81,7 @@ def start_worker(
     if preamble is None:
         command = [sys.executable, "-m", "trapline", *serve]
     else:
-        code = f"{preamble}\nimport sys\nfrom trapline.services.cli import app\nsys.argv = ['trapline', *{serve!r}]\napp()"
+        code = f"{preamble}\nimport sys\nfrom trapline.services.cli.main import app\nsys.argv = ['trapline', *{serve!r}]\napp()"
         command = [sys.executable, "-c", code]
     with log.open("ab") as handle:
         return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)

@@ -10,7 +10,7 @@ from harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until
 from test_stream_faults import make_photos
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
-from trapline.services import kafka_io
+from trapline.services.adapters import kafka_io
 
 EVENTS = 800
 RATE = 100  # events/s offered, well above what the demo models do on these 2 shared cores

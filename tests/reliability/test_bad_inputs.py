@@ -16,10 +16,10 @@ from harness import REPO, account, read_rows
 from servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
-from trapline.services import kafka_io
-from trapline.services.runner import build_pipeline, run_folder
+from trapline.services.adapters import kafka_io
+from trapline.services.run.folder import build_pipeline, run_folder
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
 
 CORPUS = REPO / "tests" / "data" / "bad_inputs"
 FILES = CORPUS / "cam-bad"

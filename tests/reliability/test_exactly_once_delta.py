@@ -35,8 +35,8 @@ from harness import (
 from test_stream_faults import make_photos
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
-from trapline.services import kafka_io
-from trapline.services.submit import submit_folder
+from trapline.services.adapters import kafka_io
+from trapline.services.tools.submit import submit_folder
 
 pytest_plugins = ["s3_fixtures"]
 
@@ -47,7 +47,7 @@ READER = """
 import json, sys, time, os
 from collections import Counter
 from trapline.pipelines.readers import read_table
-from trapline.services.object_store import configure_fsspec
+from trapline.services.adapters.object_store import configure_fsspec
 from trapline.services.settings import Settings
 configure_fsspec(Settings())
 out, stop, report = sys.argv[1:4]

@@ -23,9 +23,9 @@ from harness import Supervisor, account, accounted, start_worker, worker_env
 from tcp_proxy import TcpProxy
 from test_stream_faults import make_photos
 
-from trapline.services import kafka_io
-from trapline.services.local_servers import free_port, stop_process, tansu_binary
-from trapline.services.submit import submit_folder
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import free_port, stop_process, tansu_binary
+from trapline.services.tools.submit import submit_folder
 
 OUTAGE_S = 30.0
 

@@ -32,9 +32,9 @@ from http_fault_proxy import HttpFaultProxy
 from test_fault_triton import demo_repository
 from test_stream_faults import make_photos
 
-from trapline.services import kafka_io
-from trapline.services.submit import submit_folder
-from trapline.services.triton_server import start_triton
+from trapline.services.adapters import kafka_io
+from trapline.services.devstack.triton import start_triton
+from trapline.services.tools.submit import submit_folder
 
 pytest_plugins = ["s3_fixtures"]
 S3_OUTAGE_S = 20.0

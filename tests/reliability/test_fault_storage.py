@@ -10,9 +10,9 @@ import time
 from harness import Supervisor, account, accounted, start_worker, worker_env
 from test_stream_faults import make_photos
 
-from trapline.services.ceph_server import RGW_NAME
-from trapline.services.local_servers import stop_process
-from trapline.services.submit import submit_folder
+from trapline.services.devstack.ceph import RGW_NAME
+from trapline.services.devstack.tansu import stop_process
+from trapline.services.tools.submit import submit_folder
 
 pytest_plugins = ["s3_fixtures"]  # one Ceph cluster for the session, shared with tests/test_s3.py
 OUTAGE_S = 20.0

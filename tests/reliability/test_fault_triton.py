@@ -19,9 +19,9 @@ from harness import (
 from test_stream_faults import make_photos
 
 from trapline.models.triton_repository import RepositoryOptions, build_repository
+from trapline.services.devstack.triton import default_venv, start_triton, triton_install
 from trapline.services.settings import DEMO_MODELS
-from trapline.services.submit import submit_folder
-from trapline.services.triton_server import default_venv, start_triton, triton_install
+from trapline.services.tools.submit import submit_folder
 
 OUTAGE_S = 10.0
 

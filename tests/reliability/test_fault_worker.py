@@ -22,7 +22,7 @@ from harness import (
 )
 from test_stream_faults import make_photos
 
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 # Planted in a worker before it starts: at its Nth Delta commit the process is SIGKILLed, as
 # the OOM killer or a node failure would: on odd N before the commit (its Parquet files are not

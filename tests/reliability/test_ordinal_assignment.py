@@ -16,9 +16,9 @@ from harness import account, accounted, start_worker, stop_workers, wait_until, 
 from test_stream_faults import make_photos
 
 from load_tests.restart import resume_lines
+from trapline.services.run.stream import OrdinalSlot, ordinal_slot
 from trapline.services.settings import Settings
-from trapline.services.stream import OrdinalSlot, ordinal_slot
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 
 def test_slots_cover_every_partition_once_across_pods_and_their_workers():

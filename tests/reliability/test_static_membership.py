@@ -18,9 +18,9 @@ from harness import account, accounted, start_worker, stop_workers, wait_until, 
 from test_stream_faults import make_photos
 
 from load_tests.restart import current_assignment, resume_lines
+from trapline.services.run.stream import member_id
 from trapline.services.settings import Settings
-from trapline.services.stream import member_id
-from trapline.services.submit import submit_folder
+from trapline.services.tools.submit import submit_folder
 
 SESSION_TIMEOUT_MS = 45_000
 

@@ -15,10 +15,10 @@ from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.types import StageError
 from trapline.pipelines.uri_safety import check_uri, configure_storage_roots
-from trapline.services import kafka_io
-from trapline.services.runner import build_pipeline
+from trapline.services.adapters import kafka_io
+from trapline.services.run.folder import build_pipeline
+from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
-from trapline.services.stream import StreamWorker
 
 SAMPLE = REPO / "examples" / "photos" / "deployment-b"
 

@@ -1,0 +1,1 @@
+"""The edges to outside systems: Kafka, object storage, content-addressed media names."""

@@ -1,0 +1,1 @@
+"""The upload API: programs create deployments and upload photos (FastAPI on Ray Serve)."""

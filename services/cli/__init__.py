@@ -1,0 +1,1 @@
+"""The `trapline` command line: one typer app, its sub-apps beside it."""

@@ -1,0 +1,78 @@
+"""`trapline api`: serve the upload API, and add programs and tokens to its registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from trapline.services.settings import load_settings
+
+console = Console(stderr=True)
+
+api_app = typer.Typer(
+    help="The self-service upload API (docs/api.md).", invoke_without_command=True
+)
+
+
+@api_app.callback()
+def api(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    host: str | None = typer.Option(None, help="Address to listen on (TRAPLINE_API_HOST)."),
+    port: int | None = typer.Option(None, help="Port to listen on (TRAPLINE_API_PORT)."),
+) -> None:
+    """Serve the upload API on Ray Serve (with no subcommand), until SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from trapline.services.api.ray_serve import serve_api
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
+    )
+    settings = load_settings(config, api_host=host, api_port=port)
+    console.print_json(json.dumps(settings.echo()))
+    serve_api(settings)
+
+
+@api_app.command("add-program")
+def api_add_program(
+    name: str = typer.Argument(..., help="Program name: lower-case letters, digits and '-'."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    registry: str | None = typer.Option(None, help="Registry path or URL (TRAPLINE_API_REGISTRY)."),
+) -> None:
+    """Create a program and print its API token once (only its hash is stored)."""
+    _api_token(name, config, registry, new_program=True)
+
+
+@api_app.command("add-token")
+def api_add_token(
+    name: str = typer.Argument(..., help="An existing program."),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    registry: str | None = typer.Option(None, help="Registry path or URL (TRAPLINE_API_REGISTRY)."),
+) -> None:
+    """Give a program another token (rotation); print it once."""
+    _api_token(name, config, registry, new_program=False)
+
+
+def _api_token(name: str, config: Path | None, registry: str | None, *, new_program: bool) -> None:
+    from trapline.services.adapters.object_store import configure_fsspec
+    from trapline.services.api.registry import Registry, RegistryError
+
+    settings = load_settings(config, api_registry=registry)
+    configure_fsspec(settings)
+    store = Registry(settings.api_registry)
+    try:
+        token = store.add_program(name) if new_program else store.add_token(name)
+    except RegistryError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"token for program {name!r} (shown once; only its sha256 is stored in {settings.api_registry}):"
+    )
+    typer.echo(token)

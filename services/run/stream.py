@@ -1,0 +1,543 @@
+"""Service mode: upload events from Kafka -> the same stages -> Delta tables, each row exactly once.
+
+One `StreamWorker` is one Kafka consumer in the group. Its loop polls, keeps each assigned
+partition's records in a `PartitionBuffer` (services/run/stream_buffer.py) and, when a checkpoint is
+due (`batch_max_records` records in a partition, or `commit_interval_s` since the oldest
+unwritten one), runs the stages on what is new and hands every partition's ready range to the
+`Checkpointer` (services/run/stream_checkpoint.py): one Delta commit per table, carrying each
+partition's last offset as an application transaction, media last. Kafka's offsets are committed
+after that, as advice only: on assignment a partition resumes from the tables' versions.
+
+Rebalances: kafka-python calls the listener on its IO thread, where blocking consumer calls are
+refused, so the callbacks only note the change and the loop applies it. A revoked partition's
+ready range is written (the tables' versions settle any race with its new owner); a partition
+that the tables show was moved on by someone else (fenced) is dropped and resumed from them.
+With `partition_assignment=ordinal` there is no group protocol at all: worker slot i of N
+assigns itself the partitions p with p % N == i (`OrdinalSlot`), so a restarted worker reads
+at once and nothing rebalances; the tables' versions still decide what is written, so two
+workers that believe they own one partition (N changing in a rolling update) are fenced like
+a zombie, never duplicated.
+Outages (models, storage, the dead-letter topic) are retried with capped backoff, never
+dead-lettered: the photos are fine. The consumer and producer can be passed in, so a test can
+drive a worker from an in-memory source.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from trapline.models.backend import BackendUnavailable
+from trapline.pipelines.delta import STORAGE_ERRORS
+from trapline.pipelines.errors import StorageUnavailable
+from trapline.pipelines.events import record_source
+from trapline.pipelines.flow import PhotoPipeline
+from trapline.services.adapters import kafka_io
+from trapline.services.run import metrics
+from trapline.services.run.stream_buffer import PartitionBuffer, process_pending
+from trapline.services.run.stream_checkpoint import (
+    Batch,
+    Checkpointer,
+    DeadLetterUndelivered,
+    Outcome,
+)
+from trapline.services.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka import TopicPartition
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_DELAY_S = 1.0  # an outage: first wait before retrying a checkpoint
+MAX_RETRY_DELAY_S = 60.0
+LAG_INTERVAL_S = 15.0  # how often consumer lag is read from the broker
+PARTITIONS_INTERVAL_S = 30.0  # ordinal assignment: how often the topic's partitions are re-read
+
+
+@dataclass
+class WorkerStats:
+    records: int = 0
+    media_rows: int = 0
+    failure_rows: int = 0
+    dead_letters: int = 0
+    checkpoints: int = 0
+    fenced: int = 0  # partition batches dropped: the tables showed another writer ahead
+
+
+class StreamWorker(kafka_io.RebalanceListener):
+    def __init__(
+        self,
+        settings: Settings,
+        out: str,
+        pipeline: PhotoPipeline,
+        clock: Callable[[], float] = time.monotonic,
+        consumer: Any = None,
+        producer: Any = None,
+        index: int = 0,
+    ):
+        """`consumer` and `producer` default to real Kafka clients from `settings`; pass any
+        objects with the same methods (poll, subscribe, seek, committed, commit, close;
+        send, close) to drive the worker without a broker. `index` numbers the workers of one
+        process (its static group member id, see `member_id`)."""
+        self.settings = settings
+        self.out = out
+        self.pipeline = pipeline
+        self.clock = clock
+        self.buffers: dict[TopicPartition, PartitionBuffer] = {}
+        self.stats = WorkerStats()
+        self.stopping = False
+        self._rebalance_lock = threading.Lock()
+        self._revoked: set[TopicPartition] = set()
+        self._assigned: set[TopicPartition] = set()
+        self.retry_delay_s = FIRST_RETRY_DELAY_S
+        self._retry_at = 0.0  # no checkpoint before this (backoff after an outage)
+        # An outage in progress: (first failed checkpoint at, retries so far), for the log.
+        self._outage: tuple[float, int] | None = None
+        self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
+        self.slot = ordinal_slot(settings, index)  # None: the consumer group assigns
+        self._owned: set[TopicPartition] = set()  # ordinal assignment: the partitions claimed
+        self._owned_at = float("-inf")
+        security = settings.kafka_security()
+        self.producer = producer or kafka_io.make_producer(settings.kafka_bootstrap, **security)
+        self.dead_letters = kafka_io.DeadLetter(self.producer, settings.dlq_topic)
+        self.checkpointer = Checkpointer(
+            out, settings, pipeline.model_names, pipeline.classifier.spec.labels,
+            self.dead_letters,
+        )  # fmt: skip
+        self.consumer = consumer or kafka_io.make_consumer(
+            settings.kafka_bootstrap,
+            settings.consumer_group,
+            max_poll_records=settings.poll_max_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            group_instance_id=member_id(settings, index) if self.slot is None else None,
+            **security,
+        )
+        if self.slot is None:
+            self.consumer.subscribe([settings.uploads_topic], listener=self)
+        else:
+            log.info(
+                "fixed partition ownership: slot %d of %d reads the partitions p of %s with "
+                "p %% %d == %d; no consumer group rebalances",
+                self.slot.index, self.slot.count, settings.uploads_topic, self.slot.count,
+                self.slot.index,
+            )  # fmt: skip
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, idle_exit_s: float | None = None) -> WorkerStats:
+        """Consume until `stop()` (or `idle_exit_s` without records and nothing pending)."""
+        last_record_at = last_lag_at = self.clock()
+        try:
+            while not self.stopping:
+                if self.clock() - last_lag_at >= LAG_INTERVAL_S:
+                    self._publish_lag()
+                    last_lag_at = self.clock()
+                if self.slot is not None and self.clock() - self._owned_at >= PARTITIONS_INTERVAL_S:
+                    self._claim_partitions()
+                polled = self.consumer.poll(timeout_ms=200)
+                self._apply_rebalance()
+                if not self.buffers:  # not idle while waiting for the group to assign partitions
+                    last_record_at = self.clock()
+                for tp, records in polled.items():
+                    self._accept(tp, records)
+                    last_record_at = self.clock()
+                if self._due():
+                    self.checkpoint()
+                idle = self.clock() - last_record_at
+                if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
+                    break
+            self.checkpoint(drain=True)
+        finally:
+            self.close()
+        return self.stats
+
+    def stop(self) -> None:
+        """Ask the loop to drain: write every buffer, commit, leave the group."""
+        self.stopping = True
+
+    def readiness(self) -> dict[str, bool]:
+        """For /readyz: can this worker reach its broker, its storage and its models?"""
+        checks = {"models": self.pipeline is not None}
+        try:
+            kafka_io.list_topics(
+                self.settings.kafka_bootstrap, timeout_s=3, **self.settings.kafka_security()
+            )
+            checks["broker"] = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            checks["broker"] = False
+        try:
+            self.checkpointer.table("media")
+            checks["storage"] = True
+        except Exception:  # noqa: BLE001
+            checks["storage"] = False
+        return checks
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        finally:
+            self.producer.close(timeout=10)
+
+    def _pending(self) -> bool:
+        return any(buffer.records for buffer in self.buffers.values())
+
+    def _accept(self, tp: TopicPartition, records: list[Any]) -> None:
+        buffer = self.buffers.get(tp)
+        if buffer is None:  # revoked between poll and here
+            return
+        now = self.clock()
+        for record in records:
+            if buffer.add(record, now):
+                self.stats.records += 1
+
+    def _due(self) -> bool:
+        if self.clock() < self._retry_at:
+            return False
+        now = self.clock()
+        return any(
+            len(b.records) >= self.settings.batch_max_records
+            or (b.records and b.waited(now) >= self.settings.commit_interval_s)
+            or (b.forced_end is not None and b.records and b.records[-1].offset >= b.forced_end)
+            for b in self.buffers.values()
+        )
+
+    # -- rebalances -------------------------------------------------------------------------
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        with self._rebalance_lock:
+            self._revoked.update(revoked)
+            self._assigned.difference_update(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        with self._rebalance_lock:
+            self._assigned.update(assigned)
+            self._revoked.difference_update(assigned)
+
+    def _claim_partitions(self) -> None:
+        """Ordinal assignment: assign this slot's partitions of the topic to the consumer; again
+        every PARTITIONS_INTERVAL_S, to take partitions added to the topic (seen once the
+        client's metadata refreshes, `metadata_max_age_ms`)."""
+        self._owned_at = self.clock()
+        topic = self.settings.uploads_topic
+        try:
+            partitions = self.consumer.partitions_for_topic(topic)
+        except kafka_io.KafkaError as error:
+            log.warning("partitions of %s unknown (%s); asking again", topic, error)
+            self._owned_at -= PARTITIONS_INTERVAL_S - FIRST_RETRY_DELAY_S
+            return
+        if not partitions:
+            log.warning("topic %s not found on the broker; asking again", topic)
+            self._owned_at -= PARTITIONS_INTERVAL_S - FIRST_RETRY_DELAY_S
+            return
+        from kafka import TopicPartition
+
+        assert self.slot is not None
+        owned = {TopicPartition(topic, p) for p in partitions if self.slot.owns(p)}
+        if owned == self._owned:
+            return
+        if not owned:
+            log.warning(
+                "slot %d of %d owns none of the %d partitions of %s: this worker idles "
+                "(more workers than partitions)",
+                self.slot.index, self.slot.count, len(partitions), topic,
+            )  # fmt: skip
+        self.consumer.assign(sorted(owned))  # keeps the positions of partitions already held
+        self.on_partitions_assigned(owned - self._owned)
+        self._owned = owned
+        self._apply_rebalance()  # seek the new ones before the next poll fetches
+
+    def _apply_rebalance(self) -> None:
+        """Write what revoked partitions have ready; resume assigned ones from the tables."""
+        with self._rebalance_lock:
+            revoked, self._revoked = self._revoked, set()
+            assigned, self._assigned = self._assigned, set()
+        if revoked:
+            self.checkpoint(only=revoked & set(self.buffers), owned=False)
+        for tp in revoked:
+            self.buffers.pop(tp, None)
+            metrics.forget_partition(tp.topic, tp.partition)
+        if assigned and not self._resume(assigned):
+            with self._rebalance_lock:  # storage away: try again at the next poll
+                self._assigned.update(assigned - self._revoked)
+
+    def _resume(self, partitions: set[TopicPartition], exact: bool = False) -> bool:
+        """Start `partitions` where the tables say (not where Kafka's commit says); False to
+        retry. `exact`: read them from the snapshot the commits are decided on (after a fence)."""
+        try:
+            points = self.checkpointer.resume_points(
+                [(tp.topic, tp.partition) for tp in partitions], exact
+            )
+        except STORAGE_ERRORS as error:
+            log.warning("%s: cannot read the tables' versions (%s); retrying", partitions, error)
+            metrics.CHECKPOINT_RETRIES.labels("storage").inc()
+            time.sleep(min(self.retry_delay_s, 5.0))
+            return False
+        for tp in partitions:
+            start, forced_end = points[tp.topic, tp.partition]
+            if start is None:
+                start = self.consumer.committed(tp) or 0
+            self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end)
+            self.consumer.seek(tp, start)
+            log.info(
+                "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
+                f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
+            )  # fmt: skip
+        return True
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def checkpoint(
+        self, drain: bool = False, only: set[TopicPartition] | None = None, owned: bool = True
+    ) -> None:
+        """Process what is new, write every partition's ready range, then commit offsets.
+
+        `only`: just these partitions (revoked ones, `owned=False`: no Kafka commit, which the
+        group would refuse). An outage puts everything back and retries later.
+        """
+        buffers = {tp: b for tp, b in self.buffers.items() if only is None or tp in only}
+        try:
+            process_pending(
+                buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__,
+                limit=None if drain else self.settings.batch_max_records,
+            )  # fmt: skip
+        except (BackendUnavailable, StorageUnavailable) as error:  # outages: pipelines/errors.py
+            if isinstance(error, StorageUnavailable):  # photos unreadable for now, not failures
+                self._retry_later("storage", error, owned)
+                return
+            metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
+            self._retry_later("model backend", error, owned)
+            return
+        now = self.clock()
+        batches: dict[TopicPartition, Batch] = {}
+        for tp, buffer in buffers.items():
+            end = buffer.ready_end(self.settings, now, drain=drain)
+            if end is not None:
+                records, results, failures = buffer.batch(end)
+                batches[tp] = Batch(
+                    tp.topic, tp.partition, buffer.start, end, records, results, failures
+                )
+        if not batches:
+            return
+        try:
+            outcome = self.checkpointer.commit(list(batches.values()))
+        except (*STORAGE_ERRORS, DeadLetterUndelivered) as error:
+            cause = "dead-letter topic" if isinstance(error, DeadLetterUndelivered) else "storage"
+            self._retry_later(cause, error, owned)
+            return
+        self.retry_delay_s = FIRST_RETRY_DELAY_S
+        self._retry_at = 0.0
+        if self._outage is not None:
+            since, retries = self._outage
+            log.info(
+                "checkpoints succeed again after %.0f s and %d retries",
+                self.clock() - since,
+                retries,
+            )
+            self._outage = None
+        self._settle(batches, outcome, owned)
+
+    def _settle(self, batches: dict[TopicPartition, Batch], outcome: Outcome, owned: bool) -> None:
+        """Move written partitions on and commit their offsets; resume fenced ones."""
+        offsets = {}
+        for tp, batch in batches.items():
+            key = (tp.topic, tp.partition)
+            if key in outcome.written:
+                self.buffers[tp].advance(batch.end)
+                offsets[tp] = batch.end + 1
+                self._observe_written(outcome.tables[key], batch)
+            elif key in outcome.fenced:
+                self.stats.fenced += 1
+                self.buffers.pop(tp, None)
+                if owned and not self._resume({tp}, exact=True):
+                    with self._rebalance_lock:  # storage away: resume at the next poll
+                        self._assigned.add(tp)
+        if owned and offsets:
+            kafka_io.commit_offsets(self.consumer, offsets)
+        self.stats.checkpoints += 1
+        self.stats.media_rows += outcome.media_rows
+        self.stats.failure_rows += outcome.failure_rows
+        self.stats.dead_letters += outcome.dead_letters
+        metrics.CHECKPOINTS.inc()
+
+    def _retry_later(self, cause: str, error: BaseException, owned: bool) -> None:
+        """An outage, not a bad input: keep every record and retry with capped backoff.
+
+        Retries do not end in the dead-letter topic: the photos are fine, and giving up would
+        lose them; /readyz and `trapline_checkpoint_retries_total` tell the operator instead.
+        """
+        metrics.CHECKPOINT_RETRIES.labels(cause).inc()
+        if not owned:  # revoked meanwhile: the new owner processes these records
+            log.warning(
+                "%s unavailable (%s); revoked partitions left to their new owner", cause, error
+            )
+            return
+        since, retries = self._outage or (self.clock(), 0)
+        self._outage = (since, retries + 1)
+        log.warning(
+            "%s unavailable (%s); retrying in %.0f s (retry %d, failing for %.0f s; the records "
+            "wait, nothing is written as failed)",
+            cause, error, self.retry_delay_s, retries + 1, self.clock() - since,
+        )  # fmt: skip
+        self._retry_at = self.clock() + self.retry_delay_s
+        self.retry_delay_s = min(self.retry_delay_s * 2, MAX_RETRY_DELAY_S)
+
+    def _observe_written(self, tables: Any, batch: Batch) -> None:
+        metrics.observe_tables(
+            tables.media.column("observation_type").to_pylist(),
+            list(
+                zip(
+                    tables.failures.column("stage").to_pylist(),
+                    tables.failures.column("kind").to_pylist(),
+                )
+            ),
+        )
+        now = datetime.now(timezone.utc)
+        for source in tables.media.column("source").to_pylist():
+            uploaded_at = self._uploaded_at.pop(source, None)
+            if uploaded_at is not None:
+                metrics.END_TO_END_SECONDS.observe(max(0.0, (now - uploaded_at).total_seconds()))
+        for record in batch.records:
+            self._uploaded_at.pop(
+                record_source(record.topic, record.partition, record.offset), None
+            )
+
+    def _publish_lag(self) -> None:
+        """Lag per assigned partition from the broker's end offsets (wrong on Tansu, see DESIGN)."""
+        assigned = list(self.buffers)
+        if not assigned:
+            return
+        try:
+            ends = self.consumer.end_offsets(assigned)
+        except kafka_io.KafkaError as error:  # advisory: a broker outage must not stop the worker
+            log.warning("consumer lag not published: %s", error)
+            return
+        metrics.publish_lag(
+            metrics.consumer_lag(
+                {(tp.topic, tp.partition): end for tp, end in ends.items()},
+                {
+                    (tp.topic, tp.partition): b.start + len(b.records)
+                    for tp, b in self.buffers.items()
+                },
+            )
+        )
+
+
+@dataclass(frozen=True)
+class OrdinalSlot:
+    """partition_assignment=ordinal: this consumer is slot `index` of `count` and owns the
+    partitions p with p % count == index."""
+
+    index: int
+    count: int
+
+    def owns(self, partition: int) -> bool:
+        return partition % self.count == self.index
+
+
+def ordinal_slot(settings: Settings, index: int, hostname: str | None = None) -> OrdinalSlot | None:
+    """Worker `index` of this process under ordinal assignment (None: the group assigns).
+
+    The process's ordinal is `worker_ordinal`, or the number ending the host name (a StatefulSet
+    pod `trapline-worker-3` is 3); its `workers` consumers (at least one) take consecutive slots.
+    Raises ValueError at start when the ordinal is unknown or not below `worker_replicas`:
+    a wrong one would leave partitions to nobody.
+    """
+    if settings.partition_assignment != "ordinal":
+        return None
+    ordinal = settings.worker_ordinal
+    if ordinal is None:
+        host = hostname if hostname is not None else socket.gethostname()
+        match = re.search(r"-(\d+)$", host)
+        if match is None:
+            raise ValueError(
+                "partition_assignment=ordinal needs TRAPLINE_WORKER_ORDINAL or a host name "
+                f"ending in -N (a StatefulSet pod's); this host is {host!r}"
+            )
+        ordinal = int(match[1])
+    if ordinal >= settings.worker_replicas:
+        raise ValueError(
+            f"worker ordinal {ordinal} is not below worker_replicas={settings.worker_replicas}: "
+            "set TRAPLINE_WORKER_REPLICAS to the number of worker processes (pods)"
+        )
+    per_process = max(settings.workers, 1)
+    return OrdinalSlot(ordinal * per_process + index, settings.worker_replicas * per_process)
+
+
+def member_id(settings: Settings, index: int) -> str | None:
+    """The static group member id of worker `index`: `<group_instance_id>-<index>`, the same
+    after every restart of this process, different for each of its workers; None (dynamic
+    membership) when `group_instance_id` is unset."""
+    if settings.group_instance_id is None:
+        return None
+    return f"{settings.group_instance_id}-{index}"
+
+
+class StreamActor:
+    """A Ray actor around one StreamWorker. Threaded (max_concurrency=2) so that `stop` can
+    reach it while `run` loops."""
+
+    def __init__(self, settings: Settings, out: str, index: int):
+        import ray
+
+        from trapline.services.run.folder import build_pipeline
+        from trapline.services.run.log_format import configure_json_logging
+
+        configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
+        log.info("worker %d runs on Ray node %s", index, ray.get_runtime_context().get_node_id())
+        self.worker = StreamWorker(settings, out, build_pipeline(settings), index=index)
+        if settings.metrics_port:
+            metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()
+
+    def run(self) -> WorkerStats:
+        return self.worker.run()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+
+def serve(settings: Settings, out: str) -> list[WorkerStats]:
+    """`trapline serve`: `workers` consumers (Ray actors; 0 = one in this process) until SIGTERM.
+
+    SIGTERM or SIGINT asks every worker to drain: finish and write its segments, commit, leave
+    the group. Give the pod a termination grace period longer than one segment's processing.
+    """
+    import signal
+
+    from trapline.services.adapters.object_store import configure_fsspec
+
+    configure_fsspec(settings)
+    if settings.workers == 0:
+        from trapline.services.run.folder import build_pipeline
+
+        worker = StreamWorker(settings, out, build_pipeline(settings))
+        if settings.metrics_port:
+            metrics.HealthServer(settings.metrics_port, worker.readiness).start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        return [worker.run()]
+
+    import ray
+
+    from trapline.services.run.folder import start_local_ray
+
+    start_local_ray(settings, forward_logs=True)  # the actors' log lines reach our stdout
+    actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)
+    actors = [actor_class.remote(settings, out, index) for index in range(settings.workers)]
+    running = [actor.run.remote() for actor in actors]
+
+    def drain(*_: Any) -> None:
+        log.info("draining %d workers", len(actors))
+        for actor in actors:
+            actor.stop.remote()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, drain)
+    return ray.get(running)

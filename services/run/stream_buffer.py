@@ -1,0 +1,154 @@
+"""The stream's batch buffer: per Kafka partition, the records polled but not yet in the tables.
+
+A `PartitionBuffer` holds a partition's records from `start` (the first offset the tables do
+not hold) on, with each record's results once the stages ran. At a checkpoint it says how far
+the partition may be written now (`ready_end`: the event hold of `pipelines/sequences.py`, or
+exactly `forced_end` when a replay must end where some tables already are), and after the
+commit `advance` forgets what was written. `process_pending` runs the stages on every
+partition's new records at once, in model-sized batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from trapline.pipelines.batching import batches
+from trapline.pipelines.deployments import cached_deployments
+from trapline.pipelines.events import record_source
+from trapline.pipelines.flow import PhotoPipeline, resolve_timestamp
+from trapline.pipelines.sequences import HeldPhoto, batch_end
+from trapline.pipelines.types import Failure, MediaResult
+from trapline.services.adapters import kafka_io
+from trapline.services.run import metrics
+from trapline.services.settings import Settings
+
+
+@dataclass
+class PartitionBuffer:
+    """One partition's unwritten records, from `start` on."""
+
+    start: int  # first offset the tables do not hold
+    forced_end: int | None = None  # a replay ends exactly here: some tables already hold it
+    records: list[Any] = field(default_factory=list)
+    arrived: dict[int, float] = field(default_factory=dict)  # offset -> when it was polled
+    done: dict[int, tuple[list[MediaResult], list[Failure]]] = field(default_factory=dict)
+
+    def add(self, record: Any, now: float) -> bool:
+        """Keep `record` unless it is already written or already here (a replay after a seek)."""
+        if record.offset < self.start or (
+            self.records and record.offset <= self.records[-1].offset
+        ):
+            return False
+        self.records.append(record)
+        self.arrived[record.offset] = now
+        return True
+
+    def waited(self, now: float) -> float:
+        """How long the oldest unwritten record has waited."""
+        return now - self.arrived[self.records[0].offset] if self.records else 0.0
+
+    def ready_end(self, settings: Settings, now: float, drain: bool = False) -> int | None:
+        """The last offset to write now, or None if nothing can be written yet."""
+        processed = self._processed()
+        if not processed:
+            return None
+        last = processed[-1].offset
+        if self.forced_end is not None:  # a replay: exactly the range some tables hold
+            return self.forced_end if last >= self.forced_end else None
+        if drain or len(self.records) >= 4 * settings.batch_max_records:
+            return last  # a burst this long is cut anyway: memory and latency stay bounded
+        end = batch_end(self._held_photos(settings), last, settings.sequence_gap_s,
+                        settings.sequence_hold_s, now)  # fmt: skip
+        return end if end >= self.start else None
+
+    def _processed(self) -> list[Any]:
+        """The records whose results are in (a prefix: they are processed in offset order)."""
+        for index, record in enumerate(self.records):
+            if record.offset not in self.done:
+                return self.records[:index]
+        return self.records
+
+    def batch(self, end: int) -> tuple[list[Any], list[MediaResult], list[Failure]]:
+        """The records up to `end` with their results and failures (already processed)."""
+        records = [r for r in self.records if r.offset <= end]
+        results: list[MediaResult] = []
+        failures: list[Failure] = []
+        for record in records:
+            done_results, done_failures = self.done[record.offset]
+            results += done_results
+            failures += done_failures
+        return records, results, failures
+
+    def advance(self, end: int) -> None:
+        """The tables hold everything up to `end`: forget it."""
+        for record in self.records:
+            if record.offset <= end:
+                self.done.pop(record.offset, None)
+                self.arrived.pop(record.offset, None)
+        self.records = [r for r in self.records if r.offset > end]
+        self.start = end + 1
+        self.forced_end = None
+
+    def _held_photos(self, settings: Settings) -> list[HeldPhoto]:
+        deployments = cached_deployments(settings.deployments_file)
+        default_tz = settings.tzinfo()
+        photos = []
+        for record in self._processed():
+            for result in self.done[record.offset][0]:
+                when: datetime | None = resolve_timestamp(result, deployments, default_tz)[0]
+                photos.append(
+                    HeldPhoto(record.offset, result.ref.deployment_id, when,
+                              self.arrived[record.offset])
+                )  # fmt: skip
+        return photos
+
+
+def process_pending(
+    buffers: Iterable[PartitionBuffer],
+    pipeline: PhotoPipeline,
+    settings: Settings,
+    on_uploaded_at: Callable[[str, datetime], None] = lambda source, when: None,
+    limit: int | None = None,
+) -> None:
+    """Parse the records not processed yet (at most `limit` per partition, oldest first) and
+    run the stages on them, across partitions, in model-sized batches; results are kept per
+    offset until written. The limit bounds one checkpoint's work (and so its latency).
+
+    Raises `BackendUnavailable` (models away) or `StorageUnavailable` (photos' store away):
+    nothing is recorded, the records stay pending.
+    """
+    pending = [
+        (b, r) for b in buffers for r in [r for r in b.records if r.offset not in b.done][:limit]
+    ]
+    if not pending:
+        return
+    refs = []
+    outputs: dict[str, tuple[list[MediaResult], list[Failure]]] = {}
+    for _, record in pending:
+        metrics.EVENTS_CONSUMED.labels(record.topic).inc()
+        source = record_source(record.topic, record.partition, record.offset)
+        outputs[source] = ([], [])
+        parsed = kafka_io.parse_record(record, deployment_pattern=settings.deployment_pattern)
+        refs.extend(parsed.refs)
+        outputs[source][1].extend(parsed.failures)
+        for event in parsed.events:
+            if event.uploaded_at is not None and event.ref.source:
+                on_uploaded_at(event.ref.source, event.uploaded_at)
+    for batch in batches(refs, settings.batch_size):
+        metrics.INFLIGHT_BATCHES.inc()
+        try:
+            output = pipeline.process(batch)
+        finally:
+            metrics.INFLIGHT_BATCHES.dec()
+        metrics.observe_batch(output.stage_seconds, len(output.results), output.bytes_read)
+        for result in output.results:
+            outputs[result.ref.source or ""][0].append(result)
+        for failure in output.failures:
+            outputs[failure.source or ""][1].append(failure)
+    for buffer, record in pending:
+        buffer.done[record.offset] = outputs[
+            record_source(record.topic, record.partition, record.offset)
+        ]

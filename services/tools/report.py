@@ -1,0 +1,393 @@
+"""`trapline report`: one self-contained HTML page and a spreadsheet from a results folder.
+
+For the ecologist who wants to see the run without writing code: photos processed, blank rate,
+detections per class, counts per deployment, a diel activity plot per species, the detection rate
+per deployment over time and, when the deployments file gives coordinates, a scatter map with
+the species found at each camera. Plots are PNGs embedded as `data:` URIs and the page has no
+script and no external link, so it opens offline and can be mailed as one file.
+`photos.csv` and `photos.xlsx` beside it hold one row per photo (or video) for spreadsheet users.
+
+Reviewed labels win: where a person reviewed an event (`trapline review`, the reviews table;
+the latest review wins), its label and observation type replace the machine's for every photo
+of the event, in the plots, the tables and the spreadsheet; the spreadsheet keeps the machine's
+label beside it (`machine_label`) and says who reviewed (`reviewed_by`).
+
+Times of day are local: each deployment's zone from the deployments file (`Deployment.tz()`),
+UTC for a deployment the file does not place (the page says so). Activity is counted in events
+(bursts), not frames, so a 10-frame burst of a fox counts once, as ecologists count it.
+Needs the `[report]` extra (matplotlib, openpyxl, pandas).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+
+from trapline.pipelines.deployments import Deployments, load_deployments
+from trapline.pipelines.readers import read_table
+from trapline.pipelines.reviews import reviewed_events
+from trapline.services.tools.sort import VIDEO_EXTENSIONS, final_label
+
+try:
+    import pandas as pd
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the install
+    raise ModuleNotFoundError(
+        "trapline report needs the [report] extra: pip install 'trapline[report]'"
+    ) from error
+
+RATE_DAILY_MAX_DAYS = 90  # longer surveys are binned by week, else the plot is a comb
+UNDEFINED = "undefined"
+
+
+@dataclass
+class ReportSummary:
+    """What the report counted, for the CLI and the tests."""
+
+    html: str  # path or URL of the page
+    csv: str
+    xlsx: str
+    media: int = 0
+    videos: int = 0
+    failures: int = 0
+    blank_rate: float | None = None
+    rate_unit: str = "day"  # detection-rate bins: day, or week for surveys past 90 days
+    plots: list[str] = field(default_factory=list)  # ids of the embedded figures
+
+
+def build_report(
+    results: str,
+    out: str,
+    deployments_file: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ReportSummary:
+    """Read `results`' tables and write index.html, photos.csv and photos.xlsx under `out`."""
+    from trapline.services.tools import report_plots as plots
+
+    deployments = load_deployments(deployments_file, storage_options)
+    media = read_table(results, "media").to_pandas()
+    observations = read_table(
+        results, "observations", columns=["media_id", "category", "label", "detection_conf"]
+    ).to_pandas()  # fmt: skip
+    failures = read_table(results, "failures", columns=["uri"])
+    media = _with_local_time(media, deployments)
+    media = _with_reviews(media, reviewed_events(results))
+    media["final_label"] = [
+        final_label(e if isinstance(e, str) else None, t)
+        for e, t in zip(media["event_label"], media["observation_type"])
+    ]
+    media["is_video"] = media["uri"].str.lower().str.endswith(VIDEO_EXTENSIONS)
+    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+    root = root.rstrip("/")
+    fs.makedirs(root, exist_ok=True)
+    summary = ReportSummary(f"{root}/index.html", f"{root}/photos.csv", f"{root}/photos.xlsx")
+    summary.media, summary.videos = len(media), int(media["is_video"].sum())
+    summary.failures = failures.num_rows
+    if len(media):
+        summary.blank_rate = float((media["observation_type"] == "blank").mean())
+
+    sections: list[str] = [_overview(summary, media, observations, results)]
+    figures: list[tuple[str, str, bytes]] = []  # (id, caption, png)
+    if len(observations):
+        figures.append((
+            "detections-per-class", "Detections per class",
+            plots.detections_per_class(observations["category"], observations["label"].dropna()),
+        ))  # fmt: skip
+    sections.append(_figures("Detections", figures))
+    sections.append(_deployment_table(media, deployments))
+
+    events = _animal_events(media)
+    diel = []
+    zone_note = _zone_note(media)
+    for species, group in events[events["label"] != UNDEFINED].groupby("label"):
+        diel.append((
+            f"diel-{_slug(species)}", f"Diel activity: {species}",
+            plots.diel_activity(species, group["start"].dt.hour, zone_note),
+        ))  # fmt: skip
+    sections.append(
+        _figures(
+            "Diel activity per species", diel, "No classified animal event." if not diel else None
+        )
+    )
+    rate, unit = _detection_rate(media, events)
+    summary.rate_unit = unit
+    rate_fig = (
+        [("detection-rate", "Detection rate", plots.detection_rate(rate, unit))]
+        if len(rate)
+        else []
+    )
+    sections.append(
+        _figures("Detection rate over time", rate_fig, None if rate_fig else "No timestamps.")
+    )
+    places = _places(events, deployments)
+    map_fig = (
+        [("deployment-map", "Deployments", plots.deployment_map(places))] if len(places) else []
+    )
+    sections.append(_figures(
+        "Where", map_fig,
+        None if map_fig else "No coordinates: pass --deployments FILE with latitude and longitude.",
+    ))  # fmt: skip
+    summary.plots = [f[0] for f in figures + diel + rate_fig + map_fig]
+
+    page = _page(results, sections)
+    fs.pipe_file(summary.html, page.encode())
+    sheet = _spreadsheet(media, observations)
+    fs.pipe_file(summary.csv, sheet.to_csv(index=False).encode())
+    with fs.open(summary.xlsx, "wb") as handle:
+        sheet.to_excel(handle, index=False, sheet_name="photos", engine="openpyxl")
+    return summary
+
+
+def _with_local_time(media: pd.DataFrame, deployments: Deployments) -> pd.DataFrame:
+    """Add `local_time` (naive wall time of the camera's zone) and `zone` (its name)."""
+    media = media.copy()
+    media["local_time"] = pd.Series(pd.NaT, index=media.index, dtype="datetime64[us]")
+    media["zone"] = "UTC"
+    for deployment_id, index in media.groupby("deployment_id").groups.items():
+        item = deployments.get(str(deployment_id))
+        zone = item.tz() if item else None
+        stamps = media.loc[index, "timestamp"]
+        if zone is not None:
+            media.loc[index, "zone"] = item.utc_offset or str(zone)
+            stamps = stamps.dt.tz_convert(zone)
+        media.loc[index, "local_time"] = stamps.dt.tz_localize(None).astype("datetime64[us]")
+    return media
+
+
+def _with_reviews(media: pd.DataFrame, reviews: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Reviewed events' labels and types replace the machine's (kept in `machine_label`)."""
+    media = media.copy()
+    media["machine_label"] = [
+        final_label(e if isinstance(e, str) else None, t)
+        for e, t in zip(media["event_label"], media["observation_type"])
+    ]
+    media["reviewed_by"] = ""
+    media["individuals"] = pd.Series(pd.NA, index=media.index, dtype="Int64")
+    found = media["event_id"].map(reviews.get)
+    reviewed = found.notna()
+    if reviewed.any():
+        rows = list(found[reviewed])
+        media.loc[reviewed, "event_label"] = [
+            r["label"] if r["observation_type"] == "animal" else None for r in rows
+        ]
+        media.loc[reviewed, "observation_type"] = [r["observation_type"] for r in rows]
+        media.loc[reviewed, "reviewed_by"] = [r["reviewer"] for r in rows]
+        media.loc[reviewed, "individuals"] = [r["count"] for r in rows]
+    return media
+
+
+def _zone_note(media: pd.DataFrame) -> str:
+    zones = sorted(set(media["zone"]))
+    if zones == ["UTC"]:
+        return "UTC: no deployments file"
+    return f"local time, {zones[0]}" if len(zones) == 1 else "each camera's local time"
+
+
+def _animal_events(media: pd.DataFrame) -> pd.DataFrame:
+    """One row per animal event: deployment, label, local start time."""
+    animal = media[media["event_label"].notna() & media["local_time"].notna()]
+    if animal.empty:
+        return pd.DataFrame(
+            {
+                "event_id": [],
+                "deployment_id": [],
+                "label": [],
+                "start": pd.Series([], dtype="datetime64[us]"),
+            }
+        )
+    return (
+        animal.groupby("event_id")
+        .agg(
+            deployment_id=("deployment_id", "first"),
+            label=("event_label", "first"),
+            start=("local_time", "min"),
+        )
+        .reset_index()
+    )
+
+
+def _detection_rate(media: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Animal events per day (per week past 90 days) per deployment, zeros on active days."""
+    times = media["local_time"].dropna()
+    if times.empty:
+        return pd.DataFrame(), "day"
+    first, last = times.min().normalize(), times.max().normalize()
+    unit, freq = ("day", "D") if (last - first).days <= RATE_DAILY_MAX_DAYS else ("week", "W-MON")
+    days = pd.date_range(first, last, freq="D")
+    per_day = (
+        events.assign(day=events["start"].dt.normalize()).groupby(["day", "deployment_id"]).size()
+    )
+    rate = per_day.unstack("deployment_id").reindex(days, fill_value=0).fillna(0)
+    rate = rate.reindex(columns=sorted(set(media["deployment_id"])), fill_value=0).astype(float)
+    for deployment_id, group in media.groupby(
+        "deployment_id"
+    ):  # no zeros before/after a camera ran
+        active = group["local_time"].dropna().dt.normalize()
+        if active.empty:
+            rate[deployment_id] = float("nan")
+        else:
+            rate.loc[(rate.index < active.min()) | (rate.index > active.max()), deployment_id] = (
+                float("nan")
+            )
+    if unit == "week":
+        rate = rate.resample(freq, label="left", closed="left").sum(min_count=1)
+    return rate, unit
+
+
+def _places(events: pd.DataFrame, deployments: Deployments) -> pd.DataFrame:
+    rows = []
+    for d in deployments.values():
+        if d.latitude is None or d.longitude is None:
+            continue
+        found = sorted(
+            set(events.loc[events["deployment_id"] == d.deployment_id, "label"]) - {UNDEFINED}
+        )
+        rows.append({
+            "deployment_id": d.deployment_id, "latitude": d.latitude, "longitude": d.longitude,
+            "species_count": len(found), "species": ", ".join(found) or "no species",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _spreadsheet(media: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
+    """One row per photo/video; times as ISO text (Excel has no time zones)."""
+    labels = (
+        observations.dropna(subset=["label"])
+        .groupby("media_id")["label"]
+        .agg(lambda s: ";".join(sorted(set(s))))
+    )
+    best = observations.groupby("media_id")["detection_conf"].max()
+    sheet = pd.DataFrame({
+        "media_id": media["media_id"], "deployment_id": media["deployment_id"], "file": media["uri"],
+        "media_type": media["is_video"].map({True: "video", False: "photo"}),
+        "timestamp_utc": media["timestamp"].map(lambda t: t.isoformat() if pd.notna(t) else ""),
+        "local_time": media["local_time"].map(lambda t: t.isoformat() if pd.notna(t) else ""),
+        "time_zone": media["zone"], "timestamp_issue": media["timestamp_issue"].fillna(""),
+        "observation_type": media["observation_type"], "final_label": media["final_label"],
+        "machine_label": media["machine_label"], "reviewed_by": media["reviewed_by"],
+        "individuals": media["individuals"],
+        "event_id": media["event_id"], "event_label": media["event_label"].fillna(""),
+        "box_labels": media["media_id"].map(labels).fillna(""),
+        "animal_count": media["animal_count"], "person_count": media["person_count"],
+        "vehicle_count": media["vehicle_count"],
+        "max_detection_conf": media["media_id"].map(best),
+        "file_public": media["file_public"],
+    })  # fmt: skip
+    return sheet.sort_values(["deployment_id", "timestamp_utc", "file"]).reset_index(drop=True)
+
+
+# ---- HTML ----
+
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+.tiles { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.tile { background: #f3f6f3; border-radius: 6px; padding: 0.6em 1em; min-width: 8em; }
+.tile b { display: block; font-size: 1.6em; }
+table { border-collapse: collapse; font-size: 0.92em; } td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f6f3; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; } figure { margin: 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.note { color: #666; font-style: italic; } .meta { color: #666; font-size: 0.9em; }
+"""
+
+
+def _page(results: str, sections: list[str]) -> str:
+    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<title>Trapline report</title><link rel="icon" href="data:,">'
+        f"<style>{_CSS}</style></head><body>"
+        f'<h1>Trapline report</h1><p class="meta">{html.escape(results)} &middot; made {made}. '
+        'Spreadsheet of every photo: <a href="photos.xlsx">photos.xlsx</a>, '
+        '<a href="photos.csv">photos.csv</a>.</p>' + "".join(sections) + "</body></html>\n"
+    )
+
+
+def _overview(s: ReportSummary, media: pd.DataFrame, obs: pd.DataFrame, results: str) -> str:
+    blank = "-" if s.blank_rate is None else f"{100 * s.blank_rate:.1f} %"
+    events = media.loc[media["event_label"].notna(), "event_id"].nunique()
+    species = sorted(set(media["event_label"].dropna()) - {UNDEFINED})
+    all_events = media["event_id"].nunique()
+    reviewed = media.loc[media["reviewed_by"] != "", "event_id"].nunique()
+    reviewers = sorted(set(media["reviewed_by"]) - {""})
+    tiles = [
+        ("photos processed", f"{s.media - s.videos:,}"), ("videos processed", f"{s.videos:,}"),
+        ("failed inputs", f"{s.failures:,}"), ("blank rate", blank),
+        ("detections", f"{len(obs):,}"), ("animal events", f"{events:,}"),
+        ("species", f"{len(species)}"), ("events reviewed", f"{reviewed:,} of {all_events:,}"),
+    ]  # fmt: skip
+    body = "".join(f'<div class="tile"><b>{v}</b>{html.escape(k)}</div>' for k, v in tiles)
+    types = media["observation_type"].value_counts()
+    kinds = ", ".join(f"{html.escape(k)} {v}" for k, v in types.items())
+    return (
+        f'<section id="overview"><h2>Overview</h2><div class="tiles">{body}</div>'
+        f"<p>Photos by observation type: {kinds or 'none'}. Species: "
+        f"{html.escape(', '.join(species)) or 'none'}.</p>"
+        + (
+            f'<p id="reviewed">Labels of {reviewed:,} events were checked by people '
+            f"({html.escape(', '.join(reviewers))}); their labels are used throughout. The "
+            "rest are the machine's.</p>"
+            if reviewed
+            else '<p id="reviewed">No event reviewed yet: every label is the machine\'s '
+            "(review with <code>trapline review</code>).</p>"
+        )
+        + "</section>"
+    )
+
+
+def _deployment_table(media: pd.DataFrame, deployments: Deployments) -> str:
+    head = ["deployment", "location", "first", "last", "photos", "videos", "blank", "animal",
+            "human", "vehicle", "animal events", "species"]  # fmt: skip
+    rows = []
+    for deployment_id, group in media.groupby("deployment_id"):
+        item = deployments.get(str(deployment_id))
+        types = group["observation_type"].value_counts()
+        times = group["local_time"].dropna()
+        species = sorted(set(group["event_label"].dropna()) - {UNDEFINED})
+        cells = [
+            html.escape(str(deployment_id)), html.escape((item.location_name or "") if item else ""),
+            f"{times.min():%Y-%m-%d}" if len(times) else "-", f"{times.max():%Y-%m-%d}" if len(times) else "-",
+        ]  # fmt: skip
+        numbers = [
+            int((~group["is_video"]).sum()), int(group["is_video"].sum()),
+            *(int(types.get(t, 0)) for t in ("blank", "animal", "human", "vehicle")),
+            group.loc[group["event_label"].notna(), "event_id"].nunique(),
+        ]  # fmt: skip
+        rows.append(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in cells)
+            + "".join(f'<td class="n">{n}</td>' for n in numbers)
+            + f"<td>{html.escape(', '.join(species))}</td></tr>"
+        )  # fmt: skip
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    return f'<section id="deployments"><h2>Per deployment</h2>{table if rows else "<p class=note>No media.</p>"}</section>'
+
+
+def _figures(title: str, figures: list[tuple[str, str, bytes]], note: str | None = None) -> str:
+    parts = [f'<section id="{_slug(title)}"><h2>{html.escape(title)}</h2>']
+    if note:
+        parts.append(f'<p class="note">{html.escape(note)}</p>')
+    parts.append('<div class="figures">')
+    for figure_id, caption, png in figures:
+        data = base64.b64encode(png).decode()
+        parts.append(
+            f'<figure id="{figure_id}"><img class="plot" alt="{html.escape(caption)}" '
+            f'src="data:image/png;base64,{data}"></figure>'
+        )
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
