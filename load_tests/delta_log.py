@@ -40,7 +40,7 @@ def _rows(first: int):
                     f"m{i:09d}", f"{i:064d}", 4000, 3000, None, None, None, 1, [])
         for i in range(first, first + ROWS_PER_COMMIT)
     ]  # fmt: skip
-    return assemble(results, [], Settings(), MODELS, DEEPFAUNE_LABELS).media
+    return assemble(results, [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS).media
 
 
 def build_history(root: str, commits: int) -> float:

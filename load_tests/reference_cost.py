@@ -73,9 +73,9 @@ def main() -> None:
     rows = {}
     rates = _best_of(
         {
-            "fast": PhotoPipeline(base, demo, classifier),
+            "fast": PhotoPipeline(base.stage_options(), demo, classifier),
             "reference": PhotoPipeline(
-                Settings(profile="reference", letterbox="square"), demo, classifier
+                Settings(profile="reference", letterbox="square").stage_options(), demo, classifier
             ),
         },
         refs,
@@ -87,8 +87,8 @@ def main() -> None:
         dynamic = OnnxDetector(_tiny_mdv5(Path(tmp), 640, dynamic=True))
         rows["MDv5 architecture at 640"] = _best_of(
             {
-                "fast": PhotoPipeline(base, fixed, classifier),
-                "reference": PhotoPipeline(Settings(profile="reference"), dynamic, classifier),
+                "fast": PhotoPipeline(base.stage_options(), fixed, classifier),
+                "reference": PhotoPipeline(Settings(profile="reference").stage_options(), dynamic, classifier),
             },
             refs,
             args.passes,

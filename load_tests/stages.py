@@ -82,7 +82,7 @@ def stage_costs(settings: Settings, uris: list[str]) -> dict[str, float]:
     out = tempfile.mkdtemp(prefix="trapline-bench-write-")
     started = time.process_time()
     models = ModelNames("d", "1", "c", "1")
-    write_tables(assemble(results, [], settings, models, classifier.spec.labels), out, settings)
+    write_tables(assemble(results, [], settings.stage_options(), models, classifier.spec.labels), out, settings)
     write = time.process_time() - started
     shutil.rmtree(out)
     totals = dict(read=read, decode=decode, detect=detect, classify=classify, write=write)

@@ -30,8 +30,9 @@ from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import check_letterbox, detect_frames
 from trapline.pipelines.errors import OUTAGES, describe, is_retryable
 from trapline.pipelines.fidelity import require_resize
-from trapline.pipelines.postprocess import PostprocessOptions, apply_postprocessing, find_static
-from trapline.pipelines.sequences import Event, SequenceItem, SequenceOptions, build_events
+from trapline.pipelines.options import StageOptions
+from trapline.pipelines.postprocess import apply_postprocessing, find_static
+from trapline.pipelines.sequences import Event, SequenceItem, build_events
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.tables import (
     ModelNames,
@@ -50,8 +51,6 @@ from trapline.pipelines.types import (
     StageError,
 )
 from trapline.pipelines.video import decode_video, is_video
-from trapline.services.run import metrics
-from trapline.services.settings import Settings
 
 
 @dataclass(slots=True)
@@ -62,22 +61,34 @@ class BatchOutput:
     bytes_read: int = 0
 
 
+ErrorCounter = Callable[[str, bool], None]  # (stage, retryable): the service's metrics
+
+
+def _count_nothing(stage: str, retryable: bool) -> None:
+    """No metrics: a library user or a test that does not count errors."""
+
+
 class PhotoPipeline:
     """decode -> detect -> classify for one batch; holds the model backends."""
 
     def __init__(
-        self, settings: Settings, detector: DetectorBackend, classifier: ClassifierBackend
+        self,
+        options: StageOptions,
+        detector: DetectorBackend,
+        classifier: ClassifierBackend,
+        count_error: ErrorCounter = _count_nothing,
     ):
-        self.settings = settings
+        self.options = options
         self.detector = detector
         self.classifier = classifier
+        self.count_error = count_error  # the metrics are the service's: it passes their counter
         self.decode_long_side = (
             FULL_RESOLUTION
-            if settings.full_resolution
-            else max(settings.decode_min_long_side, detector.spec.input_size)
+            if options.read.full_resolution
+            else max(options.read.decode_min_long_side, detector.spec.input_size)
         )
-        check_letterbox(detector, settings.letterbox)  # a fixed-size detector: refuse at start
-        require_resize(settings.resize)  # resize: opencv without OpenCV: refuse at start
+        check_letterbox(detector, options.detect.letterbox)  # a fixed-size detector: refuse now
+        require_resize(options.detect.resize)  # resize: opencv without OpenCV: refuse at start
 
     @property
     def model_names(self) -> ModelNames:
@@ -93,7 +104,7 @@ class PhotoPipeline:
             stage = "read"
             try:
                 started = time.perf_counter()
-                data = read_bytes(ref.uri, self.settings.max_file_bytes)
+                data = read_bytes(ref.uri, self.options.read.max_file_bytes)
                 out.bytes_read += len(data)
                 stage = "decode"
                 decoded_at = time.perf_counter()
@@ -101,11 +112,11 @@ class PhotoPipeline:
                 frames.extend(self._frames(ref, data))
                 timer["decode"] += time.perf_counter() - decoded_at
             except StageError as error:
-                metrics.PERMANENT_ERRORS.labels(stage).inc()
+                self.count_error(stage, False)
                 out.failures.append(_failure(ref, stage, error.kind, error.message))
                 continue
             except OUTAGES:
-                metrics.RETRYABLE_ERRORS.labels(stage).inc()
+                self.count_error(stage, True)
                 raise  # storage away: the caller retries the batch, the photo is fine
         if not frames:
             return out
@@ -113,16 +124,17 @@ class PhotoPipeline:
         detections: list[list[Detection]] = []
         try:
             # A video adds many frames: detect and classify at most batch_size frames at a time.
-            for start in range(0, len(frames), self.settings.batch_size):
-                part = frames[start : start + self.settings.batch_size]
+            detect, classify = self.options.detect, self.options.classify
+            for start in range(0, len(frames), detect.batch_size):
+                part = frames[start : start + detect.batch_size]
                 stage, started = "detect", time.perf_counter()
                 found = detect_frames(
                     part,
                     self.detector,
-                    self.settings.detection_threshold,
-                    self.settings.nms_iou,
-                    self.settings.letterbox,
-                    self.settings.resize,
+                    detect.threshold,
+                    detect.nms_iou,
+                    detect.letterbox,
+                    detect.resize,
                 )
                 stage, classified_at = "classify", time.perf_counter()
                 timer["detect"] += classified_at - started
@@ -130,20 +142,20 @@ class PhotoPipeline:
                     part,
                     found,
                     self.classifier,
-                    self.settings.classification_threshold,
-                    self.settings.max_crops_per_photo,
-                    self.settings.top_k,
-                    self.settings.crop_rounding,
+                    classify.threshold,
+                    classify.max_crops_per_photo,
+                    classify.top_k,
+                    classify.crop_rounding,
                 )
                 timer["classify"] += time.perf_counter() - classified_at
                 detections.extend(found)
         except Exception as error:  # noqa: BLE001 - a model failure fails this batch, not the run
             if is_retryable(error):  # an outage, not a bad photo: the caller retries the batch
-                metrics.RETRYABLE_ERRORS.labels(stage).inc()
+                self.count_error(stage, True)
                 if isinstance(error, OUTAGES):
                     raise
                 raise BackendUnavailable(f"{stage}: {describe(error)}") from error
-            metrics.PERMANENT_ERRORS.labels(stage).inc()
+            self.count_error(stage, False)
             message = f"{type(error).__name__}: {error}"
             for ref in {id(f.ref): f.ref for f in frames}.values():  # a video once, not per frame
                 out.failures.append(_failure(ref, stage, "model_error", message))
@@ -178,11 +190,11 @@ class PhotoPipeline:
         if sha256 is not None:
             video = decode_video(
                 data,
-                sample_fps=self.settings.video_fps,
-                max_frames=self.settings.video_max_frames,
-                max_duration_s=self.settings.video_max_duration_s,
+                sample_fps=self.options.video.fps,
+                max_frames=self.options.video.max_frames,
+                max_duration_s=self.options.video.max_duration_s,
                 min_long_side=self.decode_long_side,
-                max_pixels=self.settings.max_image_pixels,
+                max_pixels=self.options.read.max_image_pixels,
             )
             return [
                 Frame(ref, ref.media_id or sha256, sha256, image, video.width, video.height,
@@ -190,7 +202,7 @@ class PhotoPipeline:
                 for index, image in video.frames
             ]  # fmt: skip
         decoded = decode_image(
-            data, min_long_side=self.decode_long_side, max_pixels=self.settings.max_image_pixels
+            data, min_long_side=self.decode_long_side, max_pixels=self.options.read.max_image_pixels
         )
         return [
             Frame(
@@ -273,7 +285,7 @@ class Tables:
 def assemble(
     results: list[MediaResult],
     failures: list[Failure],
-    settings: Settings,
+    options: StageOptions,
     models: ModelNames,
     labels: tuple[str, ...],
 ) -> Tables:
@@ -296,13 +308,10 @@ def assemble(
                     result, f"same {same}, {first.ref.uri}; kept that one, counted once"
                 )
             )
-    deployments = cached_deployments(settings.deployments_file)
-    tz = settings.tzinfo()
+    deployments = cached_deployments(options.place.deployments_file)
+    tz = options.place.tz
     placed = [(result, *resolve_timestamp(result, deployments, tz)) for result in unique.values()]
-    options = SequenceOptions(
-        gap_seconds=settings.sequence_gap_s, threshold=settings.sequence_threshold
-    )
-    post = PostprocessOptions.from_settings(settings)
+    post = options.postprocess
     static = find_static(
         [(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, *_ in placed], post
     )
@@ -312,7 +321,7 @@ def assemble(
             for r, ts, *_ in placed
         ],
         labels,
-        options,
+        options.events,
     )
     decisions = apply_postprocessing(
         [r for r, *_ in placed], events, static, deployments, labels, post

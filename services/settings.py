@@ -29,6 +29,16 @@ from trapline.pipelines.fidelity import (
     ProfileName,
     ResizeFilter,
 )
+from trapline.pipelines.options import (
+    ClassifyOptions,
+    DetectOptions,
+    PlaceOptions,
+    ReadOptions,
+    StageOptions,
+    VideoOptions,
+)
+from trapline.pipelines.postprocess.options import PostprocessOptions
+from trapline.pipelines.sequences import SequenceOptions
 
 _config_file: ContextVar[str | None] = ContextVar("trapline_config_file", default=None)
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -404,6 +414,58 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[+-]\d{2}:\d{2}", value):
             raise ValueError("utc_offset must look like +02:00 or -05:30")
         return value
+
+    def stage_options(self) -> StageOptions:
+        """The stages' options (pipelines/options.py), nested by concern: built here, once."""
+        return StageOptions(
+            read=ReadOptions(
+                max_file_bytes=self.max_file_bytes,
+                max_image_pixels=self.max_image_pixels,
+                decode_min_long_side=self.decode_min_long_side,
+                full_resolution=bool(self.full_resolution),
+            ),
+            video=VideoOptions(
+                fps=self.video_fps,
+                max_frames=self.video_max_frames,
+                max_duration_s=self.video_max_duration_s,
+            ),
+            detect=DetectOptions(
+                threshold=self.detection_threshold,
+                nms_iou=self.nms_iou,
+                batch_size=self.batch_size,
+                letterbox=self.letterbox,
+                resize=self.resize,
+            ),
+            classify=ClassifyOptions(
+                threshold=self.classification_threshold,
+                max_crops_per_photo=self.max_crops_per_photo,
+                top_k=self.top_k,
+                crop_rounding=self.crop_rounding,
+            ),
+            place=PlaceOptions(deployments_file=self.deployments_file, tz=self.tzinfo()),
+            events=SequenceOptions(
+                gap_seconds=self.sequence_gap_s, threshold=self.sequence_threshold
+            ),
+            postprocess=PostprocessOptions(
+                enabled=self.postprocess_enabled,
+                static=self.static_enabled,
+                static_iou=self.static_iou,
+                static_min_count=self.static_min_count,
+                static_min_span_h=self.static_min_span_h,
+                static_max_area=self.static_max_area,
+                static_min_confidence=self.static_min_confidence,
+                rollup=self.rollup_enabled,
+                rollup_threshold=self.rollup_threshold,
+                rollup_ranks=tuple(self.rollup_ranks),
+                geofence=self.geofence_enabled,
+                geofence_file=self.geofence_file,
+                geofence_from_coordinates=self.geofence_from_coordinates,
+                smooth_image=self.postprocess_smooth_image,
+                smooth_sequence=self.postprocess_smooth_sequence,
+                min_dominant=self.postprocess_min_dominant,
+                max_nondominant=self.postprocess_max_nondominant,
+            ),
+        )
 
     def tzinfo(self) -> timezone:
         sign = 1 if self.utc_offset[0] == "+" else -1

@@ -97,7 +97,7 @@ def write_review_results(base: Path, events: int = 60) -> tuple[Path, list[dict]
                 )
             )  # fmt: skip
     settings = Settings(utc_offset="+00:00")
-    tables = assemble(results, [], settings, MODELS, DEEPFAUNE_LABELS)
+    tables = assemble(results, [], settings.stage_options(), MODELS, DEEPFAUNE_LABELS)
     out = base / "results"
     write_tables(tables, str(out), settings)
     return out, plan

@@ -39,7 +39,7 @@ def commit_photos(root: str, first: int, count: int, app_id: str = "writer") -> 
         )  # fmt: skip
         for i in range(first, first + count)
     ]
-    tables = assemble(results, [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble(results, [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     table = delta.create_table(root, "media")
     table.update_incremental()
     delta.append(table, "media", tables.media, [delta.AppVersion(app_id, first + count - 1)])

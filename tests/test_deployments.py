@@ -148,7 +148,7 @@ def test_assemble_places_each_deployment_in_its_own_zone_and_flags_missing_times
         _result("q", "quebec", datetime(2024, 1, 10, 12, 0), person),
         _result("n", "alps", None),
     ]
-    tables = assemble(results, [], settings, ModelNames("d", "1", "c", "1"), DEEPFAUNE_LABELS)
+    tables = assemble(results, [], settings.stage_options(), ModelNames("d", "1", "c", "1"), DEEPFAUNE_LABELS)
     media = {row["media_id"]: row for row in tables.media.to_pylist()}
     assert media["a"]["timestamp"] == datetime(2024, 1, 10, 11, 0, tzinfo=UTC)
     assert media["q"]["timestamp"] == datetime(2024, 1, 10, 17, 0, tzinfo=UTC)

@@ -203,10 +203,10 @@ def test_process_fake_backend_retryable_error_raises_permanent_is_a_failure_row(
     refs = _one_photo(tmp_path)
     settings = Settings()
     outage = InferenceServerException(msg="injected", status="StatusCode.INTERNAL")
-    pipeline = PhotoPipeline(settings, _FakeDetectorRaising(outage), _UnusedClassifier())  # type: ignore[arg-type]
+    pipeline = PhotoPipeline(settings.stage_options(), _FakeDetectorRaising(outage), _UnusedClassifier())  # type: ignore[arg-type]
     with pytest.raises(BackendUnavailable):
         pipeline.process(refs)
     bad = InferenceServerException(msg="bad shape", status="StatusCode.INVALID_ARGUMENT")
-    pipeline = PhotoPipeline(settings, _FakeDetectorRaising(bad), _UnusedClassifier())  # type: ignore[arg-type]
+    pipeline = PhotoPipeline(settings.stage_options(), _FakeDetectorRaising(bad), _UnusedClassifier())  # type: ignore[arg-type]
     output = pipeline.process(refs)
     assert [(f.stage, f.kind) for f in output.failures] == [("detect", "model_error")]

@@ -162,7 +162,7 @@ def test_rectangle_on_a_fixed_size_detector_is_refused_naming_model_and_fix(demo
     with pytest.raises(
         ModelContractError, match="trapline-demo-detector.*dynamic height and width"
     ):
-        PhotoPipeline(Settings(profile="reference"), detector, classifier)
+        PhotoPipeline(Settings(profile="reference").stage_options(), detector, classifier)
     frame = _frame(Image.new("RGB", (400, 300)))
     with pytest.raises(ModelContractError, match="letterbox: square"):
         detect_frames([frame], detector, 0.2, 0.45, "rectangle")
@@ -196,9 +196,9 @@ def test_full_resolution_frames_and_crops_are_the_full_decode(demo):
     detector, classifier = demo
     data = _jpeg(2000, 1500)
     ref = MediaRef(uri="memory://photo.jpg", deployment_id="d")
-    reduced = PhotoPipeline(Settings(), detector, classifier)._frames(ref, data)[0]
+    reduced = PhotoPipeline(Settings().stage_options(), detector, classifier)._frames(ref, data)[0]
     assert reduced.image.size == (1000, 750)  # DCT 1/2: the long side still >= 640
-    full = PhotoPipeline(Settings(full_resolution=True), detector, classifier)
+    full = PhotoPipeline(Settings(full_resolution=True).stage_options(), detector, classifier)
     assert full.decode_long_side == FULL_RESOLUTION
     frame = full._frames(ref, data)[0]
     whole = Image.open(io.BytesIO(data)).convert("RGB")  # a plain full decode
@@ -293,7 +293,7 @@ def test_reference_profile_runs_end_to_end_on_a_dynamic_detector(dynamic_detecto
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(_jpeg(1600, 1200))
     pipeline = PhotoPipeline(
-        Settings(profile="reference"), OnnxDetector(dynamic_detector), classifier
+        Settings(profile="reference").stage_options(), OnnxDetector(dynamic_detector), classifier
     )
     out = pipeline.process([MediaRef(uri=str(photo), deployment_id="d")])
     assert not out.failures and len(out.results) == 1

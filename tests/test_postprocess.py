@@ -45,7 +45,7 @@ def photo(media_id: str, when: datetime | None, *detections: Detection, deployme
 
 
 def run(results, **settings):
-    tables = assemble(results, [], Settings(**settings), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble(results, [], Settings(**settings).stage_options(), MODELS, DEEPFAUNE_LABELS)
     for name, table in tables.as_dict().items():
         assert table.schema.equals(TABLES[name]), name
     return tables

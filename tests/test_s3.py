@@ -148,7 +148,7 @@ def test_read_bytes_refuses_an_object_above_the_size_limit(s3, s3_bucket):
 def media_rows(tag: str, rows: int = 3) -> pa.Table:
     """`rows` media rows of deployment 'cam 1' (a space: %-encoded in the partition folder)."""
     tables = assemble(
-        [media_result(f"{tag}-{i}") for i in range(rows)], [], Settings(), MODELS, DEEPFAUNE_LABELS
+        [media_result(f"{tag}-{i}") for i in range(rows)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS
     )
     return tables.media
 

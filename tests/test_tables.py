@@ -41,7 +41,7 @@ def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
     ]
     failure = Failure("/photos/d1/bad.jpg", "d1", None, "decode", "truncated", "truncated")
     settings = Settings(utc_offset="+02:00")
-    tables = assemble(results, [failure], settings, MODELS, DEEPFAUNE_LABELS)
+    tables = assemble(results, [failure], settings.stage_options(), MODELS, DEEPFAUNE_LABELS)
     for name, table in tables.as_dict().items():
         assert table.schema.equals(TABLES[name]), name
     media = {row["media_id"]: row for row in tables.media.to_pylist()}
@@ -62,7 +62,7 @@ def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
 def test_delta_tables_are_hive_partitioned_and_readable_by_deltalake_polars_and_duckdb(tmp_path):
     when = datetime(2024, 6, 1, 22, 0, 0)
     tables = assemble(
-        [result("a", when, fox()), result("b", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS
+        [result("a", when, fox()), result("b", None)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS
     )
     write_tables(tables, str(tmp_path), Settings())
     folders = sorted(
@@ -88,7 +88,7 @@ def test_delta_tables_are_hive_partitioned_and_readable_by_deltalake_polars_and_
 def test_a_plain_parquet_reader_sees_uncommitted_files_the_log_hides(tmp_path):
     """What docs/tables.md warns about: a file written but never committed (a crashed or
     refused commit) is in the folder, and only readers that go through the log skip it."""
-    tables = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble([result("a", None)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     write_tables(tables, str(tmp_path), Settings())
     folder = next((tmp_path / "media").rglob("*.parquet")).parent
     pq.write_table(pq.read_table(next(folder.glob("*.parquet"))), folder / "part-orphan.parquet")
@@ -98,10 +98,10 @@ def test_a_plain_parquet_reader_sees_uncommitted_files_the_log_hides(tmp_path):
 
 
 def test_a_table_read_as_of_an_earlier_version_shows_what_it_held_then(tmp_path):
-    first = assemble([result("a", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    first = assemble([result("a", None)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     write_tables(first, str(tmp_path), Settings())
     version = DeltaTable(str(tmp_path / "media")).version()
-    second = assemble([result("b", None)], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    second = assemble([result("b", None)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     write_tables(second, str(tmp_path), Settings())
     latest = read_table(str(tmp_path), "media", columns=["media_id"]).column(0).to_pylist()
     then = read_table(str(tmp_path), "media", columns=["media_id"], version=version)
@@ -114,7 +114,7 @@ def test_an_unwritten_table_reads_as_empty_with_its_schema(tmp_path):
 
 
 def test_writing_the_same_rows_again_adds_nothing(tmp_path):
-    tables = assemble([result("a", None, fox())], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble([result("a", None, fox())], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     write_tables(tables, str(tmp_path), Settings())
     again = write_tables(tables, str(tmp_path), Settings())
     assert again.media.num_rows == again.observations.num_rows == 0
@@ -124,7 +124,7 @@ def test_writing_the_same_rows_again_adds_nothing(tmp_path):
 def test_the_same_bytes_under_two_producer_ids_are_counted_once_and_reported():
     first, again = result("cam-a-0001", None), result("upload-77", None)
     again.sha256 = first.sha256  # a card uploaded twice by a portal that makes its own ids
-    tables = assemble([first, again], [], Settings(), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble([first, again], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
     assert tables.media.column("media_id").to_pylist() == ["cam-a-0001"]
     [duplicate] = tables.failures.to_pylist()
     assert duplicate["kind"] == "duplicate" and "sha256" in duplicate["message"]

@@ -147,7 +147,7 @@ def _run_pipeline(detector: Path, classifier: Path) -> dict[str, list[Detection]
     """The detections of the whole pipeline; no crop is classified (the boxes are compared
     here, the classifier in the DeepFaune tests), which saves minutes of ViT on random boxes."""
     settings = Settings(profile="reference", detection_threshold=THRESHOLD, max_crops_per_photo=0)
-    pipeline = PhotoPipeline(settings, OnnxDetector(detector), OnnxClassifier(classifier))
+    pipeline = PhotoPipeline(settings.stage_options(), OnnxDetector(detector), OnnxClassifier(classifier))
     out = pipeline.process([MediaRef(uri=str(p), deployment_id="d") for p in PHOTOS])
     assert not out.failures, out.failures
     return {r.ref.uri: r.detections for r in out.results}
@@ -284,7 +284,7 @@ def test_deepfaune_top1_on_megadetector_boxes_matches_upstream_crops(
     }
     theirs = upstream(work, "deepfaune_classify", ckpt=str(ckpt), boxes=animal_boxes)
     settings = Settings(profile="reference")
-    pipeline = PhotoPipeline(settings, _NoDetector(), OnnxClassifier(onnx))
+    pipeline = PhotoPipeline(settings.stage_options(), _NoDetector(), OnnxClassifier(onnx))
     worst, compared, same = 0.0, 0, 0
     for path, boxes in animal_boxes.items():
         ref = MediaRef(uri=path, deployment_id="d")

@@ -1,4 +1,4 @@
-"""Post-processing knobs as one typed object, built from the settings.
+"""Post-processing knobs as one typed object (`Settings.stage_options()` builds it).
 
 Names follow MegaDetector's `RepeatDetectionOptions` and `ClassificationSmoothingOptions` where
 they mean the same thing; every feature has its own switch, and `enabled=False` turns all off.
@@ -7,7 +7,6 @@ they mean the same thing; every feature has its own switch, and `enabled=False` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 RANKS = ("species", "genus", "family", "order", "class")
 
@@ -40,27 +39,3 @@ class PostprocessOptions:
         unknown = [rank for rank in self.rollup_ranks if rank not in RANKS[1:]]
         if unknown:
             raise ValueError(f"rollup ranks {unknown} unknown; use some of {', '.join(RANKS[1:])}")
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> PostprocessOptions:
-        """The options from `Settings` (fields postprocess_*, static_*, rollup_*, geofence_*)."""
-        s = settings
-        return cls(
-            enabled=s.postprocess_enabled,
-            static=s.static_enabled,
-            static_iou=s.static_iou,
-            static_min_count=s.static_min_count,
-            static_min_span_h=s.static_min_span_h,
-            static_max_area=s.static_max_area,
-            static_min_confidence=s.static_min_confidence,
-            rollup=s.rollup_enabled,
-            rollup_threshold=s.rollup_threshold,
-            rollup_ranks=tuple(s.rollup_ranks),
-            geofence=s.geofence_enabled,
-            geofence_file=s.geofence_file,
-            geofence_from_coordinates=s.geofence_from_coordinates,
-            smooth_image=s.postprocess_smooth_image,
-            smooth_sequence=s.postprocess_smooth_sequence,
-            min_dominant=s.postprocess_min_dominant,
-            max_nondominant=s.postprocess_max_nondominant,
-        )

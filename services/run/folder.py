@@ -63,7 +63,7 @@ def build_pipeline(settings: Settings) -> PhotoPipeline:
         triton_max_in_flight=settings.triton_max_in_flight,
         triton_retries=settings.triton_retries,
     )
-    return PhotoPipeline(settings, detector, classifier)
+    return PhotoPipeline(settings.stage_options(), detector, classifier, metrics.count_stage_error)
 
 
 @dataclass
@@ -368,7 +368,11 @@ def _commit(
     started = time.perf_counter()
     fresh, duplicates = drop_known(ready, known.of)
     tables = assemble(
-        fresh, ready_failures + duplicates, settings, summary.models, summary.classifier_labels
+        fresh,
+        ready_failures + duplicates,
+        settings.stage_options(),
+        summary.models,
+        summary.classifier_labels,
     )
     added = commit_tables(out, source, deployment, tables, settings.output_compression)
     known.add(added.media)

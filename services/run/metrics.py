@@ -99,6 +99,11 @@ PERMANENT_ERRORS = Counter(
 )
 
 
+def count_stage_error(stage: str, retryable: bool) -> None:
+    """The counter `PhotoPipeline` calls (pipelines/flow.py): stages do not import metrics."""
+    (RETRYABLE_ERRORS if retryable else PERMANENT_ERRORS).labels(stage).inc()
+
+
 def consumer_lag(
     end_offsets: dict[tuple[str, int], int], next_offsets: dict[tuple[str, int], int]
 ) -> dict[tuple[str, int], int]:

@@ -95,6 +95,7 @@ class Checkpointer:
     ):
         self.root = root
         self.settings = settings
+        self.stage_options = settings.stage_options()  # assemble()'s, built once
         self.group = settings.consumer_group
         self.models = models
         self.labels = labels
@@ -160,7 +161,7 @@ class Checkpointer:
         for key, batch in by_key.items():
             fresh, duplicates = drop_known(batch.results, self.known.of)
             outcome.tables[key] = assemble(
-                fresh, batch.failures + duplicates, self.settings, self.models, self.labels
+                fresh, batch.failures + duplicates, self.stage_options, self.models, self.labels
             )
         sent_dead_letters: set[tuple[str, int]] = set()
         for name in delta.WRITE_ORDER:
