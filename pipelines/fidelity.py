@@ -26,7 +26,7 @@ per switch):
   which antialiases when it shrinks; `opencv` uses OpenCV's `cv2.resize(..., INTER_LINEAR)`,
   which does not, as YOLOv5's `letterbox` (MegaDetector) and ultralytics' `LetterBox` do. On a
   2048 px photo shrunk to 1280 the two differ by many grey levels along edges, enough to move
-  boxes and scores (tests/test_upstream_fidelity.py). Costs the `opencv-python-headless` package
+  boxes and scores (tests/integration/test_upstream_fidelity.py). Costs the `opencv-python-headless` package
   (the `reference` extra); no time: it is faster than Pillow's (8 against 33 ms for a
   2048 x 1440 photo to 1280 x 900 on one core), as it does not antialias.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the headless browser that checks the HTML report (tests/test_report.py): Debian's
+# Install the headless browser that checks the HTML report (tests/integration/test_report.py): Debian's
 # chromium, and Playwright's driver library (playwright-core, npm) into tests/browser/node_modules,
 # pointed at that chromium (Playwright's own browser downloads are not reachable here and not
 # needed). Idempotent: does nothing when both are present.

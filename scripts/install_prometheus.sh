@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Prometheus and promtool from Debian, for the alert-rule tests and the Prometheus
-# integration test (tests/test_prometheus.py), which start their own prometheus on a free port.
+# integration test (tests/integration/test_prometheus.py), which start their own prometheus on a free port.
 #
 #   scripts/install_prometheus.sh          # idempotent: does nothing when the package is present
 #

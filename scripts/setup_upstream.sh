@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The upstream reference code for tests/test_upstream_fidelity.py, in a test-only venv (.venv-upstream/).
+# The upstream reference code for tests/integration/test_upstream_fidelity.py, in a test-only venv (.venv-upstream/).
 #
 #   scripts/setup_upstream.sh [VENV_DIR]      # default: .venv-upstream/ at the repository root
 #

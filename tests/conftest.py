@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from photo_factory import jpeg_bytes
-from servers import kafka_consumer, kafka_topic, tansu  # noqa: F401  (tests/ is on sys.path)
+from support.photo_factory import jpeg_bytes
+from support.servers import kafka_consumer, kafka_topic, tansu  # noqa: F401  (tests/ is on sys.path)
 
 
 @pytest.fixture

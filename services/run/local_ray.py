@@ -5,7 +5,7 @@ raylet or agents. Ray 2.60 ignores `_node_ip_address="127.0.0.1"` on Linux: `ray
 loopback address into the machine's address unless "clusters" are off
 (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read when Ray is imported), and then binds the GCS,
 the raylet, every actor and the agents on all interfaces or on that address. With clusters off
-every one of them listens on 127.0.0.1 (checked by tests/test_local_ray.py, which lists the
+every one of them listens on 127.0.0.1 (checked by tests/integration/test_local_ray.py, which lists the
 listening sockets of a running `trapline run` and `trapline serve` and their children).
 
 Service mode also forwards the actors' output to this process's standard output, verbatim

@@ -2,7 +2,7 @@
 // would see: console errors, page errors, failed requests, and every <img> (loaded? visible?).
 // Prints one JSON object on stdout; writes a full-page screenshot.
 //   node check_page.js PAGE.html SCREENSHOT.png [CHROMIUM]
-// Used by tests/test_report.py. Playwright's own browser builds are not used (not reachable
+// Used by tests/integration/test_report.py. Playwright's own browser builds are not used (not reachable
 // here): `executablePath` points it at the system chromium, which it drives over CDP.
 const { chromium } = require("playwright-core");
 const { pathToFileURL } = require("url");

@@ -6,7 +6,7 @@
 // 3. Event 3, mouse and typing: the taxon box, "Vulpes vul", a click on "fox".
 // Then, with --steps N: N times "next" (→), N times "previous", each timed until the photo is
 // decoded and its boxes drawn; the "not yet reviewed" filter, a deployment filter and a jump
-// to the last event, timed. Used by tests/test_review.py.
+// to the last event, timed. Used by tests/integration/test_review.py.
 const { chromium } = require("playwright-core");
 
 const now = () => performance.now();

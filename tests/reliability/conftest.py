@@ -9,7 +9,7 @@ duplicated nothing.
 from __future__ import annotations
 
 import pytest
-from harness import SCOREBOARD, Score
+from support.harness import SCOREBOARD, Score
 
 
 # Every test under tests/reliability/ carries the marker, whatever its module forgets.

@@ -1,5 +1,5 @@
 """Coverage-guided fuzzing of upload-event parsing with atheris (libFuzzer), complementing the
-hypothesis properties in tests/test_events.py with the same invariant: any bytes give valid
+hypothesis properties in tests/unit/test_events.py with the same invariant: any bytes give valid
 events, or failures that become dead letters, or reported ignores; never an exception.
 
     python tests/reliability/fuzz_events.py -max_total_time=10 [libFuzzer flags]
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import atheris
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: test_events helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the support package
 
 with atheris.instrument_imports():
     from trapline.pipelines.events import UploadEvent, encode_upload_event, parse_upload_event
 
-from test_events import SOURCE, assert_well_formed  # noqa: E402
+from support.event_checks import SOURCE, assert_well_formed  # noqa: E402
 
 SEEDS = [
     encode_upload_event(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
-from test_stream_faults import make_photos
+from support.harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
+from support.stream_workers import make_photos
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.services.adapters import kafka_io
@@ -107,7 +107,7 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
 
 
 def _score(expected: set[str], ids: list[str], failures: int, note: str):
-    from harness import Score
+    from support.harness import Score
 
     return Score(
         f"back-pressure: slow model, {EVENTS} x {PADDING // 1000} KB events",

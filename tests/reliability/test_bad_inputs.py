@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import REPO, account, read_rows
-from servers import TEST_SESSION_TIMEOUT_MS
+from support.harness import REPO, account, read_rows
+from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.services.adapters import kafka_io

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     Supervisor,
     account,
     accounted,
@@ -32,13 +32,13 @@ from harness import (
     wait_until,
     worker_env,
 )
-from test_stream_faults import make_photos
+from support.stream_workers import make_photos
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.services.adapters import kafka_io
 from trapline.services.tools.submit import submit_folder
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 
 # A separate process that reads media and failures through the log as fast as it can and
 # records, per read, the rows seen and any media_id or uri seen twice. It stops at the file

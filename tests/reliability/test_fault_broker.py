@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Supervisor, account, accounted, start_worker, worker_env
-from tcp_proxy import TcpProxy
-from test_stream_faults import make_photos
+from support.harness import Supervisor, account, accounted, start_worker, worker_env
+from support.stream_workers import make_photos
+from support.tcp_proxy import TcpProxy
 
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.tansu import free_port, stop_process, tansu_binary

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     REPO,
     account,
     accounted,
@@ -28,15 +28,15 @@ from harness import (
     wait_until,
     worker_env,
 )
-from http_fault_proxy import HttpFaultProxy
-from test_fault_triton import demo_repository
-from test_stream_faults import make_photos
+from support.http_fault_proxy import HttpFaultProxy
+from support.stream_workers import make_photos
+from support.triton_repos import demo_repository
 
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.triton import start_triton
 from trapline.services.tools.submit import submit_folder
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 S3_OUTAGE_S = 20.0
 TRITON_OUTAGE_S = 10.0
 # The clients retry on their own first (botocore 5 attempts with up to 15 s of backoff, times

@@ -7,14 +7,14 @@ from __future__ import annotations
 import subprocess
 import time
 
-from harness import Supervisor, account, accounted, start_worker, worker_env
-from test_stream_faults import make_photos
+from support.harness import Supervisor, account, accounted, start_worker, worker_env
+from support.stream_workers import make_photos
 
 from trapline.services.devstack.ceph import RGW_NAME
 from trapline.services.devstack.tansu import stop_process
 from trapline.services.tools.submit import submit_folder
 
-pytest_plugins = ["s3_fixtures"]  # one Ceph cluster for the session, shared with tests/test_s3.py
+pytest_plugins = ["support.s3_fixtures"]  # one Ceph cluster for the session, shared with tests/integration/test_s3.py
 OUTAGE_S = 20.0
 
 

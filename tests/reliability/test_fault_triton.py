@@ -4,10 +4,9 @@ committed), retries with backoff, and finishes once the same server is back on i
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     account,
     accounted,
     read_rows,
@@ -16,28 +15,13 @@ from harness import (
     wait_until,
     worker_env,
 )
-from test_stream_faults import make_photos
+from support.stream_workers import make_photos
+from support.triton_repos import demo_repository
 
-from trapline.models.triton_repository import RepositoryOptions, build_repository
-from trapline.services.devstack.triton import default_venv, start_triton, triton_install
-from trapline.services.settings import DEMO_MODELS
+from trapline.services.devstack.triton import start_triton
 from trapline.services.tools.submit import submit_folder
 
 OUTAGE_S = 10.0
-
-
-def demo_repository(folder: Path) -> Path:
-    """The demo models as a python-backend repository for the CPU tritonserver, in `folder`
-    (skips when the Triton venv is missing). Shared with test_fault_retryable.py."""
-    if not (default_venv() / "bin" / "python").exists():
-        pytest.skip(f"no Triton venv at {default_venv()}: run scripts/setup_triton.sh")
-    install = triton_install(default_venv())
-    build_repository(
-        DEMO_MODELS / "detector.onnx", DEMO_MODELS / "classifier.onnx", folder, backend="python",
-        options=RepositoryOptions(max_batch_size=16, preferred_batch_sizes=(8, 16)),
-        python_site_packages=install.site_packages,
-    )  # fmt: skip
-    return folder
 
 
 @pytest.fixture(scope="module")

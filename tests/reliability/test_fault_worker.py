@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     account,
     accounted,
     read_rows,
@@ -20,7 +20,7 @@ from harness import (
     wait_until,
     worker_env,
 )
-from test_stream_faults import make_photos
+from support.stream_workers import make_photos
 
 from trapline.services.tools.submit import submit_folder
 

@@ -1,5 +1,5 @@
 """Event parsing under coverage-guided fuzzing (atheris) for a bounded time: no input crashes it.
-The hypothesis properties of the same parser are in tests/test_events.py (not repeated here)."""
+The hypothesis properties of the same parser are in tests/unit/test_events.py (not repeated here)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_atheris_finds_no_input_that_breaks_event_parsing(tmp_path, scoreboard):
     assert result.returncode == 0 and not crashes, f"{crashes}\n{result.stderr[-3000:]}"
     runs = int(result.stderr.rsplit("Done ", 1)[1].split(" runs", 1)[0])
     assert runs > 1000, "the fuzzer barely ran"
-    from harness import Score
+    from support.harness import Score
 
     scoreboard.record(
         Score(

@@ -14,8 +14,8 @@ import signal
 import time
 
 import pytest
-from harness import account, accounted, start_worker, stop_workers, wait_until, worker_env
-from test_stream_faults import make_photos
+from support.harness import account, accounted, start_worker, stop_workers, wait_until, worker_env
+from support.stream_workers import make_photos
 
 from load_tests.restart import current_assignment, resume_lines
 from trapline.services.run.stream import member_id

@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from harness import REPO, account, read_rows
-from servers import TEST_SESSION_TIMEOUT_MS
+from support.harness import REPO, account, read_rows
+from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines import uri_safety
 from trapline.pipelines.events import UploadEvent, encode_upload_event

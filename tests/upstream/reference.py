@@ -1,4 +1,4 @@
-"""The upstream side of tests/test_upstream_fidelity.py: runs in .venv-upstream only.
+"""The upstream side of tests/integration/test_upstream_fidelity.py: runs in .venv-upstream only.
 
 Never imported by Trapline or by the main test venv: it imports the upstream code bases
 (`yolov5` 7.0.14, `megadetector` 10.0.28, `ultralytics` 8.4.190, `timm` 1.0.31, torch 2.14.1),

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from trapline.services.tools.tables_doc import documentation_pages
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_table_reference_in_docs_is_current():

@@ -25,7 +25,7 @@ pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate not installed (pip install -e '.[dev]')"
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("check_helm", ROOT / "scripts" / "check_helm.py")
 check_helm = sys.modules.setdefault("check_helm", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(check_helm)

@@ -3,7 +3,7 @@
 The server is the standard library's, started by the tests on loopback: it answers Range
 requests with 206 and can cut a response off part-way (the connection is shut down after half
 the body) to exercise resume. Catalogue entries point at it and carry the checksums of tiny
-checkpoints of the real architectures (built by `tests/test_model_import.py`'s fixtures, imported
+checkpoints of the real architectures (built by `tests/unit/test_model_import.py`'s fixtures, imported
 here), so the import step is the real one. Every request the server sees is logged, which is how
 "no network on a cache hit" is checked.
 

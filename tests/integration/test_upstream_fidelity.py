@@ -46,7 +46,7 @@ from trapline.pipelines.letterbox import Letterbox  # noqa: E402
 from trapline.pipelines.types import Detection, MediaRef  # noqa: E402
 from trapline.services.settings import Settings  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UPSTREAM_VENV = Path(os.environ.get("TRAPLINE_UPSTREAM_VENV", REPO / ".venv-upstream"))
 UPSTREAM_PYTHON = UPSTREAM_VENV / "bin" / "python"
 REFERENCE = REPO / "tests" / "upstream" / "reference.py"

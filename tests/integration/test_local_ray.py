@@ -1,7 +1,7 @@
 """A running `trapline run` and `trapline serve` (real processes, a real local Ray) listen on
 loopback only, print their workers' log lines on stdout, and leave no helper behind a kill -9.
 
-Sockets are read from /proc (tests/proc_sockets.py) for the process and every descendant:
+Sockets are read from /proc (tests/support/proc_sockets.py) for the process and every descendant:
 Ray's GCS, raylet, agents, monitor, dashboard process and the actors.
 """
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from proc_sockets import command, descendants, is_loopback, listening
-from test_stream_faults import make_photos, worker_env
+from support.proc_sockets import command, descendants, is_loopback, listening
+from support.stream_workers import make_photos, worker_env
 
 from trapline.pipelines.readers import read_table
 from trapline.services.tools.submit import submit_folder

@@ -29,7 +29,7 @@ from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 
 # The real-server fixtures (ceph_rgw, s3_settings, s3, s3_bucket); tests/ is on sys.path.
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 MB = 2**20
 
 

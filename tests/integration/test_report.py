@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser_support import BROWSER, CHROMIUM, NODE, needs_browser
-from multi_deployment import PLAN, write_multi_deployment
 from PIL import Image
+from support.browser import BROWSER, CHROMIUM, NODE, needs_browser
+from support.multi_deployment import PLAN, write_multi_deployment
 from typer.testing import CliRunner
 
 from trapline.pipelines.readers import read_table
@@ -29,7 +29,7 @@ from trapline.services.settings import Settings
 from trapline.services.tools.report import build_report
 from trapline.services.tools.sort import LOG_FOLDER, sort_results
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "photos"
 DEPLOYMENTS = ROOT / "examples" / "deployments.csv"
 TRUTH = ROOT / "examples" / "ground_truth.csv"

@@ -12,7 +12,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from photo_factory import jpeg_bytes
+from support.photo_factory import jpeg_bytes
 
 from trapline.pipelines.delta import open_table
 from trapline.pipelines.readers import read_table

@@ -1,6 +1,6 @@
-"""The stream worker driven from an in-memory source (tests/memory_kafka.py): zombies, races and
+"""The stream worker driven from an in-memory source (tests/support/memory_kafka.py): zombies, races and
 replays staged exactly, against real Delta tables on disk. The same worker runs against the real
-broker in tests/test_stream.py and tests/reliability/."""
+broker in tests/integration/test_stream.py and tests/reliability/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
+from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 
 from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.deployments import cached_deployments
@@ -20,7 +20,7 @@ from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"
 TOPIC = "uploads"
 
 

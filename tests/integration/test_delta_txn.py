@@ -12,7 +12,7 @@ from test_s3 import media_rows
 from trapline.pipelines import delta
 from trapline.pipelines.delta_txn import read_app_versions
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 APPS = [f"g:t:{p}" for p in range(4)]
 
 

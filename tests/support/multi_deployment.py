@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"
 _DATETIME_ORIGINAL = 0x9003
 _EXIF_IFD = 0x8769
 

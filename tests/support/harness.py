@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-from test_stream_faults import worker_env  # noqa: F401  (one definition, re-exported here)
 
+from support.stream_workers import worker_env  # noqa: F401  (one definition, re-exported here)
 from trapline.pipelines.readers import read_table
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Detection, MediaRef, MediaResult
 from trapline.services.settings import Settings
 
-CAMTRAP_DP = Path(__file__).resolve().parent / "camtrap_dp_example"
+CAMTRAP_DP = Path(__file__).resolve().parents[1] / "camtrap_dp_example"
 UTC = timezone.utc
 
 

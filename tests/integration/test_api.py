@@ -26,8 +26,8 @@ import fsspec
 import pyarrow.dataset as ds
 import pytest
 import requests
-from photo_factory import jpeg_bytes
-from servers import TEST_SESSION_TIMEOUT_MS
+from support.photo_factory import jpeg_bytes
+from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import parse_upload_event
 from trapline.pipelines.readers import read_table
@@ -40,10 +40,10 @@ from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["support.s3_fixtures"]
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAPLINE = Path(sys.executable).parent / "trapline"
 MAX_FILE_BYTES = 200_000  # small, so the 413 test needs no large photo
 START_TIMEOUT_S = 120

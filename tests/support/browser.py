@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BROWSER = Path(__file__).resolve().parent / "browser"  # the node scripts and node_modules/
+BROWSER = Path(__file__).resolve().parents[1] / "browser"  # the node scripts and node_modules/
 CHROMIUM = shutil.which("chromium")
 NODE = shutil.which("node")
 needs_browser = pytest.mark.skipif(

@@ -22,7 +22,7 @@ from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 from trapline.services.tools.sort import sort_results
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "photos"
 BLANK = SAMPLE / "deployment-a" / "IMG_0009.jpg"  # ground truth: blank
 DEER = SAMPLE / "deployment-a" / "IMG_0001.jpg"  # ground truth: red deer, a large box

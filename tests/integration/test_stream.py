@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from servers import TEST_SESSION_TIMEOUT_MS
+from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines import delta
 from trapline.pipelines.events import UploadEvent, encode_upload_event
@@ -20,7 +20,7 @@ from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"
 
 
 def settings_for(tansu, topic: str, group: str, **overrides) -> Settings:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import TEST_SESSION_TIMEOUT_MS
+from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.services.run import metrics
 from trapline.services.run.folder import build_pipeline
@@ -37,7 +37,7 @@ from trapline.services.run.stream import StreamWorker
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "helm" / "rules" / "trapline-alerts.yaml"
 RULE_TESTS = ROOT / "helm" / "rules" / "trapline-alerts.test.yaml"
 DASHBOARD = ROOT / "helm" / "dashboards" / "trapline.json"

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.event_checks import SOURCE, assert_well_formed
 
 from trapline.pipelines.events import (
-    ID_PATTERN,
     MAX_ID_CHARS,
     MAX_URI_CHARS,
     SCHEMA_V1,
@@ -23,7 +23,6 @@ from trapline.pipelines.events import (
     split_source,
 )
 
-SOURCE = "trapline.uploads/2/41"
 SHA = "ab" * 32
 
 
@@ -345,21 +344,6 @@ def test_deployment_pattern_without_the_named_group_is_a_configuration_error():
 # -- fuzz: never raise, always refs or failures ------------------------------------------------
 
 
-def assert_well_formed(result: ParseResult, raw: bytes) -> None:
-    assert isinstance(result, ParseResult)
-    assert result.events or result.failures or result.ignored
-    for event in result.events:
-        ref = event.ref
-        assert ID_PATTERN.fullmatch(ref.deployment_id) and len(ref.deployment_id) <= MAX_ID_CHARS
-        assert ref.media_id is None or ID_PATTERN.fullmatch(ref.media_id)
-        assert "://" in ref.uri and len(ref.uri) <= MAX_URI_CHARS
-        ref.uri.encode("utf-8")
-        assert ref.timestamp is None or ref.timestamp.utcoffset() is not None
-        assert event.uploaded_at is None or event.uploaded_at.utcoffset() is not None
-        assert ref.source == SOURCE
-    for failure in result.failures:
-        assert failure.stage == "event" and failure.kind and failure.message
-        assert failure.raw_event == raw and failure.source == SOURCE
 
 
 json_values = st.recursive(

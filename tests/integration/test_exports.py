@@ -40,8 +40,8 @@ from trapline.services.tools.exports.megadetector import (
     megadetector_document,
 )
 
-pytest_plugins = ["s3_fixtures"]  # ceph_rgw, s3_settings, s3, s3_bucket
-ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["support.s3_fixtures"]  # ceph_rgw, s3_settings, s3, s3_bucket
+ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT / "examples" / "photos"
 DEPLOYMENTS = ROOT / "examples" / "deployments.csv"
 REAL_PHOTOS = ROOT / "tests" / "data" / "real_photos"

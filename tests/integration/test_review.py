@@ -1,8 +1,8 @@
 """`trapline review`: the paged event index, the HTTP routes, and the page in a real browser.
 
-Tables come from the project's own writing code (tests/review_fixtures.py: assemble +
+Tables come from the project's own writing code (tests/support/review_fixtures.py: assemble +
 write_tables). The browser checks drive Debian's chromium through playwright-core
-(tests/browser/review_flow.js), as tests/test_report.py does.
+(tests/browser/review_flow.js), as tests/integration/test_report.py does.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from browser_support import BROWSER, CHROMIUM, NODE, needs_browser
 from PIL import Image
-from review_fixtures import DEPLOYMENTS, write_review_results
+from support.browser import BROWSER, CHROMIUM, NODE, needs_browser
+from support.review_fixtures import DEPLOYMENTS, write_review_results
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import append_reviews, read_reviews

@@ -17,7 +17,7 @@ from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 from trapline.services.tools.evaluate import evaluate_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "photos"
 TRUTH = ROOT / "examples" / "ground_truth.csv"
 

@@ -28,7 +28,7 @@ from trapline.services.tools.sort import (
     sort_results,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "photos"
 DEPLOYMENTS = ROOT / "examples" / "deployments.csv"
 

@@ -1,7 +1,7 @@
 """A model backend that answers Triton INTERNAL and never recovers: the stream worker keeps the
 records and retries with capped backoff, says so on every retry (how many, for how long) and
 counts each retry, and writes no failures row; once the model answers, every photo lands once.
-Driven from an in-memory source (tests/memory_kafka.py) with a clock the test moves."""
+Driven from an in-memory source (tests/support/memory_kafka.py) with a clock the test moves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
+from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 from tritonclient.utils import InferenceServerException
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
@@ -19,7 +19,7 @@ from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import MAX_RETRY_DELAY_S, StreamWorker
 from trapline.services.settings import Settings
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "photos"
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"
 TOPIC = "uploads"
 
 

@@ -193,7 +193,7 @@ class _UnusedClassifier:
 
 
 def _one_photo(tmp_path) -> list[MediaRef]:
-    from test_stream_faults import make_photos
+    from support.stream_workers import make_photos
 
     (photo,) = make_photos(tmp_path, 1, deployments=1)
     return [MediaRef(uri=str(photo), deployment_id="dep-0")]

@@ -53,7 +53,7 @@ from trapline.services.devstack.triton import (
     triton_install,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "models" / "demo"
 PHOTOS = REPO / "tests" / "data" / "real_photos"  # real Reconyx frames (Camtrap DP example, MIT)
 SMALL_BATCHES = RepositoryOptions(max_batch_size=8, preferred_batch_sizes=(4, 8))
@@ -478,7 +478,7 @@ def test_streaming_end_to_end_with_triton_gives_the_onnx_runtime_rows(
         pytest.skip("the demo models are not built")
     card = tmp_path / "card" / "cam-b"
     shutil.copytree(
-        Path(__file__).resolve().parent.parent / "examples" / "photos" / "deployment-b", card
+        Path(__file__).resolve().parents[2] / "examples" / "photos" / "deployment-b", card
     )
     topic = kafka_topic("uploads", partitions=2)
     photos = submit_folder(str(card.parent), tansu.bootstrap, topic, "cam-b").submitted

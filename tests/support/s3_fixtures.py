@@ -2,7 +2,7 @@
 
 Import them into a test module (tests/ is on sys.path):
 
-    from s3_fixtures import ceph_rgw, s3, s3_bucket, s3_settings  # noqa: F401
+    from support.s3_fixtures import ceph_rgw, s3, s3_bucket, s3_settings  # noqa: F401
 
 The tests skip, saying why, only when the Ceph programs are not installed
 (`scripts/install_ceph.sh` installs them; CI runs it first). Any other start-up failure fails
