@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trapline.models.triton_backend import make_backends
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines.flow import (
     BatchOutput,
-    PhotoPipeline,
     Tables,
     assemble,
     drop_known,
@@ -36,34 +34,16 @@ from trapline.pipelines.sequences import SequenceItem, last_sequences
 from trapline.pipelines.source import Listing, list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult
-from trapline.pipelines.uri_safety import configure_storage_roots
 from trapline.services.adapters.object_store import configure_fsspec
 from trapline.services.run import metrics
 from trapline.services.run.folder_tables import commit_tables, pending_refs
+from trapline.services.run.local_ray import start_local_ray
+from trapline.services.run.workers import PipelineActor, build_pipeline
 from trapline.services.settings import Settings
 
 log = logging.getLogger(__name__)
 FIRST_RETRY_DELAY_S = 1.0  # an outage: first wait before a batch is sent again
 MAX_RETRY_DELAY_S = 60.0
-
-
-def build_pipeline(settings: Settings) -> PhotoPipeline:
-    """The stages with their model backends, for this process (a Ray actor calls it too)."""
-    configure_fsspec(settings)  # fsspec's S3 options live per process
-    configure_storage_roots(settings.storage_roots)  # so do the readable roots (uri_safety)
-    detector, classifier = make_backends(
-        settings.model_backend,
-        detector_model=settings.detector_model,
-        classifier_model=settings.classifier_model,
-        threads=settings.threads_per_worker,
-        triton_url=settings.triton_url,
-        triton_timeout_s=settings.triton_timeout_s,
-        triton_detector_model=settings.triton_detector_model,
-        triton_classifier_model=settings.triton_classifier_model,
-        triton_max_in_flight=settings.triton_max_in_flight,
-        triton_retries=settings.triton_retries,
-    )
-    return PhotoPipeline(settings.stage_options(), detector, classifier, metrics.count_stage_error)
 
 
 @dataclass
@@ -212,32 +192,6 @@ class _Backoff:
             )  # fmt: skip
         self.delay_s = FIRST_RETRY_DELAY_S
         self.since, self.retries = None, 0
-
-
-def start_local_ray(settings: Settings, forward_logs: bool = False) -> bool:
-    """Start a local Ray bound to loopback only (services/run/local_ray.py); True if started here."""
-    from trapline.services.run.local_ray import start_local_ray as start
-
-    return start(settings, forward_logs)
-
-
-class PipelineActor:
-    """A Ray actor holding one PhotoPipeline (and its model sessions) for its lifetime."""
-
-    def __init__(self, settings: Settings):
-        self.pipeline = build_pipeline(settings)
-
-    def describe(self) -> tuple[ModelNames, tuple[str, ...]]:
-        return self.pipeline.model_names, self.pipeline.classifier.spec.labels
-
-    def process(self, refs: list[MediaRef]) -> BatchOutput:
-        return self.pipeline.process(refs)
-
-    def node(self) -> str:
-        """The Ray node this actor runs on (its id), so a run can say how work spread."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
 
 
 def run_folder(

@@ -41,6 +41,7 @@ from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
+from trapline.services.run.local_ray import start_local_ray
 from trapline.services.run.stream_buffer import PartitionBuffer, process_pending
 from trapline.services.run.stream_checkpoint import (
     Batch,
@@ -48,6 +49,7 @@ from trapline.services.run.stream_checkpoint import (
     DeadLetterUndelivered,
     Outcome,
 )
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 if TYPE_CHECKING:
@@ -487,7 +489,6 @@ class StreamActor:
     def __init__(self, settings: Settings, out: str, index: int):
         import ray
 
-        from trapline.services.run.folder import build_pipeline
         from trapline.services.run.log_format import configure_json_logging
 
         configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
@@ -515,8 +516,6 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
 
     configure_fsspec(settings)
     if settings.workers == 0:
-        from trapline.services.run.folder import build_pipeline
-
         worker = StreamWorker(settings, out, build_pipeline(settings))
         if settings.metrics_port:
             metrics.HealthServer(settings.metrics_port, worker.readiness).start()
@@ -525,8 +524,6 @@ def serve(settings: Settings, out: str) -> list[WorkerStats]:
         return [worker.run()]
 
     import ray
-
-    from trapline.services.run.folder import start_local_ray
 
     start_local_ray(settings, forward_logs=True)  # the actors' log lines reach our stdout
     actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)

@@ -36,8 +36,8 @@ from trapline.services.api.auth import RateLimiter
 from trapline.services.api.multipart import MultipartFiles
 from trapline.services.api.registry import Registry
 from trapline.services.api.storage import Refused, sniff
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 pytest_plugins = ["support.s3_fixtures"]

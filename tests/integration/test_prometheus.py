@@ -32,8 +32,8 @@ import yaml
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.services.run import metrics
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 

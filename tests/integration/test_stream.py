@@ -15,8 +15,8 @@ from trapline.pipelines import delta
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.services.adapters import kafka_io
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 

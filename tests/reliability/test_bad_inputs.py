@@ -17,8 +17,9 @@ from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.services.adapters import kafka_io
-from trapline.services.run.folder import build_pipeline, run_folder
+from trapline.services.run.folder import run_folder
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 CORPUS = REPO / "tests" / "data" / "bad_inputs"

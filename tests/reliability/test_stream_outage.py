@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.services.run import metrics
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import MAX_RETRY_DELAY_S, StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"

@@ -16,8 +16,8 @@ from trapline.pipelines.source import read_bytes
 from trapline.pipelines.types import StageError
 from trapline.pipelines.uri_safety import check_uri, configure_storage_roots
 from trapline.services.adapters import kafka_io
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 SAMPLE = REPO / "examples" / "photos" / "deployment-b"

@@ -16,8 +16,8 @@ from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import TABLES
-from trapline.services.run.folder import build_pipeline
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos"
