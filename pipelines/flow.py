@@ -68,6 +68,9 @@ def _count_nothing(stage: str, retryable: bool) -> None:
     """No metrics: a library user or a test that does not count errors."""
 
 
+KnownOf = Callable[[str], set[str]]  # deployment -> media ids and sha256s already written
+
+
 class PhotoPipeline:
     """decode -> detect -> classify for one batch; holds the model backends."""
 
@@ -220,29 +223,31 @@ class PhotoPipeline:
         ]
 
 
-def drop_known(
-    results: list[MediaResult], known_of: Callable[[str], set[str]]
+def split_duplicates(
+    results: list[MediaResult], known_of: KnownOf | None = None
 ) -> tuple[list[MediaResult], list[Failure]]:
-    """Split off photos the tables already hold (same media_id or same bytes in the deployment):
-    each becomes a `duplicate` failure, so it is accounted for and never written twice."""
-    fresh, duplicates = [], []
+    """The one deduplication, before anything is written: a photo the tables already hold (same
+    media_id or same bytes in its deployment, `known_of`), or a second copy among `results`,
+    becomes a `duplicate` failure, so it is accounted for and never counted twice."""
+    unique: dict[str, MediaResult] = {}
+    by_bytes: dict[str, MediaResult] = {}
+    duplicates: list[Failure] = []
     for result in results:
-        known = known_of(result.ref.deployment_id)
+        known = known_of(result.ref.deployment_id) if known_of is not None else ()
         if result.media_id in known or result.sha256 in known:
-            duplicates.append(
-                duplicate_failure(
-                    result,
-                    f"media_id {result.media_id} (or its bytes) is already in the tables; not written again",
-                )
+            reason = f"media_id {result.media_id} (or its bytes) is already in the tables; not written again"
+        elif (first := unique.get(result.media_id) or by_bytes.get(result.sha256)) is not None:
+            same = (
+                "media_id"
+                if first.media_id == result.media_id
+                else f"bytes (sha256) as media_id {first.media_id}"
             )
+            reason = f"same {same}, {first.ref.uri}; kept that one, counted once"
         else:
-            fresh.append(result)
-    return fresh, duplicates
-
-
-def duplicate_failure(result: MediaResult, reason: str) -> Failure:
-    """The one `duplicate` failure: a photo counted once, and why this copy was not."""
-    return _failure(result.ref, "dedupe", "duplicate", reason)
+            unique[result.media_id] = by_bytes[result.sha256] = result
+            continue
+        duplicates.append(_failure(result.ref, "dedupe", "duplicate", reason))
+    return list(unique.values()), duplicates
 
 
 def _failure(ref: MediaRef, stage: str, kind: str, message: str) -> Failure:
@@ -288,29 +293,16 @@ def assemble(
     options: StageOptions,
     models: ModelNames,
     labels: tuple[str, ...],
+    known_of: KnownOf | None = None,
 ) -> Tables:
-    """Dedupe, place in time, flag static boxes, group into events, post-process, build tables."""
-    unique: dict[str, MediaResult] = {}
-    by_bytes: dict[str, MediaResult] = {}
-    failures = list(failures)
-    for result in results:
-        first = unique.get(result.media_id) or by_bytes.get(result.sha256)
-        if first is None:
-            unique[result.media_id] = by_bytes[result.sha256] = result
-        else:
-            same = (
-                "media_id"
-                if first.media_id == result.media_id
-                else f"bytes (sha256) as media_id {first.media_id}"
-            )
-            failures.append(
-                duplicate_failure(
-                    result, f"same {same}, {first.ref.uri}; kept that one, counted once"
-                )
-            )
+    """Dedupe, place in time, flag static boxes, group into events, post-process, build tables.
+
+    `known_of(deployment)` gives the media ids and sha256s the tables already hold there."""
+    unique, duplicates = split_duplicates(results, known_of)
+    failures = [*failures, *duplicates]
     deployments = cached_deployments(options.place.deployments_file)
     tz = options.place.tz
-    placed = [(result, *resolve_timestamp(result, deployments, tz)) for result in unique.values()]
+    placed = [(result, *resolve_timestamp(result, deployments, tz)) for result in unique]
     post = options.postprocess
     static = find_static(
         [(r.media_id, r.ref.deployment_id, ts, r.detections) for r, ts, *_ in placed], post

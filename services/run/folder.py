@@ -26,7 +26,6 @@ from trapline.pipelines.flow import (
     BatchOutput,
     Tables,
     assemble,
-    drop_known,
     resolve_timestamp,
 )
 from trapline.pipelines.readers import KnownMedia
@@ -320,13 +319,13 @@ def _commit(
             pipeline.classifier.spec.labels,
         )
     started = time.perf_counter()
-    fresh, duplicates = drop_known(ready, known.of)
     tables = assemble(
-        fresh,
-        ready_failures + duplicates,
+        ready,
+        ready_failures,
         settings.stage_options(),
         summary.models,
         summary.classifier_labels,
+        known.of,
     )
     added = commit_tables(out, source, deployment, tables, settings.output_compression)
     known.add(added.media)

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.events import record_source
-from trapline.pipelines.flow import Tables, assemble, drop_known
+from trapline.pipelines.flow import Tables, assemble
 from trapline.pipelines.readers import KnownMedia
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaResult
@@ -159,9 +159,13 @@ class Checkpointer:
         outcome = Outcome()
         by_key = {(b.topic, b.partition): b for b in batches}
         for key, batch in by_key.items():
-            fresh, duplicates = drop_known(batch.results, self.known.of)
             outcome.tables[key] = assemble(
-                fresh, batch.failures + duplicates, self.stage_options, self.models, self.labels
+                batch.results,
+                batch.failures,
+                self.stage_options,
+                self.models,
+                self.labels,
+                self.known.of,
             )
         sent_dead_letters: set[tuple[str, int]] = set()
         for name in delta.WRITE_ORDER:
