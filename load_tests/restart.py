@@ -3,7 +3,7 @@
     .venv/bin/python -m load_tests --mode restart            # dynamic, static, ordinal
 
 Each trial starts a fresh Tansu broker, a topic of `partitions` partitions and `workers` real
-`trapline serve --workers 0` processes in one consumer group, and sends upload events at `rate`
+`trapline serve --workers 0` processes in one consumer group, and sends upload messages at `rate`
 per second, spread evenly over the partitions, for the whole trial. Once every partition has
 rows and the group has been stable for `settle_s`, worker `victim` is killed with SIGKILL (no
 drain, no LeaveGroup: a crash or an OOM kill) and started again at once with the same settings,
@@ -50,8 +50,8 @@ from PIL import Image
 
 from load_tests.procstats import descendants
 from load_tests.stream import worker_env
-from trapline.pipelines.events import UploadEvent, encode_upload_event, split_source
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import Upload, encode_upload, split_source
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.tansu import TansuServer, start_tansu, stop_process
 
@@ -112,7 +112,7 @@ class _Producer:
                 pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(buffer, "JPEG", quality=70)
                 path.write_bytes(buffer.getvalue())
-                event = UploadEvent(
+                event = Upload(
                     uri=f"file://{path}",
                     deployment_id=f"dep-{partition}",
                     uploaded_at=datetime.now(timezone.utc),
@@ -120,7 +120,7 @@ class _Producer:
                 future = producer.send(
                     self.topic,
                     key=event.deployment_id.encode(),
-                    value=encode_upload_event(event),
+                    value=encode_upload(event),
                     partition=partition,
                 )
                 future.add_errback(

@@ -1,4 +1,4 @@
-"""Streaming under load: N upload events at a given rate through a real broker and real workers.
+"""Streaming under load: N upload messages at a given rate through a real broker and real workers.
 
 A local Tansu broker, a topic with `partitions` partitions, and `workers` real `trapline serve
 --workers 0` processes (the StreamWorker code, one consumer each). The load generator announces
@@ -11,7 +11,7 @@ time; end-to-end latency = the row's `processed_at` minus the event's `uploaded_
 The workers' own Prometheus endpoints give batch fill, time per stage and bytes read (the
 warm-up's share subtracted), and, polled during the run, when the workers had processed every
 event (`processed_per_second`). That is the stream's throughput: the rows of each camera's last
-burst are then still held for `sequence_hold_s` (pipelines/sequences.py), a fixed latency that
+burst are then still held for `sequence_hold_s` (pipelines/events.py), a fixed latency that
 `events_per_second` (rows readable) includes and a long run amortises (`hold_tail_seconds`).
 `stage_busy_share` = the workers' time inside the stages (read, decode, detect, classify) / (workers
 x that time): the efficiency against a bound measured in the run itself, <= 1 by construction.
@@ -40,8 +40,8 @@ import pyarrow.parquet as pq
 
 from load_tests.folder import WORKER_STAGES, folder_size
 from load_tests.procstats import ProcessSampler
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.tansu import TansuServer, free_port, start_tansu, stop_process
 
@@ -153,8 +153,8 @@ def _produce(
         if rate:
             time.sleep(max(0.0, started + number / rate - time.monotonic()))
         now = datetime.now(timezone.utc)
-        value = encode_upload_event(
-            UploadEvent(
+        value = encode_upload(
+            Upload(
                 uri=uri,
                 deployment_id=deployment,
                 media_id=media_id,

@@ -29,10 +29,10 @@ from trapline.pipelines.decode import FULL_RESOLUTION, decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import check_letterbox, detect_frames
 from trapline.pipelines.errors import OUTAGES, describe, is_retryable
+from trapline.pipelines.events import Event, SequenceItem, build_events
 from trapline.pipelines.fidelity import require_resize
 from trapline.pipelines.options import StageOptions
 from trapline.pipelines.postprocess import apply_postprocessing, find_static
-from trapline.pipelines.sequences import Event, SequenceItem, build_events
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.tables import (
     ModelNames,

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 
+from trapline.pipelines.events import SequenceOptions
 from trapline.pipelines.fidelity import CropRounding, LetterboxMode, ResizeFilter
 from trapline.pipelines.postprocess.options import PostprocessOptions
-from trapline.pipelines.sequences import SequenceOptions
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from datetime import date, datetime, timezone
 import pyarrow as pa
 
 from trapline.models.labels import SCIENTIFIC_NAMES
+from trapline.pipelines.events import Event, media_observation_type
 from trapline.pipelines.postprocess.decision import Decision
-from trapline.pipelines.sequences import Event, media_observation_type
 from trapline.pipelines.types import Failure, MediaResult
 
 SCHEMA_VERSION = "3"  # 3: Delta Lake tables, `date` partition column; 2: deployments, post-processing, video frames
@@ -53,7 +53,7 @@ MEDIA = pa.schema([
     _field("classifier", pa.string(), "Classifier model name.", False),
     _field("classifier_version", pa.string(), "Classifier model version.", False),
     _field("processed_at", UTC_US, "When this row was produced, UTC.", False),
-    _field("source", pa.string(), "topic/partition/offset of the upload event; null for folder runs."),
+    _field("source", pa.string(), "topic/partition/offset of the upload message; null for folder runs."),
 ])  # fmt: skip
 
 OBSERVATIONS = pa.schema([
@@ -111,7 +111,7 @@ FAILURES = pa.schema([
     _field("kind", pa.string(), "Short reason: missing, truncated, corrupt, not_an_image, too_large, duplicate, ...", False),
     _field("message", pa.string(), "What is wrong and what to do, for a human.", False),
     _field("failed_at", UTC_US, "When it failed, UTC.", False),
-    _field("source", pa.string(), "topic/partition/offset of the upload event, when any."),
+    _field("source", pa.string(), "topic/partition/offset of the upload message, when any."),
     _field("raw_event", pa.binary(), "The original message bytes, for bad events."),
 ])  # fmt: skip
 

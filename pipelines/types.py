@@ -20,7 +20,7 @@ class MediaRef:
     uri: str  # fsspec URL or local path
     deployment_id: str
     media_id: str | None = None  # the producer's id; else the sha256 of the bytes
-    timestamp: datetime | None = None  # from the upload event; beats EXIF when given
+    timestamp: datetime | None = None  # from the upload message; beats EXIF when given
     source: str | None = None  # "topic/partition/offset" in service mode, else None
 
 

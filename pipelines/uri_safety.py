@@ -1,4 +1,4 @@
-"""Which URIs a worker may read: an upload event must not make it read any file or URL it names.
+"""Which URIs a worker may read: an upload message must not make it read any file or URL it names.
 
 An event is untrusted input: `file:///etc/shadow`, `file:///data/photos/../../root/.ssh/id_rsa`,
 `http://169.254.169.254/latest/meta-data/` (a cloud's instance credentials) are all well-formed

@@ -22,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from trapline.pipelines.events import SequenceOptions
 from trapline.pipelines.fidelity import (
     PROFILES,
     CropRounding,
@@ -38,7 +39,6 @@ from trapline.pipelines.options import (
     VideoOptions,
 )
 from trapline.pipelines.postprocess.options import PostprocessOptions
-from trapline.pipelines.sequences import SequenceOptions
 
 _config_file: ContextVar[str | None] = ContextVar("trapline_config_file", default=None)
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -296,7 +296,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
     )
-    uploads_topic: str = Field("trapline.uploads", description="Topic of upload events.")
+    uploads_topic: str = Field("trapline.uploads", description="Topic of upload messages.")
     dlq_topic: str = Field(
         "trapline.uploads.dlq",
         description="Dead-letter topic: refused events and photos, original bytes + reason headers.",

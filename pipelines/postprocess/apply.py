@@ -14,6 +14,7 @@ import numpy as np
 
 from trapline.pipelines.classify import UNDEFINED, softmax
 from trapline.pipelines.deployments import Deployments
+from trapline.pipelines.events import Event
 from trapline.pipelines.postprocess.countries import country_at
 from trapline.pipelines.postprocess.decision import Decision
 from trapline.pipelines.postprocess.geofence import Geofence, cached_geofence
@@ -21,7 +22,6 @@ from trapline.pipelines.postprocess.options import PostprocessOptions
 from trapline.pipelines.postprocess.smoothing import majority_vote, smooth_image, smooth_sequence
 from trapline.pipelines.postprocess.static import StaticDetections
 from trapline.pipelines.postprocess.taxonomy import Taxonomy, default_taxonomy
-from trapline.pipelines.sequences import Event
 from trapline.pipelines.types import MediaResult
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ boxes called red deer and one called fallow deer is eight red deer. The photo's 
 rolled up to one of its ancestors, and classes with at most `max_nondominant` boxes.
 
 Within an event (DeepFaune): the event's label is the vote over its frames (mean logits,
-temperature, threshold: `pipelines/sequences.py`); DeepFaune gives it to every frame. One
+temperature, threshold: `pipelines/events.py`); DeepFaune gives it to every frame. One
 confident dissenting frame can pull that vote under the threshold (4 foxes at 0.95 and a cat at
 0.95 vote fox 0.79), so an undefined vote falls back to the class confidently seen in more than
 half of the classified frames (k of n frames: each frame votes once, however many boxes it has)

@@ -28,8 +28,8 @@ from kafka.errors import (
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
-from trapline.pipelines.events import ParseResult, parse_upload_event, record_source, split_source
 from trapline.pipelines.types import Failure
+from trapline.pipelines.uploads import ParseResult, parse_upload, record_source, split_source
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,9 @@ def read_topic(
 
 
 def parse_record(record: Any, **options: Any) -> ParseResult:
-    """`parse_upload_event` for a consumer record (value, key, topic/partition/offset)."""
+    """`parse_upload` for a consumer record (value, key, topic/partition/offset)."""
     source = record_source(record.topic, record.partition, record.offset)
-    return parse_upload_event(record.value, source=source, key=record.key, **options)
+    return parse_upload(record.value, source=source, key=record.key, **options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from trapline.pipelines.deployments import Deployment
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.api.auth import Authenticator, RateLimiter
 from trapline.services.api.registry import Registry
@@ -63,7 +63,7 @@ class Api:
         producer = self.producer()
         futures = []
         for item in items:
-            event = UploadEvent(
+            event = Upload(
                 uri=item.uri,
                 deployment_id=deployment_id,
                 media_id=item.media_id,
@@ -76,7 +76,7 @@ class Api:
                     "uploaded_via": "api",
                 },
             )
-            value = encode_upload_event(event)
+            value = encode_upload(event)
             futures.append(
                 producer.send(
                     self.settings.uploads_topic, key=deployment_id.encode("utf-8"), value=value

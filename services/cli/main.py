@@ -1,6 +1,6 @@
 """The `trapline` command line: the run modes here, every other command group beside it.
 
-- here: `run` (a folder), `submit` (upload events to Kafka), `serve` (stream workers), `broker`, `demo`;
+- here: `run` (a folder), `submit` (upload messages to Kafka), `serve` (stream workers), `broker`, `demo`;
 - tools.py: the commands that read results (report, sort, review, evaluate, compact, ...);
 - models.py: `models import | identify | fetch | build-repo`; export.py: `export ...`; api.py: `api ...`.
 """
@@ -139,7 +139,7 @@ def submit(
         help="Kafka bootstrap servers, host:port[,host:port].",
     ),
     topic: str = typer.Option(
-        "trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload events."
+        "trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload messages."
     ),
     copy_to: str | None = typer.Option(
         None,
@@ -176,7 +176,7 @@ def submit(
         None, "--json-summary", help="Also write the report as JSON."
     ),
 ) -> None:
-    """Send one upload event per photo under SOURCE to Kafka (media_id = sha256 of the bytes)."""
+    """Send one upload message per photo under SOURCE to Kafka (media_id = sha256 of the bytes)."""
     from trapline.services.adapters import kafka_io
     from trapline.services.tools.submit import submit_folder
 
@@ -236,7 +236,7 @@ def serve(
     config: Path | None = typer.Option(None, help="YAML settings file."),
     workers: int | None = typer.Option(None, help="Consumers (Ray actors); 0 = one, in-process."),
 ) -> None:
-    """Consume upload events from Kafka and write each row exactly once, until SIGTERM."""
+    """Consume upload messages from Kafka and write each row exactly once, until SIGTERM."""
     import logging
 
     from trapline.services.adapters.object_store import describe_storage

@@ -22,6 +22,7 @@ import numpy as np
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.errors import OUTAGES, StorageUnavailable
+from trapline.pipelines.events import SequenceItem, last_sequences
 from trapline.pipelines.flow import (
     BatchOutput,
     Tables,
@@ -29,7 +30,6 @@ from trapline.pipelines.flow import (
     resolve_timestamp,
 )
 from trapline.pipelines.readers import KnownMedia
-from trapline.pipelines.sequences import SequenceItem, last_sequences
 from trapline.pipelines.source import Listing, list_media
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult

@@ -1,6 +1,6 @@
 """Which storage a `trapline serve` worker may read, when nobody said: its input and output.
 
-Why a default at all: an upload event is untrusted, and with no roots a worker reads any local
+Why a default at all: an upload message is untrusted, and with no roots a worker reads any local
 file or bucket an event names (docs/security.md). A service knows where its photos arrive
 (`api_upload_prefix`, where the upload API and `trapline submit --copy-to` put them) and where
 its tables go (`--out`), so those are the roots unless `storage_roots` is set. An explicitly

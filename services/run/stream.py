@@ -1,4 +1,4 @@
-"""Service mode: upload events from Kafka -> the same stages -> Delta tables, each row exactly once.
+"""Service mode: upload messages from Kafka -> the same stages -> Delta tables, each row exactly once.
 
 One `StreamWorker` is one Kafka consumer in the group. Its loop polls, keeps each assigned
 partition's records in a `PartitionBuffer` (services/run/stream_buffer.py) and, when a checkpoint is
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from trapline.models.backend import BackendUnavailable
 from trapline.pipelines.delta import STORAGE_ERRORS
 from trapline.pipelines.errors import StorageUnavailable
-from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import PhotoPipeline
+from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
 from trapline.services.run.local_ray import start_local_ray

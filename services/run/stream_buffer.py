@@ -2,7 +2,7 @@
 
 A `PartitionBuffer` holds a partition's records from `start` (the first offset the tables do
 not hold) on, with each record's results once the stages ran. At a checkpoint it says how far
-the partition may be written now (`ready_end`: the event hold of `pipelines/sequences.py`, or
+the partition may be written now (`ready_end`: the event hold of `pipelines/events.py`, or
 exactly `forced_end` when a replay must end where some tables already are), and after the
 commit `advance` forgets what was written. `process_pending` runs the stages on every
 partition's new records at once, in model-sized batches.
@@ -17,10 +17,10 @@ from typing import Any
 
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
-from trapline.pipelines.events import record_source
+from trapline.pipelines.events import HeldPhoto, batch_end
 from trapline.pipelines.flow import PhotoPipeline, resolve_timestamp
-from trapline.pipelines.sequences import HeldPhoto, batch_end
 from trapline.pipelines.types import Failure, MediaResult
+from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
 from trapline.services.settings import Settings

@@ -34,11 +34,11 @@ from typing import Any
 import pyarrow as pa
 
 from trapline.pipelines import delta, delta_txn
-from trapline.pipelines.events import record_source
 from trapline.pipelines.flow import Tables, assemble
 from trapline.pipelines.readers import KnownMedia
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaResult
+from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
 from trapline.services.settings import Settings

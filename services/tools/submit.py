@@ -1,4 +1,4 @@
-"""Bulk producer: `trapline submit PHOTOS/ --deployment D` sends one upload event per photo.
+"""Bulk producer: `trapline submit PHOTOS/ --deployment D` sends one upload message per photo.
 
 media_id is the sha256 of the photo's bytes, so submitting a folder twice announces the same
 media twice and the pipeline recognises the repeats. With `copy_to`, the bytes are first copied
@@ -21,9 +21,9 @@ from typing import Any
 
 import fsspec
 
-from trapline.pipelines.events import ID_PATTERN, UploadEvent, encode_upload_event
 from trapline.pipelines.source import list_media, read_bytes
 from trapline.pipelines.types import Failure, MediaRef, StageError
+from trapline.pipelines.uploads import ID_PATTERN, Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.adapters.media_store import absolute_url, content_uri
 
@@ -55,7 +55,7 @@ class SubmitReport:
 @dataclass(slots=True)
 class _Prepared:
     ref: MediaRef
-    event: UploadEvent | None = None  # valid (it encoded once); `uploaded_at` set when sent
+    event: Upload | None = None  # valid (it encoded once); `uploaded_at` set when sent
     size: int = 0
     copied: bool = False
     already_copied: bool = False
@@ -152,7 +152,7 @@ def submit_folder(
                 key = item.ref.deployment_id.encode("utf-8")
                 # Stamped now, not when prepared (up to a window of events earlier): the
                 # end-to-end latency metric counts from here.
-                value = encode_upload_event(
+                value = encode_upload(
                     replace(item.event, uploaded_at=datetime.now(timezone.utc))
                 )
                 try:
@@ -240,7 +240,7 @@ def _prepare_one(
             )
             return item
         uri = absolute_url(uri)
-    event = UploadEvent(
+    event = Upload(
         uri=uri,
         deployment_id=deployment_id,
         media_id=sha256,
@@ -249,7 +249,7 @@ def _prepare_one(
         attributes={"original_name": relative},
     )
     try:
-        encode_upload_event(event)  # refuse an invalid event here, with the photo's name
+        encode_upload(event)  # refuse an invalid event here, with the photo's name
         item.event = event
     except ValueError as error:
         item.failure = _failure(ref, "event", "invalid_field", f"{ref.uri}: {error}")

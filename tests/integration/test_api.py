@@ -29,8 +29,8 @@ import requests
 from support.photo_factory import jpeg_bytes
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
-from trapline.pipelines.events import parse_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import parse_upload
 from trapline.services.adapters import kafka_io, object_store
 from trapline.services.api.auth import RateLimiter
 from trapline.services.api.multipart import MultipartFiles
@@ -149,7 +149,7 @@ def upload(stack, token: str, deployment_id: str, files: list[tuple[str, bytes, 
 
 
 def events_for(stack, deployment_id: str, at_least: int = 10_000, timeout_s: float = 3.0) -> list:
-    """The deployment's upload events on the topic (reads until `at_least` or the timeout)."""
+    """The deployment's upload messages on the topic (reads until `at_least` or the timeout)."""
     records = kafka_io.read_topic(stack.tansu.bootstrap, stack.topic, at_least, timeout_s=timeout_s)
     return [r for r in records if r.key == deployment_id.encode()]
 
@@ -174,7 +174,7 @@ def test_fifty_photos_uploaded_over_http_become_fifty_events_then_fifty_media_ro
     assert {f["media_id"] for f in stored} == expected
     assert all(f["uri"].startswith(f"s3://{stack.bucket}/uploads/alpha-cam-1/") for f in stored)
     events = events_for(stack, "alpha-cam-1", at_least=50, timeout_s=15)
-    parsed = [parse_upload_event(r.value).events[0] for r in events]
+    parsed = [parse_upload(r.value).events[0] for r in events]
     assert len(parsed) == 50
     assert {e.ref.media_id for e in parsed} == expected
     assert {e.attributes["original_name"] for e in parsed} == set(photos)
@@ -302,7 +302,7 @@ def test_presigned_batch_is_checked_at_completion_and_only_good_files_are_announ
     assert sorted(f["media_id"] for f in result["accepted"]) == expected
     assert sorted(r["status"] for r in result["refused"]) == [404, 415]
     events = events_for(stack, "alpha-cam-6", at_least=2, timeout_s=10)
-    assert sorted(parse_upload_event(r.value).events[0].ref.media_id for r in events) == expected
+    assert sorted(parse_upload(r.value).events[0].ref.media_id for r in events) == expected
     assert len(stored_objects(stack, "alpha-cam-6")) == 2  # the refused one was deleted
 
 
@@ -471,7 +471,7 @@ def test_a_put_after_complete_cannot_change_what_was_checked(stack):
     kept = fs.find(f"{stack.bucket}/uploads/alpha-cam-p1")
     assert [name.rsplit("/", 1)[1].split(".")[0] for name in kept] == [accepted["sha256"]]
     events = events_for(stack, "alpha-cam-p1", at_least=2, timeout_s=5)
-    assert [parse_upload_event(r.value).events[0].ref.media_id for r in events] == [
+    assert [parse_upload(r.value).events[0].ref.media_id for r in events] == [
         accepted["sha256"]
     ]
 

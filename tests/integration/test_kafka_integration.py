@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trapline.pipelines.events import SCHEMA_V1, parse_upload_event
+from trapline.pipelines.uploads import SCHEMA_V1, parse_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.tansu import ServerStartError, start_tansu
 from trapline.services.tools.submit import submit_folder
@@ -49,7 +49,7 @@ def test_submit_folder_produces_one_keyed_event_per_photo_read_back_by_a_group(
     by_name = {}
     for record in records:
         assert record.key == b"cam-07"
-        event = parse_upload_event(
+        event = parse_upload(
             record.value, source=f"{topic}/{record.partition}/{record.offset}", key=record.key
         )
         assert event.failures == []
@@ -83,7 +83,7 @@ def test_submit_copies_content_addressed_and_resubmits_idempotently(tansu, kafka
     assert copy.read_bytes() == photo.read_bytes()
     assert (first.copied, second.copied, second.already_copied) == (1, 0, 1)
     values = [
-        parse_upload_event(r.value).events[0]
+        parse_upload(r.value).events[0]
         for r in kafka_io.read_topic(tansu.bootstrap, topic, 2)
     ]
     assert [v.ref.uri for v in values] == [f"file://{copy}"] * 2
@@ -141,7 +141,7 @@ def test_dead_letter_keeps_original_bytes_and_says_why_in_headers(tansu, kafka_t
 def test_dead_letter_takes_origin_from_the_failure_source(tansu, kafka_topic):
     dlq = kafka_topic("dlq", partitions=1)
     raw = b'{"schema": "trapline.upload/9"}'
-    [failure] = parse_upload_event(raw, source="trapline.uploads/4/1234").failures
+    [failure] = parse_upload(raw, source="trapline.uploads/4/1234").failures
     producer = kafka_io.make_producer(tansu.bootstrap)
     try:
         kafka_io.DeadLetter(producer, dlq).send(failure, key=b"cam-1").get(timeout=10)

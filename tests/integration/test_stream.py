@@ -12,8 +12,8 @@ import pytest
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines import delta
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.run.stream import StreamWorker
 from trapline.services.run.workers import build_pipeline
@@ -70,8 +70,8 @@ def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(
     photos = report.submitted
     send_raw(tansu, topic, b"{not json", b'{"schema": "trapline.upload/9"}')
     first_photo = sorted(p for p in card.glob("*.jpg") if p.name != "corrupt.jpg")[0]
-    again = encode_upload_event(
-        UploadEvent(uri=first_photo.resolve().as_uri(), deployment_id="cam-b")
+    again = encode_upload(
+        Upload(uri=first_photo.resolve().as_uri(), deployment_id="cam-b")
     )
     send_raw(tansu, topic, again)  # the same bytes announced twice: one media row only
 

@@ -9,7 +9,7 @@ import time
 from support.harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
 from support.stream_workers import make_photos
 
-from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 
 EVENTS = 800
@@ -31,13 +31,13 @@ def _produce(
     started = time.monotonic()
     futures = []
     for index in range(first, last):
-        event = UploadEvent(
+        event = Upload(
             uri=photos[index].as_uri(),
             deployment_id="dep-0",
             media_id=f"bp-{index:05d}",
             attributes=padding,
         )
-        futures.append(producer.send(topic, key=b"dep-0", value=encode_upload_event(event)))
+        futures.append(producer.send(topic, key=b"dep-0", value=encode_upload(event)))
         sent[0] = index + 1
         time.sleep(max(0.0, started + (index + 1 - first) / RATE - time.monotonic()))
     kafka_io.wait_delivered(futures)

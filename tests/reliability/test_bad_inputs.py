@@ -15,7 +15,7 @@ import pytest
 from support.harness import REPO, account, read_rows
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
-from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.run.folder import run_folder
 from trapline.services.run.stream import StreamWorker
@@ -98,7 +98,7 @@ def test_stream_worker_sends_each_bad_input_to_failures_and_the_dlq(
     producer = kafka_io.make_producer(tansu.bootstrap)
     files = sorted(FILES.iterdir())
     events = [
-        encode_upload_event(UploadEvent(uri=p.as_uri(), deployment_id="cam-bad")) for p in files
+        encode_upload(Upload(uri=p.as_uri(), deployment_id="cam-bad")) for p in files
     ]
     kafka_io.wait_delivered([producer.send(topic, key=b"cam-bad", value=v) for v in events])
     producer.close()

@@ -34,7 +34,7 @@ from support.harness import (
 )
 from support.stream_workers import make_photos
 
-from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.tools.submit import submit_folder
 
@@ -95,8 +95,8 @@ def submit_with_bad_inputs(tansu, topic: str, card: Path, photos: int) -> list[s
     missing = [card / f"gone-{i}.jpg" for i in range(4)]
     producer = kafka_io.make_producer(tansu.bootstrap)
     futures = [
-        producer.send(topic, key=b"dep-0", value=encode_upload_event(
-            UploadEvent(uri=p.as_uri(), deployment_id="dep-0")))
+        producer.send(topic, key=b"dep-0", value=encode_upload(
+            Upload(uri=p.as_uri(), deployment_id="dep-0")))
         for p in missing
     ]  # fmt: skip
     futures += [producer.send(topic, key=b"dep-1", value=b"{broken %d" % i) for i in range(6)]

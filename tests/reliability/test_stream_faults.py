@@ -15,7 +15,7 @@ from support.stream_workers import (
     wait_for_rows,
 )
 
-from trapline.pipelines.events import UploadEvent, encode_upload_event
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
 from trapline.services.tools.submit import submit_folder
 
@@ -37,8 +37,8 @@ def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(
     extra += [
         (
             b"dep-0",
-            encode_upload_event(
-                UploadEvent(uri=(tmp_path / f"gone-{i}.jpg").as_uri(), deployment_id="dep-0")
+            encode_upload(
+                Upload(uri=(tmp_path / f"gone-{i}.jpg").as_uri(), deployment_id="dep-0")
             ),
         )
         for i in range(5)
@@ -46,7 +46,7 @@ def test_a_thousand_events_with_bad_ones_end_exactly_once_with_two_workers(
     extra += [
         (
             p.parent.name.encode(),
-            encode_upload_event(UploadEvent(uri=p.as_uri(), deployment_id=p.parent.name)),
+            encode_upload(Upload(uri=p.as_uri(), deployment_id=p.parent.name)),
         )
         for p in good[:20]
     ]

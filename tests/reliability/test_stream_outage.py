@@ -12,8 +12,8 @@ from pathlib import Path
 from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 from tritonclient.utils import InferenceServerException
 
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.run import metrics
 from trapline.services.run.stream import MAX_RETRY_DELAY_S, StreamWorker
 from trapline.services.run.workers import build_pipeline
@@ -52,8 +52,8 @@ def test_an_internal_error_that_never_clears_is_retried_loudly_and_counted_never
     log = MemoryLog()
     paths = sorted(card.iterdir())
     for path in paths:
-        event = UploadEvent(uri=path.resolve().as_uri(), deployment_id="cam-b")
-        log.append(TOPIC, 0, encode_upload_event(event), key=b"cam-b")
+        event = Upload(uri=path.resolve().as_uri(), deployment_id="cam-b")
+        log.append(TOPIC, 0, encode_upload(event), key=b"cam-b")
     settings = Settings(
         consumer_group="g", uploads_topic=TOPIC, dlq_topic=f"{TOPIC}.dlq", workers=0,
         metrics_port=0, commit_interval_s=0, sequence_hold_s=0,

@@ -1,4 +1,4 @@
-"""URI safety: an upload event cannot make a worker read outside the configured storage roots,
+"""URI safety: an upload message cannot make a worker read outside the configured storage roots,
 climb out with `..` or a symlink, or fetch internal http(s) addresses. Refusals are failures
 rows (kind `forbidden_uri`) with a reason, and dead letters in service mode."""
 
@@ -11,9 +11,9 @@ from support.harness import REPO, account, read_rows
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines import uri_safety
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.types import StageError
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.pipelines.uri_safety import check_uri, configure_storage_roots
 from trapline.services.adapters import kafka_io
 from trapline.services.run.stream import StreamWorker
@@ -114,7 +114,7 @@ def test_worker_refuses_events_outside_its_roots_and_dead_letters_them(
     topic = kafka_topic("uri-safety", partitions=1)
     producer = kafka_io.make_producer(tansu.bootstrap)
     values = [
-        encode_upload_event(UploadEvent(uri=u, deployment_id="cam-b"))
+        encode_upload(Upload(uri=u, deployment_id="cam-b"))
         for u in [photo.as_uri(), *hostile]
     ]
     kafka_io.wait_delivered([producer.send(topic, key=b"cam-b", value=v) for v in values])

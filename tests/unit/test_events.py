@@ -1,439 +1,140 @@
-"""Upload events: what is accepted, what is refused (and how the refusal reads), fuzzed."""
+"""Event grouping and DeepFaune's sequence voting rules."""
 
-from __future__ import annotations
-
-import json
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from support.event_checks import SOURCE, assert_well_formed
 
+from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.events import (
-    MAX_ID_CHARS,
-    MAX_URI_CHARS,
-    SCHEMA_V1,
-    ParseResult,
-    UploadEvent,
-    compile_deployment_pattern,
-    encode_upload_event,
-    parse_upload_event,
-    record_source,
-    split_source,
+    HeldPhoto,
+    SequenceItem,
+    SequenceOptions,
+    batch_end,
+    build_events,
+    group_sequences,
+    last_sequences,
 )
+from trapline.pipelines.types import Detection
 
-SHA = "ab" * 32
+T0 = datetime(2024, 6, 1, 4, 0, 0, tzinfo=timezone.utc)
+FOX = DEEPFAUNE_LABELS.index("fox")
+BOAR = DEEPFAUNE_LABELS.index("wild boar")
 
 
-def v1(**fields: object) -> dict:
-    event = {
-        "schema": SCHEMA_V1,
-        "media_id": "IMG_0001",
-        "uri": "s3://traps/cam-07/IMG_0001.JPG",
-        "deployment_id": "cam-07",
-        "timestamp": "2024-05-01T10:00:00+02:00",
-        "sha256": SHA,
-        "uploaded_at": "2024-05-02T08:00:00Z",
-        "attributes": {"original_name": "DCIM/IMG_0001.JPG"},
+def animal(logit_index: int | None, strength: float = 6.0, conf: float = 0.9) -> Detection:
+    logits = None
+    if logit_index is not None:
+        logits = np.zeros(len(DEEPFAUNE_LABELS), np.float32)
+        logits[logit_index] = strength
+    return Detection("animal", conf, (0.1, 0.1, 0.2, 0.2), logits=logits)
+
+
+def item(media_id: str, seconds: float | None, *detections: Detection, deployment: str = "d1"):
+    when = None if seconds is None else T0 + timedelta(seconds=seconds)
+    return SequenceItem(media_id, deployment, when, list(detections))
+
+
+def test_frames_within_the_gap_are_one_event_per_deployment():
+    items = [
+        item("a", 0), item("b", 8), item("c", 15), item("d", 40),
+        item("x", 1, deployment="d2"), item("y", None),
+    ]  # fmt: skip
+    groups = group_sequences(items, gap_seconds=10)
+    ids = sorted(sorted(i.media_id for i in g) for g in groups)
+    assert ids == [["a", "b", "c"], ["d"], ["x"], ["y"]]
+
+
+def test_a_gap_of_exactly_gap_seconds_joins_and_one_microsecond_more_splits():
+    joined = group_sequences([item("a", 0), item("b", 10)], gap_seconds=10)
+    assert [[i.media_id for i in g] for g in joined] == [["a", "b"]]
+    later = item("c", 10)
+    later.timestamp += timedelta(microseconds=1)
+    split = group_sequences([item("a", 0), later], gap_seconds=10)
+    assert sorted([i.media_id for i in g] for g in split) == [["a"], ["c"]]
+
+
+def test_event_label_is_the_mean_logit_vote_over_animal_frames():
+    items = [item("a", 0, animal(FOX, 6)), item("b", 2, animal(BOAR, 3)), item("c", 4)]
+    (event,) = build_events(items, DEEPFAUNE_LABELS, SequenceOptions(threshold=0.25))
+    assert event.observation_type == "animal"
+    assert event.label == "fox" and event.classified_frames == 2
+    logits = np.zeros(38)
+    logits[FOX], logits[BOAR] = 3.0, 1.5
+    expected = np.exp(logits / 1.04) / np.exp(logits / 1.04).sum()
+    assert event.probability == pytest.approx(expected[FOX], abs=1e-4)
+
+
+def test_single_frame_uses_its_own_temperature_and_low_votes_are_undefined():
+    (event,) = build_events([item("a", 0, animal(FOX, 2.0))], DEEPFAUNE_LABELS, SequenceOptions())
+    logits = np.zeros(38)
+    logits[FOX] = 2.0
+    expected = (np.exp(logits / 1.10) / np.exp(logits / 1.10).sum())[FOX]
+    assert event.probability == pytest.approx(expected, abs=1e-4)
+    assert event.label == "undefined"  # well below 0.8
+
+
+def test_people_and_vehicles_only_events_follow_the_frame_counts():
+    person = Detection("person", 0.9, (0, 0, 0.1, 0.1))
+    vehicle = Detection("vehicle", 0.9, (0, 0, 0.1, 0.1))
+    tie = build_events(
+        [item("a", 0, person), item("b", 1, vehicle)], DEEPFAUNE_LABELS, SequenceOptions()
+    )
+    more_cars = build_events(
+        [item("a", 0, person), item("b", 1, vehicle), item("c", 2, vehicle)],
+        DEEPFAUNE_LABELS,
+        SequenceOptions(),
+    )
+    blank = build_events([item("a", 0), item("b", 1)], DEEPFAUNE_LABELS, SequenceOptions())
+    assert tie[0].observation_type == "human"
+    assert more_cars[0].observation_type == "vehicle"
+    assert blank[0].observation_type == "blank" and blank[0].label is None
+
+
+def test_event_ids_are_stable_across_runs_and_input_order():
+    items = [item("a", 0, animal(FOX)), item("b", 3, animal(FOX)), item("c", 100)]
+    first = {
+        e.event_id: e.media_ids for e in build_events(items, DEEPFAUNE_LABELS, SequenceOptions())
     }
-    event.update(fields)
-    return {k: v for k, v in event.items() if v is not MISSING}
-
-
-MISSING = object()
-
-
-def encode(document: object) -> bytes:
-    return json.dumps(document).encode()
-
-
-def only_event(result: ParseResult):
-    assert result.failures == [], [f.message for f in result.failures]
-    assert len(result.events) == 1
-    return result.events[0]
-
-
-def only_failure(result: ParseResult, raw: bytes | None, kind: str):
-    assert result.events == []
-    assert len(result.failures) == 1
-    failure = result.failures[0]
-    assert (failure.stage, failure.kind) == ("event", kind), failure.message
-    assert failure.raw_event == raw
-    assert failure.source == SOURCE
-    assert failure.message.startswith(f"upload event {SOURCE}: ")
-    return failure
-
-
-def s3_record(
-    key: str, name: str = "ObjectCreated:Put", bucket: str = "traps", **extra: object
-) -> dict:
-    return {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventName": name,
-        "eventTime": "2024-05-02T08:00:00.123Z",
-        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 12345, "eTag": "0123"}},
-        **extra,
+    again = {
+        e.event_id: sorted(e.media_ids)
+        for e in build_events(items[::-1], DEEPFAUNE_LABELS, SequenceOptions())
     }
+    assert {k: sorted(v) for k, v in first.items()} == again
 
 
-# -- trapline.upload/1: accepted ---------------------------------------------------------------
+def test_last_sequences_are_each_deployments_final_event_only():
+    items = [
+        item("a", 0), item("b", 5), item("c", 30), item("d", 38),  # d1: last event is c, d
+        item("x", 0, deployment="d2"),  # d2: one photo, its own last event
+        item("n", None),  # no time: never held
+    ]  # fmt: skip
+    assert sorted(i.media_id for i in last_sequences(items, gap_seconds=10)) == ["c", "d", "x"]
 
 
-def test_full_v1_event_becomes_media_ref_with_source_and_upload_time():
-    raw = encode(v1(sha256=SHA.upper()))
-    event = only_event(parse_upload_event(raw, source=SOURCE, key=b"cam-07"))
-    ref = event.ref
-    assert (ref.uri, ref.deployment_id, ref.media_id, ref.source) == (
-        "s3://traps/cam-07/IMG_0001.JPG", "cam-07", "IMG_0001", SOURCE,
-    )  # fmt: skip
-    assert ref.timestamp == datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
-    assert ref.timestamp.utcoffset() == timedelta(hours=2)  # the camera's offset is kept
-    assert event.uploaded_at == datetime(2024, 5, 2, 8, 0, tzinfo=timezone.utc)
-    assert event.sha256 == SHA  # normalised to lowercase
-    assert event.attributes == {"original_name": "DCIM/IMG_0001.JPG"}
-
-
-def test_optional_fields_may_be_null_or_absent():
-    raw = encode(v1(media_id=None, timestamp=None, sha256=MISSING, attributes=MISSING))
-    event = only_event(parse_upload_event(raw, source=SOURCE))
-    assert (event.ref.media_id, event.ref.timestamp, event.sha256, event.attributes) == (
-        None,
-        None,
-        None,
-        {},
+def held(offset: int, deployment: str, second: int, arrived: float = 0.0) -> HeldPhoto:
+    return HeldPhoto(
+        offset, deployment, datetime(2024, 5, 1, 6, 0, second, tzinfo=timezone.utc), arrived
     )
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc)),
-        (
-            "2024-05-01T10:00:00.123456789+00:00",
-            datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=timezone.utc),
-        ),
-        ("2024-05-01 10:00+0530", datetime(2024, 5, 1, 4, 30, tzinfo=timezone.utc)),
-        ("2024-05-01T10:00:00-03", datetime(2024, 5, 1, 13, tzinfo=timezone.utc)),
-    ],
-)
-def test_iso_timestamps_with_any_offset_form_are_accepted(text, expected):
-    event = only_event(parse_upload_event(encode(v1(timestamp=text)), source=SOURCE))
-    assert event.ref.timestamp == expected
+def test_a_batch_ends_before_each_deployments_open_burst_and_never_inside_a_closed_one():
+    """Deployments interleaved in one partition: cam-b's burst (offsets 0-4) is closed but
+    spans offset 2, where cam-a's open burst starts. Ending at 1 would cut cam-b's burst in
+    two events; the end steps back before it."""
+    photos = [
+        held(0, "cam-b", 0), held(1, "cam-b", 2), held(2, "cam-a", 30, arrived=9.5),
+        held(3, "cam-b", 4), held(4, "cam-b", 6), held(5, "cam-a", 31, arrived=9.9),
+    ]  # fmt: skip
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=10.0) == -1  # nothing yet
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=11.0) == 5  # all quiet
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=0.0, now=10.0) == 5  # hold off
 
 
-def test_unknown_extra_fields_are_tolerated_for_forward_compatibility():
-    only_event(parse_upload_event(encode(v1(camera_serial="X1")), source=SOURCE))
-
-
-def test_ids_and_uri_at_their_length_limits_are_accepted():
-    long_id = "d" * MAX_ID_CHARS
-    uri = "s3://b/" + "k" * (MAX_URI_CHARS - len("s3://b/"))
-    event = only_event(
-        parse_upload_event(
-            encode(v1(deployment_id=long_id, media_id=long_id, uri=uri)), source=SOURCE
-        )
-    )
-    assert event.ref.deployment_id == long_id
-
-
-def test_encode_then_parse_round_trips():
-    sent = UploadEvent(
-        uri="file:///data/cam 1/IMG_0001.JPG", deployment_id="cam-1", media_id=SHA, sha256=SHA,
-        timestamp=datetime(2024, 5, 1, 10, tzinfo=timezone(timedelta(hours=-5))),
-        attributes={"original_name": "cam 1/IMG_0001.JPG", "empty": ""},
-    )  # fmt: skip
-    event = only_event(parse_upload_event(encode_upload_event(sent), source=SOURCE, key=b"cam-1"))
-    assert (event.ref.uri, event.ref.deployment_id, event.ref.media_id) == (sent.uri, "cam-1", SHA)
-    assert event.ref.timestamp == sent.timestamp
-    assert event.uploaded_at == sent.uploaded_at
-    assert event.attributes == dict(sent.attributes)
-
-
-def test_encode_refuses_what_a_consumer_would_refuse():
-    with pytest.raises(ValueError, match="deployment_id"):
-        encode_upload_event(UploadEvent(uri="s3://b/k.jpg", deployment_id="cam 1"))
-    with pytest.raises(ValueError, match="no UTC offset"):
-        encode_upload_event(
-            UploadEvent(uri="s3://b/k.jpg", deployment_id="c", timestamp=datetime(2024, 5, 1))
-        )
-
-
-def test_source_helpers_round_trip_topic_names_with_dots():
-    assert split_source(record_source("trapline.uploads", 3, 17)) == ("trapline.uploads", 3, 17)
-
-
-# -- trapline.upload/1: refused ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "raw, kind",
-    [
-        (None, "empty_event"),
-        (b"", "empty_event"),
-        (b"\xff\xfe{}", "malformed_json"),
-        (b'{"schema": ', "malformed_json"),
-        (b'{"schema": "trapline.upload/1", "schema": "x"}', "malformed_json"),  # duplicate key
-        (b'{"x": NaN}', "malformed_json"),
-        (b"[" * 50_000 + b"]" * 50_000, "malformed_json"),  # deeper than the parser's stack
-        (b"[1, 2]", "unknown_schema"),
-        (b'"trapline.upload/1"', "unknown_schema"),
-        (b'{"media_id": "x"}', "unknown_schema"),
-        (encode(v1(schema="trapline.upload/2")), "unknown_schema"),
-        (b'{"a": "' + b"x" * 1_000_001 + b'"}', "too_large"),
-    ],
-)
-def test_unreadable_messages_become_failures_with_the_original_bytes(raw, kind):
-    failure = only_failure(parse_upload_event(raw, source=SOURCE), raw, kind)
-    assert failure.uri == SOURCE  # no photo known: the failures row names the message
-
-
-@pytest.mark.parametrize(
-    "change, field",
-    [
-        ({"uri": MISSING}, "uri"),
-        ({"deployment_id": MISSING}, "deployment_id"),
-        ({"uploaded_at": MISSING}, "uploaded_at"),
-        ({"uri": 42}, "uri"),
-        ({"uri": "s3://b/" + "k" * MAX_URI_CHARS}, "uri"),
-        ({"uri": "/data/IMG_0001.JPG"}, "uri"),  # no scheme
-        ({"uri": "http://169.254.169.254/latest"}, "uri"),  # not an allowed scheme
-        ({"uri": "file://host/share/a.jpg"}, "uri"),
-        ({"uri": "s3://bucket-only"}, "uri"),
-        ({"uri": "s3://b/folder/"}, "uri"),
-        ({"uri": "s3://b/a\nb.jpg"}, "uri"),
-        ({"deployment_id": "cam/07"}, "deployment_id"),
-        ({"deployment_id": ".."}, "deployment_id"),
-        ({"deployment_id": "cam 07"}, "deployment_id"),
-        ({"deployment_id": ""}, "deployment_id"),
-        ({"deployment_id": "d" * (MAX_ID_CHARS + 1)}, "deployment_id"),
-        ({"deployment_id": ["cam"]}, "deployment_id"),
-        ({"media_id": "a/../b"}, "media_id"),
-        ({"media_id": 7}, "media_id"),
-        ({"timestamp": "2024-05-01T10:00:00"}, "timestamp"),  # naive: an error, not a guess
-        ({"timestamp": "yesterday"}, "timestamp"),
-        ({"timestamp": "2024-13-01T10:00:00Z"}, "timestamp"),
-        ({"timestamp": "9999-12-31T23:59:59-14:00"}, "timestamp"),  # beyond datetime in UTC
-        ({"timestamp": 1714550400}, "timestamp"),
-        ({"uploaded_at": "2024-05-02T08:00:00"}, "uploaded_at"),
-        ({"uploaded_at": None}, "uploaded_at"),
-        ({"sha256": "abc"}, "sha256"),
-        ({"sha256": "g" * 64}, "sha256"),
-        ({"attributes": ["a"]}, "attributes"),
-        ({"attributes": {"n": 1}}, "attributes.n"),
-        ({"attributes": {f"k{i}": "v" for i in range(65)}}, "attributes"),
-        ({"attributes": {"n": "\ud800"}}, "attributes.n"),  # lone surrogate: not encodable
-    ],
-)
-def test_invalid_fields_are_refused_with_a_message_naming_the_field(change, field):
-    raw = encode(v1(**change))
-    failure = only_failure(parse_upload_event(raw, source=SOURCE), raw, "invalid_field")
-    assert f"'{field}'" in failure.message
-
-
-def test_naive_timestamp_message_says_how_to_fix_it():
-    raw = encode(v1(timestamp="2024-05-01T10:00:00"))
-    message = only_failure(parse_upload_event(raw, source=SOURCE), raw, "invalid_field").message
-    assert "no UTC offset" in message and "null" in message
-
-
-def test_failure_after_the_uri_names_the_photo():
-    raw = encode(v1(sha256="nope"))
-    failure = only_failure(parse_upload_event(raw, source=SOURCE), raw, "invalid_field")
-    assert (failure.uri, failure.deployment_id, failure.media_id) == (
-        "s3://traps/cam-07/IMG_0001.JPG",
-        "cam-07",
-        "IMG_0001",
-    )
-
-
-def test_message_key_must_be_the_deployment_when_given():
-    raw = encode(v1())
-    only_failure(parse_upload_event(raw, source=SOURCE, key=b"cam-08"), raw, "key_mismatch")
-    only_event(parse_upload_event(raw, source=SOURCE, key=None))
-
-
-def test_allowed_schemes_are_configurable():
-    raw = encode(v1(uri="memory://photos/IMG_0001.JPG"))
-    only_failure(parse_upload_event(raw, source=SOURCE), raw, "invalid_field")
-    only_event(parse_upload_event(raw, source=SOURCE, allowed_schemes={"memory"}))
-
-
-# -- S3 / MinIO bucket notifications -----------------------------------------------------------
-
-
-def test_s3_object_created_record_becomes_ref_with_decoded_key_and_deployment():
-    raw = encode({"Records": [s3_record("cam-07/2024/IMG+0001+%2B%C3%A9.JPG")]})
-    event = only_event(parse_upload_event(raw, source=SOURCE, key=b"anything"))
-    assert event.ref.uri == "s3://traps/cam-07/2024/IMG 0001 +é.JPG"
-    assert (event.ref.deployment_id, event.ref.media_id, event.ref.source) == (
-        "cam-07",
-        None,
-        SOURCE,
-    )
-    assert event.uploaded_at == datetime(2024, 5, 2, 8, 0, 0, 123000, tzinfo=timezone.utc)
-
-
-def test_minio_notification_with_s3_prefixed_event_name_is_accepted():
-    raw = encode({
-        "EventName": "s3:ObjectCreated:CompleteMultipartUpload",
-        "Key": "traps/cam-07/IMG_0001.JPG",
-        "Records": [s3_record("cam-07/IMG_0001.JPG", name="s3:ObjectCreated:CompleteMultipartUpload")],
-    })  # fmt: skip
-    assert only_event(parse_upload_event(raw, source=SOURCE)).ref.deployment_id == "cam-07"
-
-
-def test_deployment_pattern_is_configurable():
-    raw = encode({"Records": [s3_record("projects/p1/deployments/D-12/IMG_0001.JPG")]})
-    pattern = r"deployments/(?P<deployment>[^/]+)/"
-    event = only_event(parse_upload_event(raw, source=SOURCE, deployment_pattern=pattern))
-    assert event.ref.deployment_id == "D-12"
-
-
-def test_key_outside_the_pattern_is_refused_and_names_the_object():
-    raw = encode({"Records": [s3_record("IMG_0001.JPG")]})
-    failure = only_failure(parse_upload_event(raw, source=SOURCE), raw, "no_deployment")
-    assert failure.uri == "s3://traps/IMG_0001.JPG"
-    assert "IMG_0001.JPG" in failure.message and "pattern" in failure.message
-
-
-def test_mixed_records_give_refs_failures_and_reported_ignores():
-    raw = encode({
-        "Records": [
-            s3_record("cam-1/a.jpg"),
-            s3_record("cam-1/b.jpg", name="ObjectRemoved:Delete"),
-            s3_record("cam-1/folder/"),
-            s3_record("cam 2/c.jpg"),  # deployment is not a safe id
-            {"eventName": "ObjectCreated:Put"},  # no s3 object
-            s3_record("cam-3/d.jpg", name="s3:ObjectCreated:Copy"),
-        ]
-    })  # fmt: skip
-    result = parse_upload_event(raw, source=SOURCE)
-    assert [e.ref.uri for e in result.events] == [
-        "s3://traps/cam-1/a.jpg",
-        "s3://traps/cam-3/d.jpg",
-    ]
-    assert len(result.ignored) == 2
-    assert "ObjectRemoved:Delete" in result.ignored[0] and "folder marker" in result.ignored[1]
-    assert [f.kind for f in result.failures] == ["invalid_field", "invalid_field"]
-    assert (
-        "Records[3]" in result.failures[0].message and "Records[4].s3" in result.failures[1].message
-    )
-    assert all(f.raw_event == raw for f in result.failures)
-
-
-def test_s3_test_event_is_ignored_not_failed():
-    raw = encode({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "traps"})
-    result = parse_upload_event(raw, source=SOURCE)
-    assert (result.events, result.failures, len(result.ignored)) == ([], [], 1)
-
-
-def test_empty_records_list_is_refused():
-    raw = encode({"Records": []})
-    only_failure(parse_upload_event(raw, source=SOURCE), raw, "invalid_field")
-
-
-def test_deployment_pattern_without_the_named_group_is_a_configuration_error():
-    with pytest.raises(ValueError, match="named group 'deployment'"):
-        compile_deployment_pattern(r"^([^/]+)/")
-    with pytest.raises(ValueError, match="not a regular expression"):
-        parse_upload_event(b"{}", deployment_pattern="(?P<deployment>")
-
-
-# -- fuzz: never raise, always refs or failures ------------------------------------------------
-
-
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=512))
-def test_fuzz_arbitrary_bytes_never_raise(raw):
-    assert_well_formed(parse_upload_event(raw, source=SOURCE), raw)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(["schema", "Records", "uri", "Event", "x"]) | st.text(max_size=10),
-        json_values,
-        max_size=6,
-    )
-)
-def test_fuzz_arbitrary_json_objects_never_raise(document):
-    raw = encode(document)
-    assert_well_formed(parse_upload_event(raw, source=SOURCE), raw)
-
-
-V1_FIELDS = ["media_id", "uri", "deployment_id", "timestamp", "sha256", "uploaded_at", "attributes"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(V1_FIELDS), json_values, st.binary(max_size=8) | st.none())
-def test_fuzz_one_field_of_a_valid_event_replaced(field, value, key):
-    raw = encode(v1(**{field: value}))
-    result = parse_upload_event(raw, source=SOURCE, key=key)
-    assert_well_formed(result, raw)
-    assert len(result.events) + len(result.failures) == 1
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.fixed_dictionaries({
-    "eventName": st.sampled_from(["ObjectCreated:Put", "s3:ObjectRemoved:Delete"]) | json_values,
-    "s3": st.fixed_dictionaries({
-        "bucket": st.fixed_dictionaries({"name": st.sampled_from(["traps"]) | json_values}),
-        "object": st.fixed_dictionaries({"key": st.text(max_size=30) | json_values}),
-    }) | json_values,
-    "eventTime": st.sampled_from(["2024-05-02T08:00:00Z"]) | json_values,
-}), min_size=1, max_size=4))  # fmt: skip
-def test_fuzz_s3_records_never_raise(records):
-    raw = encode({"Records": records})
-    result = parse_upload_event(raw, source=SOURCE)
-    assert_well_formed(result, raw)
-    assert len(result.events) + len(result.failures) + len(result.ignored) == len(records)
-
-
-ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,30}", fullmatch=True)
-aware = st.datetimes(
-    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1),
-    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
-)  # fmt: skip
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    ids,
-    st.none() | ids,
-    st.none() | aware,
-    aware,
-    st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=3),
-)
-def test_fuzz_valid_events_round_trip(deployment, media_id, timestamp, uploaded_at, attributes):
-    sent = UploadEvent(
-        uri=f"s3://traps/{deployment}/x.jpg", deployment_id=deployment, media_id=media_id,
-        timestamp=timestamp, uploaded_at=uploaded_at, attributes=attributes,
-    )  # fmt: skip
-    try:
-        raw = encode_upload_event(sent)
-    except ValueError:
-        assert any(
-            "\ud800" <= c <= "\udfff" for c in "".join(attributes) + "".join(attributes.values())
-        )
-        return
-    event = only_event(parse_upload_event(raw, source=SOURCE, key=deployment.encode()))
-    assert (event.ref.deployment_id, event.ref.media_id) == (deployment, media_id)
-    assert event.ref.timestamp == timestamp and event.uploaded_at == uploaded_at
-    assert event.attributes == attributes
+def test_a_batch_ends_after_closed_bursts_of_every_deployment():
+    photos = [
+        held(0, "cam-a", 0), held(1, "cam-b", 0), held(2, "cam-a", 1), held(3, "cam-b", 1),
+        held(4, "cam-a", 40, arrived=9.8), held(5, "cam-b", 50, arrived=9.9),
+    ]  # fmt: skip
+    # both deployments' first bursts are closed (a later photo exists 39 s on); the last ones open
+    assert batch_end(photos, 5, gap_seconds=10, hold_s=1.0, now=10.0) == 3

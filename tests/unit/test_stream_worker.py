@@ -13,9 +13,9 @@ from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 
 from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.deployments import cached_deployments
-from trapline.pipelines.events import UploadEvent, encode_upload_event
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import TABLES
+from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.run.stream import StreamWorker
 from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
@@ -31,13 +31,13 @@ def pipeline():
 
 @pytest.fixture
 def uploads(tmp_path) -> MemoryLog:
-    """Every file of the sample's deployment-b (one corrupt) as upload events in partition 0."""
+    """Every file of the sample's deployment-b (one corrupt) as upload messages in partition 0."""
     card = tmp_path / "card" / "cam-b"
     shutil.copytree(SAMPLE / "deployment-b", card)
     log = MemoryLog()
     for path in sorted(card.iterdir()):
-        event = UploadEvent(uri=path.resolve().as_uri(), deployment_id="cam-b")
-        log.append(TOPIC, 0, encode_upload_event(event), key=b"cam-b")
+        event = Upload(uri=path.resolve().as_uri(), deployment_id="cam-b")
+        log.append(TOPIC, 0, encode_upload(event), key=b"cam-b")
     return log
 
 

@@ -1,5 +1,5 @@
 """Event parsing under coverage-guided fuzzing (atheris) for a bounded time: no input crashes it.
-The hypothesis properties of the same parser are in tests/unit/test_events.py (not repeated here)."""
+The hypothesis properties of the same parser are in tests/unit/test_uploads.py (not repeated here)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-FUZZER = Path(__file__).resolve().parent / "fuzz_events.py"
+FUZZER = Path(__file__).resolve().parent / "fuzz_uploads.py"
 
 
 @pytest.mark.skipif(

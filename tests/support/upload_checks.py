@@ -1,9 +1,9 @@
-"""The invariant every parse of upload-event bytes keeps (hypothesis in tests/unit/test_events.py,
-atheris in tests/reliability/fuzz_events.py): valid events, or failures, or reported ignores."""
+"""The invariant every parse of upload-event bytes keeps (hypothesis in tests/unit/test_uploads.py,
+atheris in tests/reliability/fuzz_uploads.py): valid events, or failures, or reported ignores."""
 
 from __future__ import annotations
 
-from trapline.pipelines.events import ID_PATTERN, MAX_ID_CHARS, MAX_URI_CHARS, ParseResult
+from trapline.pipelines.uploads import ID_PATTERN, MAX_ID_CHARS, MAX_URI_CHARS, ParseResult
 
 SOURCE = "trapline.uploads/2/41"
 
