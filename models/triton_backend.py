@@ -21,6 +21,9 @@ model's max_batch_size are split. `detect_many` / `classify_many` keep up to `ma
 requests outstanding (a thread pool over the thread-safe gRPC client, or one HTTP client per
 thread), so Triton's dynamic batcher can merge them and the device stays busy while the caller
 prepares the next batches.
+
+Over 400 lines on purpose: it is the only module that speaks Triton (KServe v2 over gRPC), with its
+batching, retries and in-flight limit.
 """
 
 from __future__ import annotations

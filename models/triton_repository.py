@@ -19,6 +19,9 @@ Two flavours, same graphs:
 The sidecar is copied next to the graph (`1/model.json`) and into the config as the
 `trapline_spec` parameter, which clients read to learn the model's name, version and labels.
 Needs the `onnx` package (build time only).
+
+Over 400 lines because it writes both backends' repositories (onnxruntime for the official image,
+python for the local server) and the graphs around the models, which must agree with each other.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Nothing here raises on bad input: every message ends as `ParsedUpload`s, `Failur
 "event", the original bytes kept for the dead-letter topic) or deliberately `ignored` records
 (deletions, folder markers, S3's test event), so one bad producer never blocks a partition.
 No Kafka import here: the worker passes the record's value, key and "topic/partition/offset".
+
+Over 400 lines on purpose: the checks of every field of an untrusted message are in one module, so
+the accepted schema reads as one.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Values come from, in order of precedence: CLI flags, `TRAPLINE_*` environment variables
 (e.g. `TRAPLINE_DETECTION_THRESHOLD=0.3`), a YAML file (`--config FILE` or `TRAPLINE_CONFIG`),
 then the defaults below, which work on a laptop with the bundled demo models.
+
+Over 400 lines on purpose: every knob in one documented object, the operator's one reference (each
+field is a TRAPLINE_* variable and a Helm value; docs/operations.md points here).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ It uses only numpy and Pillow (it runs on the runtime path, without torch) and i
 scene is drawn at most `RENDER_MAX_WIDTH` pixels wide and then upscaled, so a 4000x3000 frame
 takes a fraction of a second. Everything is a pure function of the `numpy.random.Generator`
 passed in.
+
+Over 400 lines because it draws the synthetic scenes (terrain, animals, people, vehicles, light),
+one small function per element, all needed to make photos the models can learn from.
 """
 
 from __future__ import annotations

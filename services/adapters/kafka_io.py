@@ -4,6 +4,9 @@ Producers and consumers are configured here once, for every process (submit, ser
 an idempotent `acks=all` producer, and a group consumer with manual commits (offsets are committed
 only after the tables that cover them are durable, see DESIGN "Result tables"). Security settings
 (SASL, TLS) pass straight through to kafka-python; the password is never logged.
+
+Over 400 lines on purpose: it is the only module that imports kafka-python, so every Kafka detail
+(producer, consumer, admin, security, its quirks) is here and nowhere else.
 """
 
 from __future__ import annotations

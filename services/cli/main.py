@@ -243,8 +243,8 @@ def serve(
     from trapline.services.run.log_format import configure_json_logging
     from trapline.services.run.reaper import start_reaper
     from trapline.services.run.serve_roots import StorageRootsError, with_serve_roots
-    from trapline.services.run.stream import ordinal_slot
-    from trapline.services.run.stream import serve as serve_forever
+    from trapline.services.run.membership import ordinal_slot
+    from trapline.services.run.serve import serve as serve_forever
 
     configure_json_logging()  # one JSON object per line on stdout, the workers' lines too
     try:

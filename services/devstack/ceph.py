@@ -11,6 +11,9 @@ several can run side by side.
                                endpoint_url=s3.endpoint_url)
 
 Ready in ~3 s here (Ceph 16.2 "pacific" from Debian 12); objects are gone on stop.
+
+Over 400 lines because starting a real Ceph takes many small steps (keys, monitor, OSD, RGW, a
+user) that only make sense in order, and each has its own failure to explain.
 """
 
 from __future__ import annotations

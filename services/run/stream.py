@@ -20,13 +20,16 @@ a zombie, never duplicated.
 Outages (models, storage, the dead-letter topic) are retried with capped backoff, never
 dead-lettered: the photos are fine. The consumer and producer can be passed in, so a test can
 drive a worker from an in-memory source.
+
+Over 400 lines because it is one class, the worker's loop and its reactions to rebalances and
+outages, which read best together; what the loop delegates is beside it: the buffer
+(stream_buffer.py), the checkpoint (stream_checkpoint.py), partition ownership
+(membership.py), and the process that runs N workers (serve.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +44,7 @@ from trapline.pipelines.flow import PhotoPipeline
 from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
-from trapline.services.run.local_ray import start_local_ray
+from trapline.services.run.membership import member_id, ordinal_slot
 from trapline.services.run.stream_buffer import PartitionBuffer, process_pending
 from trapline.services.run.stream_checkpoint import (
     Batch,
@@ -49,7 +52,6 @@ from trapline.services.run.stream_checkpoint import (
     DeadLetterUndelivered,
     Outcome,
 )
-from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
 if TYPE_CHECKING:
@@ -430,111 +432,3 @@ class StreamWorker(kafka_io.RebalanceListener):
                 },
             )
         )
-
-
-@dataclass(frozen=True)
-class OrdinalSlot:
-    """partition_assignment=ordinal: this consumer is slot `index` of `count` and owns the
-    partitions p with p % count == index."""
-
-    index: int
-    count: int
-
-    def owns(self, partition: int) -> bool:
-        return partition % self.count == self.index
-
-
-def ordinal_slot(settings: Settings, index: int, hostname: str | None = None) -> OrdinalSlot | None:
-    """Worker `index` of this process under ordinal assignment (None: the group assigns).
-
-    The process's ordinal is `worker_ordinal`, or the number ending the host name (a StatefulSet
-    pod `trapline-worker-3` is 3); its `workers` consumers (at least one) take consecutive slots.
-    Raises ValueError at start when the ordinal is unknown or not below `worker_replicas`:
-    a wrong one would leave partitions to nobody.
-    """
-    if settings.partition_assignment != "ordinal":
-        return None
-    ordinal = settings.worker_ordinal
-    if ordinal is None:
-        host = hostname if hostname is not None else socket.gethostname()
-        match = re.search(r"-(\d+)$", host)
-        if match is None:
-            raise ValueError(
-                "partition_assignment=ordinal needs TRAPLINE_WORKER_ORDINAL or a host name "
-                f"ending in -N (a StatefulSet pod's); this host is {host!r}"
-            )
-        ordinal = int(match[1])
-    if ordinal >= settings.worker_replicas:
-        raise ValueError(
-            f"worker ordinal {ordinal} is not below worker_replicas={settings.worker_replicas}: "
-            "set TRAPLINE_WORKER_REPLICAS to the number of worker processes (pods)"
-        )
-    per_process = max(settings.workers, 1)
-    return OrdinalSlot(ordinal * per_process + index, settings.worker_replicas * per_process)
-
-
-def member_id(settings: Settings, index: int) -> str | None:
-    """The static group member id of worker `index`: `<group_instance_id>-<index>`, the same
-    after every restart of this process, different for each of its workers; None (dynamic
-    membership) when `group_instance_id` is unset."""
-    if settings.group_instance_id is None:
-        return None
-    return f"{settings.group_instance_id}-{index}"
-
-
-class StreamActor:
-    """A Ray actor around one StreamWorker. Threaded (max_concurrency=2) so that `stop` can
-    reach it while `run` loops."""
-
-    def __init__(self, settings: Settings, out: str, index: int):
-        import ray
-
-        from trapline.services.run.log_format import configure_json_logging
-
-        configure_json_logging(worker=index)  # forwarded to the driver's stdout (local_ray.py)
-        log.info("worker %d runs on Ray node %s", index, ray.get_runtime_context().get_node_id())
-        self.worker = StreamWorker(settings, out, build_pipeline(settings), index=index)
-        if settings.metrics_port:
-            metrics.HealthServer(settings.metrics_port + index, self.worker.readiness).start()
-
-    def run(self) -> WorkerStats:
-        return self.worker.run()
-
-    def stop(self) -> None:
-        self.worker.stop()
-
-
-def serve(settings: Settings, out: str) -> list[WorkerStats]:
-    """`trapline serve`: `workers` consumers (Ray actors; 0 = one in this process) until SIGTERM.
-
-    SIGTERM or SIGINT asks every worker to drain: finish and write its segments, commit, leave
-    the group. Give the pod a termination grace period longer than one segment's processing.
-    """
-    import signal
-
-    from trapline.services.adapters.object_store import configure_fsspec
-
-    configure_fsspec(settings)
-    if settings.workers == 0:
-        worker = StreamWorker(settings, out, build_pipeline(settings))
-        if settings.metrics_port:
-            metrics.HealthServer(settings.metrics_port, worker.readiness).start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: worker.stop())
-        return [worker.run()]
-
-    import ray
-
-    start_local_ray(settings, forward_logs=True)  # the actors' log lines reach our stdout
-    actor_class = ray.remote(num_cpus=settings.threads_per_worker, max_concurrency=2)(StreamActor)
-    actors = [actor_class.remote(settings, out, index) for index in range(settings.workers)]
-    running = [actor.run.remote() for actor in actors]
-
-    def drain(*_: Any) -> None:
-        log.info("draining %d workers", len(actors))
-        for actor in actors:
-            actor.stop.remote()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, drain)
-    return ray.get(running)

@@ -8,6 +8,9 @@ bytes each) and filters and pages them with numpy, so a page of 50 costs the sam
 with partition pruning (its deployment and dates), and the last few hundred are cached.
 A run or another reviewer writing meanwhile is picked up: the tables' versions are checked at
 most every `refresh_s` seconds. The screen itself: services/tools/review.py, docs/review.md.
+
+Over 400 lines because the review index, the photo bytes with people blurred and the saving of
+reviews share one store and its locking.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from support.harness import account, accounted, start_worker, stop_workers, wait
 from support.stream_workers import make_photos
 
 from load_tests.restart import resume_lines
-from trapline.services.run.stream import OrdinalSlot, ordinal_slot
+from trapline.services.run.membership import OrdinalSlot, ordinal_slot
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 

@@ -18,7 +18,7 @@ from support.harness import account, accounted, start_worker, stop_workers, wait
 from support.stream_workers import make_photos
 
 from load_tests.restart import current_assignment, resume_lines
-from trapline.services.run.stream import member_id
+from trapline.services.run.membership import member_id
 from trapline.services.settings import Settings
 from trapline.services.tools.submit import submit_folder
 
