@@ -14,11 +14,6 @@ import numpy as np
 from trapline.models.contracts import ClassifierSpec, DetectorSpec
 
 
-class BackendUnavailable(RuntimeError):
-    """The model server cannot be reached (after its retries). Not the input's fault: the
-    caller must retry the batch later, never turn its photos into failure rows."""
-
-
 class DetectorBackend(Protocol):
     spec: DetectorSpec
 

@@ -15,7 +15,7 @@ from the config's `trapline_spec` parameter unless one is passed, in which case 
 
 Calls retry with exponential backoff while the server answers UNAVAILABLE (restarting, queue
 full, not reachable), bounded by `retries`; each call has a `timeout_s`. Whatever
-`pipelines/errors.py` calls an outage (also a timeout, INTERNAL) ends as `TritonUnavailableError`
+`trapline/errors.py` calls an outage (also a timeout, INTERNAL) ends as `TritonUnavailableError`
 (a `BackendUnavailable`: the batch waits), anything else as `TritonError` (the batch fails). Batches larger than the
 model's max_batch_size are split. `detect_many` / `classify_many` keep up to `max_in_flight`
 requests outstanding (a thread pool over the thread-safe gRPC client, or one HTTP client per
@@ -40,9 +40,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
+from trapline.errors import BackendUnavailable, is_retryable
+from trapline.models.backend import ClassifierBackend, DetectorBackend
 from trapline.models.contracts import ClassifierSpec, DetectorSpec, ModelContractError
-from trapline.pipelines.errors import is_retryable
 
 SPEC_PARAMETER = "trapline_spec"  # as written by models/triton_repository.py
 Spec = TypeVar("Spec", DetectorSpec, ClassifierSpec)
@@ -121,7 +121,7 @@ class _TritonModel:
                         f"{_describe(error)}"
                     ) from None
                 if attempt == opts.retries or not _retry_now(error):
-                    # An outage (pipelines/errors.py): the caller waits and retries the batch.
+                    # An outage (trapline/errors.py): the caller waits and retries the batch.
                     raise TritonUnavailableError(
                         f"Triton at {self.url} unavailable for {what} of model "
                         f"{self.model_name!r} after {attempt + 1} attempts: "

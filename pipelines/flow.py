@@ -8,7 +8,7 @@
 `PhotoPipeline.process` is what every worker runs on a batch (a Ray actor in folder runs, a
 Kafka consumer actor in service mode); `assemble` turns all results into tables. Errors are
 values: each stage turns a bad input into a `Failure` and the batch goes on without it. An
-outage is not a bad input (`pipelines/errors.py`): `process` raises `StorageUnavailable` or
+outage is not a bad input (`trapline/errors.py`): `process` raises `StorageUnavailable` or
 `BackendUnavailable` and the caller retries the whole batch later.
 """
 
@@ -23,12 +23,12 @@ from datetime import datetime, timezone, tzinfo
 
 import pyarrow as pa
 
-from trapline.models.backend import BackendUnavailable, ClassifierBackend, DetectorBackend
+from trapline.errors import OUTAGES, BackendUnavailable, describe, is_retryable
+from trapline.models.backend import ClassifierBackend, DetectorBackend
 from trapline.pipelines.classify import classify_frames
 from trapline.pipelines.decode import FULL_RESOLUTION, decode_image
 from trapline.pipelines.deployments import Deployments, cached_deployments
 from trapline.pipelines.detect import check_letterbox, detect_frames
-from trapline.pipelines.errors import OUTAGES, describe, is_retryable
 from trapline.pipelines.events import Event, SequenceItem, build_events
 from trapline.pipelines.fidelity import require_resize
 from trapline.pipelines.options import StageOptions

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from trapline.pipelines.errors import (
+from trapline.errors import (
     StorageUnavailable,
     describe,
     is_retryable,
@@ -73,7 +73,7 @@ def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> 
     this process's configured roots), missing objects and files above `max_bytes`.
 
     Raises `StageError` for what is the input's fault (a failures row) and `StorageUnavailable`
-    for an outage (S3's 503, a reset, a timeout: `pipelines/errors.py`), which the caller
+    for an outage (S3's 503, a reset, a timeout: `trapline/errors.py`), which the caller
     waits out: the photo is fine and must not be lost to a failures row."""
     check_uri(uri, roots)
     try:

@@ -241,10 +241,10 @@ def serve(
 
     from trapline.services.adapters.object_store import describe_storage
     from trapline.services.run.log_format import configure_json_logging
-    from trapline.services.run.reaper import start_reaper
-    from trapline.services.run.serve_roots import StorageRootsError, with_serve_roots
     from trapline.services.run.membership import ordinal_slot
+    from trapline.services.run.reaper import start_reaper
     from trapline.services.run.serve import serve as serve_forever
+    from trapline.services.run.serve_roots import StorageRootsError, with_serve_roots
 
     configure_json_logging()  # one JSON object per line on stdout, the workers' lines too
     try:

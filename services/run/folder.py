@@ -4,7 +4,7 @@ Batches of photos go to a pool of Ray actors (a local Ray is started for you), e
 own ONNX Runtime sessions, so the same stages that serve Kafka scale across cores here.
 `workers=0` runs the stages in this process (tests, debugging, tiny folders).
 At most two batches per worker are in flight: memory stays bounded whatever the folder size.
-An outage (storage or models unreachable: `pipelines/errors.py`) makes the run wait and send
+An outage (storage or models unreachable: `trapline/errors.py`) makes the run wait and send
 the same batch again with capped backoff, saying so on the log; it never becomes failure rows.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trapline.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
-from trapline.pipelines.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines.events import SequenceItem, last_sequences
 from trapline.pipelines.flow import (
     BatchOutput,

@@ -85,7 +85,7 @@ MODEL_REQUEST_SECONDS = Histogram(
 MODEL_ERRORS = Counter(
     "trapline_model_errors_total", "Model backend request errors.", ["model", "backend"]
 )
-# pipelines/errors.py's two classes, by stage (read, decode, detect, classify): an outage is
+# trapline/errors.py's two classes, by stage (read, decode, detect, classify): an outage is
 # waited out (the batch is retried), a permanent error is one input's failures row.
 RETRYABLE_ERRORS = Counter(
     "trapline_retryable_errors_total",

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from trapline.models.backend import BackendUnavailable
+from trapline.errors import BackendUnavailable, StorageUnavailable
 from trapline.pipelines.delta import STORAGE_ERRORS
-from trapline.pipelines.errors import StorageUnavailable
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
@@ -312,7 +311,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                 buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__,
                 limit=None if drain else self.settings.batch_max_records,
             )  # fmt: skip
-        except (BackendUnavailable, StorageUnavailable) as error:  # outages: pipelines/errors.py
+        except (BackendUnavailable, StorageUnavailable) as error:  # outages: trapline/errors.py
             if isinstance(error, StorageUnavailable):  # photos unreadable for now, not failures
                 self._retry_later("storage", error, owned)
                 return

@@ -1,4 +1,4 @@
-"""Outages are waited out, never turned into failures (pipelines/errors.py).
+"""Outages are waited out, never turned into failures (trapline/errors.py).
 
 Each scenario breaks a real server for a while, in the middle of the work, and then checks the
 promise: every photo exactly once in the tables, 0 failures rows, 0 dead-letter records, and

@@ -1,4 +1,4 @@
-"""The one classification of errors (pipelines/errors.py), on the exception objects the real
+"""The one classification of errors (trapline/errors.py), on the exception objects the real
 clients raise: botocore, s3fs's translation of them, the OS, aiohttp, tritonclient."""
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from botocore.exceptions import (
 from s3fs.errors import translate_boto_error
 from tritonclient.utils import InferenceServerException
 
-from trapline.models.backend import BackendUnavailable
+from trapline.errors import BackendUnavailable, StorageUnavailable, is_retryable, is_storage_error
 from trapline.models.contracts import ClassifierSpec, DetectorSpec
-from trapline.pipelines.errors import StorageUnavailable, is_retryable, is_storage_error
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.pipelines.source import read_bytes
 from trapline.pipelines.types import MediaRef, StageError

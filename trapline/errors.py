@@ -16,13 +16,20 @@ up loses data or stalls the flow:
 the clients wrap each other (s3fs turns botocore's 503 into `OSError(EBUSY)` whose `__cause__`
 is the `ClientError`; tritonclient wraps gRPC's status). An outage that leaves a stage is
 raised as `StorageUnavailable` or `BackendUnavailable` (`OUTAGES`), never turned into a row.
+
+Why at the package root: the stages, the model backends (models/triton_backend.py retries what
+this calls an outage) and the run modes all ask it, so it sits below all three floors and
+imports none of them.
 """
 
 from __future__ import annotations
 
 import errno
 
-from trapline.models.backend import BackendUnavailable
+
+class BackendUnavailable(RuntimeError):
+    """The model server cannot be reached (after its retries). Not the input's fault: the
+    caller must retry the batch later, never turn its photos into failure rows."""
 
 
 class StorageUnavailable(RuntimeError):
