@@ -133,13 +133,12 @@ def submit(
         "-d",
         help="Deployment id of every photo (letters, digits, - _ . :); default: each photo's first folder below SOURCE.",
     ),
-    bootstrap: str = typer.Option(
-        "127.0.0.1:9092",
-        envvar="TRAPLINE_KAFKA_BOOTSTRAP",
-        help="Kafka bootstrap servers, host:port[,host:port].",
+    bootstrap: str | None = typer.Option(
+        None, help="Kafka bootstrap servers, host:port[,...] (setting kafka_bootstrap)."
     ),
-    topic: str = typer.Option(
-        "trapline.uploads", envvar="TRAPLINE_UPLOADS_TOPIC", help="Topic of upload messages."
+    topic: str | None = typer.Option(None, help="Topic of upload messages (setting uploads_topic)."),
+    config: Path | None = typer.Option(
+        None, help="YAML settings file: Kafka address, topic and security (TRAPLINE_KAFKA_*)."
     ),
     copy_to: str | None = typer.Option(
         None,
@@ -154,38 +153,24 @@ def submit(
     rate: float | None = typer.Option(
         None, min=0.001, help="At most this many events per second (default: no limit)."
     ),
-    security_protocol: str | None = typer.Option(
-        None,
-        envvar="TRAPLINE_KAFKA_SECURITY_PROTOCOL",
-        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
-    ),
-    sasl_mechanism: str | None = typer.Option(
-        None, envvar="TRAPLINE_KAFKA_SASL_MECHANISM", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
-    ),
-    sasl_username: str | None = typer.Option(None, envvar="TRAPLINE_KAFKA_SASL_USERNAME"),
-    sasl_password: str | None = typer.Option(
-        None,
-        envvar="TRAPLINE_KAFKA_SASL_PASSWORD",
-        show_default=False,
-        help="Prefer the environment variable: a flag lands in shell history.",
-    ),
-    ssl_cafile: Path | None = typer.Option(
-        None, envvar="TRAPLINE_KAFKA_SSL_CAFILE", help="CA bundle of the brokers."
-    ),
     json_summary: Path | None = typer.Option(
         None, "--json-summary", help="Also write the report as JSON."
     ),
 ) -> None:
-    """Send one upload message per photo under SOURCE to Kafka (media_id = sha256 of the bytes)."""
+    """Send one upload message per photo under SOURCE to Kafka (media_id = sha256 of the bytes).
+
+    Kafka security comes from the settings, as for the workers: TRAPLINE_KAFKA_SECURITY_PROTOCOL,
+    TRAPLINE_KAFKA_SASL_* and TRAPLINE_KAFKA_SSL_CAFILE, or the YAML file."""
     from trapline.services.adapters import kafka_io
     from trapline.services.tools.submit import submit_folder
 
-    given = {
-        "security_protocol": security_protocol, "sasl_mechanism": sasl_mechanism,
-        "sasl_plain_username": sasl_username, "sasl_plain_password": sasl_password,
-        "ssl_cafile": str(ssl_cafile) if ssl_cafile else None,
-    }  # fmt: skip
-    security = {name: value for name, value in given.items() if value}  # empty env vars = unset
+    # The same Kafka settings as the workers (services/settings.py): address, topic, TLS and SASL.
+    settings = load_settings(config, kafka_bootstrap=bootstrap, uploads_topic=topic)
+    bootstrap, topic, security = (
+        settings.kafka_bootstrap,
+        settings.uploads_topic,
+        settings.kafka_security(),
+    )
     try:
         if create_topic:
             kafka_io.ensure_topics(bootstrap, [topic], create_topic, **security)
