@@ -7,28 +7,34 @@ metadata) show. Photos are 1280x960 JPEGs of ~220 KB: 500 rendered scenes, and f
 index a copy of one of them whose EXIF capture time is rewritten (another time, another
 sha256: a photo of its own to the pipeline, the same decode cost), cached on disk.
 
-For each size and mode it records: photos/s, peak and final RSS of every process, the tables'
-data files and log entries, the time to open the tables (delta-rs) and to resume (the stream:
+Both modes run as a user runs them, as processes of their own: the folder run is `trapline run`
+(its driver is that process, not this benchmark, which holds every photo's path), the stream is
+`trapline serve` workers. For each size and mode it records: photos/s, peak and final RSS of
+every process, the tables' data files and log entries, the time to open the tables (delta-rs) and to resume (the stream:
 a partition's versions from the log; a folder run: which inputs are done), and the report's
 build time. Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from load_tests.folder import run_folder_bench
-from load_tests.photos import DEPLOYMENTS, ensure_photos, photo_path
+from load_tests.photos import DEPLOYMENTS, ensure_photos, link_folder, photo_path
+from load_tests.procstats import ProcessSampler, cmdline, descendants
 from load_tests.stream import StreamOptions, run_stream_bench
 from trapline.pipelines import delta
 from trapline.pipelines.delta_txn import read_app_versions
 from trapline.pipelines.source import list_media
 from trapline.services.run.folder_tables import pending_refs
-from trapline.services.settings import Settings
 
 WIDTH, HEIGHT = 1280, 960
 BASE = 500  # rendered scenes; a multiple of DEPLOYMENTS, so copy i keeps photo i's camera
@@ -108,6 +114,48 @@ def table_costs(out: Path, source: Path | None) -> dict:
     }
 
 
+def run_folder_cli(paths: list[Path], workers: int, inspect) -> dict:
+    """`trapline run` over exactly `paths`, as a process of its own, sampled with its Ray workers
+    (`--json-summary` gives the steady photos/s); `inspect(out, source)` measures the output."""
+    work = Path(tempfile.mkdtemp(prefix="trapline-growth-folder-"))
+    try:
+        source = link_folder(paths, work / "photos")
+        out, summary_file = work / "out", work / "summary.json"
+        command = [
+            sys.executable, "-m", "trapline", "run", str(source), "--out", str(out),
+            "--workers", str(workers), "--json-summary", str(summary_file),
+        ]  # fmt: skip
+        env = {**os.environ, "TRAPLINE_THREADS_PER_WORKER": "1", "TRAPLINE_METRICS_PORT": "0"}
+        with open(work / "run.log", "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+            def processes() -> dict[str, int]:
+                found = {"driver": process.pid}
+                for pid in descendants(process.pid):
+                    kind = "worker" if cmdline(pid).startswith("ray::PipelineActor") else "ray"
+                    found[f"{kind}-{pid}"] = pid
+                return found
+
+            with ProcessSampler(processes) as sampler:
+                code = process.wait()
+        if code != 0:
+            tail = (work / "run.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"trapline run exited {code}: {tail}")
+        summary = json.loads(summary_file.read_text())
+        inspected = inspect(out, source)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sampled = sampler.summary()
+    return {
+        "photos_per_second_steady": summary["steady_photos_per_second"],
+        "processes": {k: v for k, v in sampled.items() if not k.startswith("ray-")},
+        "ray_system_rss_mb_peak": round(
+            sum(v["rss_mb_peak"] for k, v in sampled.items() if k.startswith("ray-")), 1
+        ),
+        "inspected": inspected,
+    }
+
+
 def run_growth_bench(
     sizes: list[int], cache: Path, modes: tuple[str, ...] = ("folder", "stream"), workers: int = 2
 ) -> dict:
@@ -119,8 +167,7 @@ def run_growth_bench(
         print(f"  {size} photos ({sum(p.stat().st_size for p in paths) / size / 1024:.0f} KB each)",
               flush=True)  # fmt: skip
         if "folder" in modes:
-            settings = Settings(workers=workers, threads_per_worker=1, metrics_port=0)
-            figures = run_folder_bench(paths, settings, 0.0, max(workers, 1), inspect=table_costs)
+            figures = run_folder_cli(paths, workers, inspect=table_costs)
             results["folder"].append(_row(size, figures, figures["photos_per_second_steady"]))
             print(f"    folder: {_describe(results['folder'][-1])}", flush=True)
         if "stream" in modes:
