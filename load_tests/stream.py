@@ -20,6 +20,7 @@ x that time): the efficiency against a bound measured in the run itself, <= 1 by
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -36,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from load_tests.folder import WORKER_STAGES, folder_size
 from load_tests.procstats import ProcessSampler
@@ -79,7 +79,12 @@ class _Produced:
 
 
 class _RowCounter:
-    """Rows written so far (media + failures), reading only the footers of new part files."""
+    """Rows committed so far (media + failures), from each table's log: the `numRecords` of the
+    data-changing adds of every new commit file.
+
+    Not the part files on storage: the writers' OPTIMIZE (every 50 versions) rewrites small
+    files into one with `dataChange: false`, and the replaced files stay on storage until a
+    VACUUM, so counting files counted those rows twice and ended a long run early."""
 
     def __init__(self, out: Path):
         self.out = out
@@ -87,10 +92,21 @@ class _RowCounter:
 
     def count(self) -> int:
         for table in ("media", "failures"):
-            for part in (self.out / table).rglob("part-*.parquet"):  # flat or Hive folders
-                if part not in self.seen:
-                    self.seen[part] = pq.read_metadata(part).num_rows
+            log = self.out / table / "_delta_log"
+            if log.is_dir():
+                for commit in log.glob("*.json"):  # a commit file appears whole (renamed)
+                    if commit not in self.seen:
+                        self.seen[commit] = _rows_added(commit)
         return sum(self.seen.values())
+
+
+def _rows_added(commit: Path) -> int:
+    rows = 0
+    for line in commit.read_text().splitlines():
+        add = json.loads(line).get("add") if line.strip() else None
+        if add and add.get("dataChange", True):
+            rows += json.loads(add.get("stats") or "{}").get("numRecords", 0)
+    return rows
 
 
 def _events(paths: list[Path], storage: str | None) -> list[tuple[str, str, str]]:
@@ -308,7 +324,6 @@ def run_stream_bench(
 def _actor_nodes(work: Path) -> dict[int, str]:
     """Metrics port -> Ray node id of each stream actor, from the "runs on Ray node" lines of
     the `trapline serve` logs (in-process workers have none)."""
-    import json
     import re
 
     found = {}

@@ -91,3 +91,20 @@ def test_cluster_mode_spreads_both_modes_over_two_ray_nodes(tmp_path, capsys):
     assert result["work_on_every_node"] is True
     assert "work on both nodes in both modes: True" in capsys.readouterr().out
     assert not os.environ.get("RAY_ADDRESS"), "the bench must restore the environment"
+
+
+def test_the_stream_bench_counts_committed_rows_not_the_files_compaction_replaced(tmp_path):
+    """The writers' OPTIMIZE leaves the files it merged on storage: the bench's row counter must
+    read the log (it once counted files, saw rows twice and ended a 100k-photo run at 36k)."""
+    from load_tests.delta_log import _rows
+    from load_tests.stream import _RowCounter
+    from trapline.pipelines import delta
+    from trapline.pipelines.readers import read_table
+
+    table = delta.create_table(str(tmp_path), "media")
+    for commit in range(delta.COMPACT_EVERY_VERSIONS + 5):  # one compaction on the way
+        delta.append(table, "media", _rows(commit * 20))
+    committed = read_table(str(tmp_path), "media").num_rows
+    files = len(list((tmp_path / "media").rglob("*.parquet")))
+    assert files > committed // 20 + 1  # the merged files are still there
+    assert _RowCounter(tmp_path).count() == committed
