@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 FUZZER = Path(__file__).resolve().parent / "fuzz_uploads.py"
+# libFuzzer's -rss_limit_mb reads the process's *peak* RSS (getrusage ru_maxrss), and Linux carries
+# ru_maxrss across execve: a fuzzer spawned straight from this pytest process, which holds GBs by the
+# time the reliability tests run, starts "out of memory" (CI, stop 27: rss 1983 MB at input one).
+# A shell in between forks the fuzzer as a new process, whose peak starts at zero; the trailing
+# `exit` keeps the shell from exec-ing it in place.
+FRESH_PEAK_RSS = ["sh", "-c", '"$@"; exit $?', "sh"]
 
 
 @pytest.mark.skipif(
@@ -18,9 +24,9 @@ FUZZER = Path(__file__).resolve().parent / "fuzz_uploads.py"
     reason="atheris is not installed (the [dev] extra installs it on Linux x86_64)",
 )
 def test_atheris_finds_no_input_that_breaks_event_parsing(tmp_path, scoreboard):
+    fuzzer = [sys.executable, str(FUZZER), "-max_total_time=8", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/"]
     result = subprocess.run(
-        [sys.executable, str(FUZZER), "-max_total_time=8", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=120,
+        [*FRESH_PEAK_RSS, *fuzzer], capture_output=True, text=True, timeout=120
     )  # fmt: skip
     crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("oom-*"))
     assert result.returncode == 0 and not crashes, f"{crashes}\n{result.stderr[-3000:]}"
