@@ -152,9 +152,7 @@ def submit_folder(
                 key = item.ref.deployment_id.encode("utf-8")
                 # Stamped now, not when prepared (up to a window of events earlier): the
                 # end-to-end latency metric counts from here.
-                value = encode_upload(
-                    replace(item.event, uploaded_at=datetime.now(timezone.utc))
-                )
+                value = encode_upload(replace(item.event, uploaded_at=datetime.now(timezone.utc)))
                 try:
                     future = producer.send(topic, key=key, value=value)
                 except Exception as error:  # e.g. no metadata within max_block_ms

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from trapline.services.tools.report import write_xlsx
+from trapline.services.tools.report_sheet import write_xlsx
 
 
 def test_a_sheet_longer_than_excel_allows_continues_on_numbered_sheets(tmp_path):
@@ -20,4 +20,3 @@ def test_a_sheet_longer_than_excel_allows_continues_on_numbered_sheets(tmp_path)
     assert sheets == 3 and list(read) == ["photos", "photos 2", "photos 3"]
     back = pd.concat(read.values(), ignore_index=True)
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)  # NaN stays an empty cell
-
