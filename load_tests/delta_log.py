@@ -5,8 +5,8 @@
 
 A stream worker commits each table every few seconds, so a table gathers ~17,000 commits a day.
 Resuming a partition (on assignment, after a crash) reads the tables' application transaction
-versions; this must not grow with that history. Delta checkpoints (every 100 commits here)
-make opening a table read one Parquet checkpoint plus fewer than 100 JSON commits. The
+versions; this must not grow with that history. Delta checkpoints (every 10 commits here)
+make opening a table read one Parquet checkpoint plus fewer than 10 JSON commits. The
 benchmark builds one table per history length with commits shaped like a worker's (20 media
 rows, one app transaction per partition of four), then times, each on a fresh process state:
 opening the table and reading the four partitions' versions, as `Checkpointer.resume_point`

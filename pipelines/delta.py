@@ -56,13 +56,17 @@ PARTITION_BY: dict[str, list[str]] = {
 # Written last: a reader joining on media sees whole photos (their observations and events are
 # committed before them). See docs/architecture.md for what one table alone may show.
 WRITE_ORDER = ("observations", "events", "failures", "media")
-# Table properties. A checkpoint every 100 commits means reading the app transactions needs one
-# Parquet checkpoint plus < 100 JSON commits (pipelines/delta_txn.py reads just those). delta-rs
-# also LISTS the log folder when it opens a table, so opening grows with the entries kept on a
-# local disk (10 ms at 10 entries, 53 ms at 9,800, 17 ms once cleaned; docs/performance.md). The
+# Table properties. A checkpoint every 10 commits (Delta's own default; delta-rs's is 100) bounds
+# what an open or a resume replays: one Parquet checkpoint plus < 10 JSON commits
+# (pipelines/delta_txn.py reads just those). At 100 the replay of up to 99 commits made opening a
+# stream's tables 16 ms with 11 commits, 118 ms with 86 (docs/performance.md, "Costs as the photos
+# grow"). delta-rs also LISTS the log folder when it opens a table, so opening grows with the
+# entries kept on a local disk (10 ms at 10 entries, 53 ms at 9,800, 17 ms once cleaned). The
 # log keeps 7 days, as long as VACUUM keeps replaced files: an older version cannot be read anyway.
+# Set when a table is created: an older table keeps its interval (docs/operations.md says how to
+# move it).
 TABLE_CONFIGURATION = {
-    "delta.checkpointInterval": "100",
+    "delta.checkpointInterval": "10",
     "delta.logRetentionDuration": "interval 7 days",
     "delta.deletedFileRetentionDuration": "interval 7 days",
 }
@@ -108,7 +112,7 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 
 STORAGE_ERRORS = _storage_errors()  # catch these to retry a write later, not to skip it
 
-# After each commit: a checkpoint when one is due (every 100 versions), but no log cleanup. The
+# After each commit: a checkpoint when one is due (every 10 versions), but no log cleanup. The
 # cleanup lists the whole log to find expired commits (every commit, ~150 ms at 10,000 entries
 # on a local disk); `trapline compact` runs it instead (`cleanup_metadata`), daily by default.
 AFTER_COMMIT = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)

@@ -7,7 +7,7 @@ from the checkpoint. Resuming needs neither: the Delta protocol keeps the last v
 app id in the `txn` column of the latest checkpoint, and later ones in the `txn` actions of the
 JSON commits after it. So this reads `_last_checkpoint` (a small JSON), the checkpoint's `txn`
 column only (a Parquet column), then asks for commit N+1, N+2, ... until one is absent: no
-listing, and fewer than `delta.checkpointInterval` (100) commits read.
+listing, and fewer than `delta.checkpointInterval` (10) commits read.
 
 It is advice, like Kafka's committed offset, not the fence: `services/run/stream_checkpoint.py`
 decides every commit on delta-rs's own snapshot, so a version read here that is already stale

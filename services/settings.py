@@ -356,7 +356,7 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         5.0,
         ge=0,
-        description="... or once the oldest unwritten record waited this long: latency against commits (each table gets at most one commit per interval per worker; 5 s = 17,280 a day per table; the log is checkpointed every 100 and keeps 7 days).",
+        description="... or once the oldest unwritten record waited this long: latency against commits (each table gets at most one commit per interval per worker; 5 s = 17,280 a day per table; the log is checkpointed every 10 and keeps 7 days).",
     )
     metrics_port: int = Field(
         9400,
