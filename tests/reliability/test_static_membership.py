@@ -100,7 +100,7 @@ class NotReassigned(AssertionError):
 def test_a_static_worker_gone_for_good_is_replaced_after_the_session_timeout(
     tansu, kafka_topic, tmp_path
 ):
-    session_ms = 30_000
+    session_ms = 10_000  # above Kafka's 6 s minimum; short, as the xfail waits it out in full
     topic = kafka_topic("static-gone", partitions=4)
     out = tmp_path / "out"
     logs = [tmp_path / "worker-0.log", tmp_path / "worker-1.log"]
@@ -123,7 +123,7 @@ def test_a_static_worker_gone_for_good_is_replaced_after_the_session_timeout(
         workers[1].send_signal(signal.SIGKILL)
         assert workers[1].wait(timeout=30) == -9
         killed_at = time.time()
-        deadline = time.monotonic() + session_ms / 1000 + 60  # the timeout, a rejoin, a margin
+        deadline = time.monotonic() + session_ms / 1000 + 30  # timeout, rejoin, margin
         taken: set[int] = set()
         while time.monotonic() < deadline and not gone <= taken:
             taken = {p for _, p in resume_lines(logs[0], since=killed_at)}
