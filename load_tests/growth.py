@@ -149,6 +149,9 @@ def run_folder_cli(paths: list[Path], workers: int, inspect) -> dict:
     return {
         "photos_per_second_steady": summary["steady_photos_per_second"],
         "processes": {k: v for k, v in sampled.items() if not k.startswith("ray-")},
+        "rss_timeline_mb": {
+            k: v for k, v in sampler.rss_timeline().items() if not k.startswith("ray-")
+        },
         "ray_system_rss_mb_peak": round(
             sum(v["rss_mb_peak"] for k, v in sampled.items() if k.startswith("ray-")), 1
         ),
@@ -202,6 +205,7 @@ def _row(size: int, figures: dict, photos_per_second: float) -> dict:
         "photos_per_second": photos_per_second,
         "peak_rss_mb": {roles[k]: v["rss_mb_peak"] for k, v in processes.items()},
         "final_rss_mb": {roles[k]: v["rss_mb_final"] for k, v in processes.items()},
+        "rss_timeline_mb": {roles.get(k, k): v for k, v in figures.get("rss_timeline_mb", {}).items()},
         **figures["inspected"],
     }
     if "ray_system_rss_mb_peak" in figures:

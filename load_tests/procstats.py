@@ -114,6 +114,18 @@ class ProcessSampler:
                 total += float(np.interp(t1, times, cpus) - np.interp(t0, times, cpus))
         return total
 
+    def rss_timeline(self, points: int = 40) -> dict[str, list[tuple[float, float]]]:
+        """Per process: (seconds since its first sample, RSS MB) at about `points` evenly spaced
+        samples: whether memory climbs with the work or steps once (growth.json keeps it)."""
+        out = {}
+        for label, rows in self.samples.items():
+            if len(rows) < 2 or label.startswith("_"):
+                continue
+            step = max(1, len(rows) // points)
+            picked = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
+            out[label] = [(round(t - rows[0][0], 1), round(rss / 1e6, 1)) for t, _, rss in picked]
+        return out
+
     def summary(self) -> dict[str, dict[str, float]]:
         """Per process: mean CPU (cores busy, 1.0 = one core) over its sampled life, RSS mean/peak/last."""
         out = {}

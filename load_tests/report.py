@@ -31,7 +31,8 @@ STREAM_FIELDS = (
     "events_per_second", "processed_per_second", "hold_tail_seconds", "stage_busy_share",
     "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",
-    "event_bytes_per_photo", "processes", "timeline", "latency_timeline", "per_worker",
+    "event_bytes_per_photo", "processes", "rss_timeline_mb", "timeline", "latency_timeline",
+    "per_worker",
 )  # fmt: skip
 
 
@@ -144,7 +145,7 @@ def write_growth_png(result: dict, out_dir: Path) -> Path:
         ("data files, all tables", lambda r: sum(t["data_files"] for t in r["tables"].values())),
         ("report build (s)", lambda r: r["report_seconds"]),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    fig, axes = plt.subplots(3, 3, figsize=(14, 11))
     for ax, (title, value) in zip(axes.flat, panels):
         for mode in ("folder", "stream"):
             runs = result.get(mode, {}).get("runs", [])
@@ -154,6 +155,19 @@ def write_growth_png(result: dict, out_dir: Path) -> Path:
         ax.set(title=title, xlabel="photos")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
+    # The largest run's RSS over time, per process: does memory climb with the work or step once?
+    for ax, mode in zip(axes.flat[len(panels) :], ("folder", "stream")):
+        runs = result.get(mode, {}).get("runs", [])
+        timelines = runs[-1].get("rss_timeline_mb", {}) if runs else {}
+        for role, points in sorted(timelines.items()):
+            ax.plot([t for t, _ in points], [mb for _, mb in points], label=role)
+        photos = f"{runs[-1]['photos']:,} photos" if runs else "not run"
+        ax.set(title=f"{mode}: RSS over the run, {photos} (MB)", xlabel="seconds")
+        ax.set_ylim(bottom=0)
+        if timelines:
+            ax.legend(fontsize=8)
+    for ax in axes.flat[len(panels) + 2 :]:
+        ax.axis("off")
     fig.tight_layout()
     path = out_dir / "growth.png"
     fig.savefig(path, dpi=90)

@@ -416,6 +416,7 @@ def _figures(
         "bytes_written_per_photo": round(written / n),
         "event_bytes_per_photo": round(produced.event_bytes / n),
         "processes": sampler.summary(),
+        "rss_timeline_mb": sampler.rss_timeline(),
         "timeline": [[round(t, 3), acked, done] for t, acked, done in timeline],
         "latency_timeline": [[round(finish[i], 3), round(latencies[i], 3)] for i in order],
     }

@@ -63,6 +63,8 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
             run["tables"]["media"]["data_files"] >= 1 and run["tables"]["media"]["log_entries"] >= 2
         )
         assert run["open_seconds"] > 0 and run["resume_seconds"] > 0 and run["report_seconds"] > 0
+        seconds = [t for t, _ in run["rss_timeline_mb"]["driver"]]  # memory over the run
+        assert len(seconds) >= 2 and seconds == sorted(seconds)
     assert set(result["folder"]["ratios_to_smallest"]) == {
         "photos_per_second",
         "peak_rss",
