@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
@@ -68,7 +68,7 @@ def _count_nothing(stage: str, retryable: bool) -> None:
     """No metrics: a library user or a test that does not count errors."""
 
 
-KnownOf = Callable[[str], set[str]]  # deployment -> media ids and sha256s already written
+KnownOf = Callable[[str], Container[str]]  # deployment -> media ids and sha256s already written
 
 
 class PhotoPipeline:

@@ -42,13 +42,14 @@ def list_media(root: str) -> Listing:
     root_name = posixpath.basename(path) or "default"
     files = [path] if fs.isfile(path) else _files_below(fs, path)
     listing = Listing([], [], 0)
+    names: dict[str, str] = {}  # one string per deployment, not one per photo (100,000: -5 MB)
     for file in files:
         relative = posixpath.relpath(file, path) if file != path else posixpath.basename(file)
         parts = relative.split("/")
         if any(part.startswith(".") for part in parts):
             listing.hidden += 1
             continue
-        deployment = parts[0] if len(parts) > 1 else root_name
+        deployment = names.setdefault(parts[0], parts[0]) if len(parts) > 1 else root_name
         uri = file if protocol in ("file", "local") else f"{protocol}://{file}"
         extension = posixpath.splitext(file)[1].lower()
         if extension in PHOTO_EXTENSIONS or extension in VIDEO_EXTENSIONS:

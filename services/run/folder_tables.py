@@ -104,6 +104,9 @@ def _without_known_keys(out: str, name: str, data: pa.Table) -> pa.Table:
     where = pc.field("deployment_id").isin(deployments)
     if len(deployments) < len(set(data.column("deployment_id").to_pylist())):
         where = where | pc.field("deployment_id").is_null()
+    # Only the keys being written come back: the deployment's other keys (25,000 by the end of
+    # a long one) would be built into a table at every commit for nothing.
+    where = where & pc.field(key).isin(data.column(key).drop_null().unique())
     known = read_table(out, name, columns=[key], filter=where).column(key)
     if len(known) == 0:
         return data

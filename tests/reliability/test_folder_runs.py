@@ -151,3 +151,31 @@ def test_a_long_deployment_is_committed_as_it_goes_and_an_endless_burst_is_cut(t
             assert sizes == [3] * 10
         else:  # one endless burst, cut where a commit was due
             assert len(sizes) >= 3 and max(sizes) <= 8 + settings.batch_size, sizes
+
+
+def test_a_copy_is_a_duplicate_across_commits_and_runs_but_not_across_deployments(tmp_path):
+    """A folder run keeps a deployment's known ids only while it writes that deployment (they
+    are forgotten once it is finished) and reads them again when a later run needs them: a copy
+    of a photo is a duplicate whether it comes commits later, or in the next run; the same bytes
+    in another camera's folder are that camera's photo."""
+    from trapline.services.run.folder import run_folder
+    from trapline.services.settings import Settings
+
+    settings = Settings(workers=0, batch_size=4, folder_commit_every=8)
+    source, out = tmp_path / "card", tmp_path / "out"
+    make_card(source, deployments=2, photos=24)
+    first = source / "cam-0" / "IMG_0000.jpg"
+    (source / "cam-0" / "IMG_0900.jpg").write_bytes(first.read_bytes())  # commits later
+    (source / "cam-1" / "IMG_0901.jpg").write_bytes(first.read_bytes())  # another camera
+    run_folder(str(source), str(out), settings)
+    (source / "cam-0" / "IMG_0902.jpg").write_bytes(first.read_bytes())  # the next run
+    run_folder(str(source), str(out), settings)
+
+    duplicates = {
+        row["uri"].rsplit("/", 2)[-2] + "/" + row["uri"].rsplit("/", 1)[-1]
+        for row in read_table(str(out), "failures", columns=["uri", "kind"]).to_pylist()
+        if row["kind"] == "duplicate"
+    }
+    assert duplicates == {"cam-0/IMG_0900.jpg", "cam-0/IMG_0902.jpg"}
+    media = read_table(str(out), "media", columns=["uri", "deployment_id"]).to_pylist()
+    assert Counter(row["deployment_id"] for row in media) == {"cam-0": 24, "cam-1": 25}
