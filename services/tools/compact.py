@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deltalake import WriterProperties
-
-from trapline.pipelines import delta
+from trapline.pipelines import delta  # first: it sets delta-rs's allocator up
 from trapline.pipelines.tables import TABLES
 
 MIN_SAFE_RETENTION_HOURS = 7 * 24  # Delta's default deletedFileRetentionDuration
@@ -67,7 +65,7 @@ def compact(
             continue
         metrics = table.optimize.compact(
             target_size=target_size_mb * 2**20,
-            writer_properties=WriterProperties(compression=delta.codec(compression)),
+            writer_properties=delta.WriterProperties(compression=delta.codec(compression)),
         )
         report.tables.append(name)
         report.files_removed += metrics.get("numFilesRemoved", 0)
