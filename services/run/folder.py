@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trapline.errors import OUTAGES, StorageUnavailable
+from trapline.pipelines import delta
 from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import SequenceItem, last_sequences
@@ -294,6 +295,10 @@ def _process_and_write(
         on_progress(done, summary.files)
     for deployment in sorted(set(results) | set(failures)):  # nothing left out (e.g. no photos)
         _commit(source, out, settings, summary, known, deployment, results, failures, True)
+    started = time.perf_counter()
+    for name in delta.WRITE_ORDER:  # readers after the run open one checkpoint per table
+        delta.checkpoint_head(out, name)
+    summary.stage_seconds["write"] += time.perf_counter() - started
 
 
 def _commit(

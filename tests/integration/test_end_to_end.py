@@ -8,11 +8,13 @@ ground truth.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from trapline.pipelines import delta
 from trapline.services.run.folder import run_folder
 from trapline.services.settings import Settings
 from trapline.services.tools.evaluate import evaluate_run
@@ -86,3 +88,12 @@ def test_ray_workers_give_the_same_tables_as_in_process(in_process_run, tmp_path
     assert key_rows(tmp_path, "observations", observation_columns) == key_rows(
         reference, "observations", observation_columns
     )
+
+
+def test_a_run_leaves_each_table_checkpointed_at_its_latest_version(in_process_run):
+    """A reader after the run opens one Parquet checkpoint per table, not the commits since."""
+    out, _ = in_process_run
+    for name in delta.WRITE_ORDER:
+        table = delta.open_table(str(out), name)
+        last = json.loads((out / name / "_delta_log" / "_last_checkpoint").read_text())
+        assert last["version"] == table.version(), name

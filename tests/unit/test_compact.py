@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pyarrow as pa
@@ -138,3 +139,31 @@ def test_statistics_are_kept_only_for_the_columns_readers_filter_on(tmp_path):
     add = pa.table(DeltaTable(f"{root}/media").get_add_actions(flatten=True)).to_pydict()
     stats = {k.split(".", 1)[1] for k in add if k.startswith("min.")}
     assert stats == set(delta.STATS_COLUMNS["media"])
+
+
+def test_checkpoint_head_alone_holds_the_latest_version_rows_and_app_versions(tmp_path):
+    root = str(tmp_path)
+    for first in (0, 5, 10):
+        commit_photos(root, first, 5)
+    log_dir = tmp_path / "media" / "_delta_log"
+    head = DeltaTable(root + "/media").version()
+    assert head % 10 != 0, "delta-rs would have checkpointed this version itself"
+
+    delta.checkpoint_head(root, "media")
+
+    checkpoint = log_dir / f"{head:020d}.checkpoint.parquet"
+    assert json.loads((log_dir / "_last_checkpoint").read_text())["version"] == head
+    written = checkpoint.stat().st_mtime_ns
+    delta.checkpoint_head(root, "media")  # already there: not written again
+    assert checkpoint.stat().st_mtime_ns == written
+    for commit in log_dir.glob("*.json"):  # the checkpoint is all a reader needs now
+        commit.unlink()
+    alone = DeltaTable(root + "/media")
+    assert alone.version() == head
+    assert alone.to_pyarrow_table().num_rows == 15
+    assert delta.app_version(alone, "writer") == 14
+
+
+def test_checkpoint_head_of_a_table_nobody_created_does_nothing(tmp_path):
+    delta.checkpoint_head(str(tmp_path), "media")
+    assert not (tmp_path / "media").exists()
