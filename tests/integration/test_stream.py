@@ -5,6 +5,7 @@ Uses the bundled sample photos (real JPEGs with EXIF, one corrupt) and the demo 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -70,9 +71,7 @@ def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(
     photos = report.submitted
     send_raw(tansu, topic, b"{not json", b'{"schema": "trapline.upload/9"}')
     first_photo = sorted(p for p in card.glob("*.jpg") if p.name != "corrupt.jpg")[0]
-    again = encode_upload(
-        Upload(uri=first_photo.resolve().as_uri(), deployment_id="cam-b")
-    )
+    again = encode_upload(Upload(uri=first_photo.resolve().as_uri(), deployment_id="cam-b"))
     send_raw(tansu, topic, again)  # the same bytes announced twice: one media row only
 
     settings = settings_for(tansu, topic, "g-exactly-once")
@@ -91,6 +90,12 @@ def test_every_event_ends_in_media_or_failures_once_and_bad_ones_reach_the_dlq(
     reasons = sorted(kafka_io.DeadLetterRecord.from_record(r).kind for r in dlq)
     assert reasons == kinds  # every failures row has its dead letter, and nothing else does
     assert b"{not json" in [r.value for r in dlq]
+    for name in delta.WRITE_ORDER:  # drained: the next to open a table reads one checkpoint
+        last_checkpoint = tmp_path / "out" / name / "_delta_log" / "_last_checkpoint"
+        assert (
+            json.loads(last_checkpoint.read_text())["version"]
+            == delta.open_table(str(tmp_path / "out"), name).version()
+        )
 
 
 def kinds_of_corrupt(failures: list[dict]) -> str:
