@@ -11,8 +11,8 @@ Both modes run as a user runs them, as processes of their own: the folder run is
 (its driver is that process, not this benchmark, which holds every photo's path), the stream is
 `trapline serve` workers. For each size and mode it records: photos/s, peak and final RSS of
 every process, the tables' data files and log entries, the time to open the tables (delta-rs) and to resume (the stream:
-a partition's versions from the log; a folder run: which inputs are done), and the report's
-build time. Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
+a partition's versions from the log; a folder run: which inputs are done), the report's
+build time, and the rate of a run's last tenth of photos against its first (`late_to_early_rate`). Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
 """
 
 from __future__ import annotations
@@ -108,10 +108,30 @@ def table_costs(out: Path, source: Path | None) -> dict:
         report_seconds = round(time.perf_counter() - started, 2)
     return {
         "tables": tables,
+        "late_to_early_rate": late_to_early_rate(out),
         "open_seconds": timed(open_all),
         "resume_seconds": timed(resume),
         "report_seconds": report_seconds,
     }
+
+
+def late_to_early_rate(out: Path) -> float | None:
+    """Rows per second over the last tenth of a run's media rows against its first tenth, from
+    each commit's `processed_at`: a cost per photo that rises with the photos done shows inside
+    one run, where the machine's load between two runs (photos/s of the same code moved 8 %
+    from one run to the next here) does not. None below 10 commits (too coarse)."""
+    from trapline.pipelines.readers import read_table
+
+    stamps = read_table(str(out), "media", columns=["processed_at"]).column("processed_at")
+    times = sorted(value.timestamp() for value in stamps.to_pylist())
+    tenth = len(times) // 10
+    if len(set(times)) < 10 or tenth == 0:
+        return None
+    early = times[tenth] - times[0]
+    late = times[-1] - times[-1 - tenth]
+    if early <= 0 or late <= 0:  # a tenth inside one commit: too coarse to say
+        return None
+    return round(early / late, 3)
 
 
 def run_folder_cli(paths: list[Path], workers: int, inspect) -> dict:
@@ -205,7 +225,9 @@ def _row(size: int, figures: dict, photos_per_second: float) -> dict:
         "photos_per_second": photos_per_second,
         "peak_rss_mb": {roles[k]: v["rss_mb_peak"] for k, v in processes.items()},
         "final_rss_mb": {roles[k]: v["rss_mb_final"] for k, v in processes.items()},
-        "rss_timeline_mb": {roles.get(k, k): v for k, v in figures.get("rss_timeline_mb", {}).items()},
+        "rss_timeline_mb": {
+            roles.get(k, k): v for k, v in figures.get("rss_timeline_mb", {}).items()
+        },
         **figures["inspected"],
     }
     if "ray_system_rss_mb_peak" in figures:
@@ -229,6 +251,7 @@ def _ratios(rows: list[dict]) -> dict:
         "peak_rss": round(peak(last) / peak(first), 3) if peak(first) else None,
         "open": round(last["open_seconds"] / first["open_seconds"], 2),
         "resume": round(last["resume_seconds"] / first["resume_seconds"], 2),
+        "largest_run_late_to_early_rate": last.get("late_to_early_rate"),
     }
 
 
@@ -239,5 +262,6 @@ def _describe(row: dict) -> str:
     return (
         f"{row['photos_per_second']:.1f} photos/s, peak RSS {peak:.0f} MB, {files} data files, "
         f"{entries} log entries, open {row['open_seconds'] * 1000:.0f} ms, resume "
-        f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s"
+        f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s, "
+        f"rate of the last tenth / the first {row.get('late_to_early_rate')}"
     )

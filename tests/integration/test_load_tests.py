@@ -70,8 +70,42 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         "peak_rss",
         "open",
         "resume",
+        "largest_run_late_to_early_rate",
     }
     assert "folder: 12 / 6 photos" in capsys.readouterr().out
+
+
+def test_late_to_early_rate_compares_a_runs_last_tenth_with_its_first(tmp_path):
+    """20 commits of 10 rows: 1 s apart at first, 2 s apart at the end: half the rate."""
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow as pa
+
+    from load_tests.growth import late_to_early_rate
+    from trapline.pipelines import delta
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    seconds = [float(i) for i in range(10)] + [9.0 + 2 * i for i in range(1, 11)]
+    table = delta.create_table(str(tmp_path), "media")
+    schema = delta.TABLES["media"]
+    for commit, second in enumerate(seconds):
+        rows = {}
+        for field in schema:  # required columns: any value of their type
+            if field.nullable:
+                value = None
+            elif pa.types.is_string(field.type):
+                value = ""
+            else:
+                value = pa.scalar(0).cast(field.type).as_py()
+            rows[field.name] = [value] * 10
+        rows.update(
+            media_id=[f"m{commit}-{i}" for i in range(10)],
+            deployment_id=["cam"] * 10,
+            processed_at=[start + timedelta(seconds=second)] * 10,
+        )
+        table.update_incremental()
+        delta.append(table, "media", pa.Table.from_pydict(rows, schema=schema))
+    assert late_to_early_rate(tmp_path) == 0.5
 
 
 @pytest.mark.slow
