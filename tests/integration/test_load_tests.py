@@ -76,7 +76,7 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
 
 
 def test_late_to_early_rate_compares_a_runs_last_tenth_with_its_first(tmp_path):
-    """20 commits of 10 rows: 1 s apart at first, 2 s apart at the end: half the rate."""
+    """50 commits of 10 rows: 1 s apart at first, 2 s apart at the end: half the rate."""
     from datetime import datetime, timedelta, timezone
 
     import pyarrow as pa
@@ -85,7 +85,7 @@ def test_late_to_early_rate_compares_a_runs_last_tenth_with_its_first(tmp_path):
     from trapline.pipelines import delta
 
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    seconds = [float(i) for i in range(10)] + [9.0 + 2 * i for i in range(1, 11)]
+    seconds = [float(i) for i in range(25)] + [24.0 + 2 * i for i in range(1, 26)]
     table = delta.create_table(str(tmp_path), "media")
     schema = delta.TABLES["media"]
     for commit, second in enumerate(seconds):
@@ -106,6 +106,7 @@ def test_late_to_early_rate_compares_a_runs_last_tenth_with_its_first(tmp_path):
         table.update_incremental()
         delta.append(table, "media", pa.Table.from_pydict(rows, schema=schema))
     assert late_to_early_rate(tmp_path) == 0.5
+    assert late_to_early_rate(tmp_path / "none") is None  # no rows: too coarse to say
 
 
 @pytest.mark.slow
