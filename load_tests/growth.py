@@ -12,7 +12,7 @@ Both modes run as a user runs them, as processes of their own: the folder run is
 `trapline serve` workers. For each size and mode it records: photos/s, peak and final RSS of
 every process, the tables' data files and log entries, the time to open the tables (delta-rs) and to resume (the stream:
 a partition's versions from the log; a folder run: which inputs are done), the report's
-build time, and the rate of a run's last tenth of photos against its first (`late_to_early_rate`). Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
+build time, and the rate of a run's 9th tenth of photos against its 2nd (`late_to_early_rate`). Flat means the ratios to the smallest size stay ~1 (photos/s, RSS, open, resume).
 """
 
 from __future__ import annotations
@@ -262,5 +262,5 @@ def _describe(row: dict) -> str:
         f"{row['photos_per_second']:.1f} photos/s, peak RSS {peak:.0f} MB, {files} data files, "
         f"{entries} log entries, open {row['open_seconds'] * 1000:.0f} ms, resume "
         f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s, "
-        f"rate of the last tenth / the first {row.get('late_to_early_rate')}"
+        f"rate of the 9th tenth / the 2nd {row.get('late_to_early_rate')}"
     )

@@ -296,8 +296,7 @@ def _process_and_write(
     for deployment in sorted(set(results) | set(failures)):  # nothing left out (e.g. no photos)
         _commit(source, out, settings, summary, known, deployment, results, failures, True)
     started = time.perf_counter()
-    for name in delta.WRITE_ORDER:  # readers after the run open one checkpoint per table
-        delta.checkpoint_head(out, name)
+    delta.checkpoint_heads(out)  # readers after the run open one checkpoint per table
     summary.stage_seconds["write"] += time.perf_counter() - started
 
 

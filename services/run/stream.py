@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from trapline.errors import BackendUnavailable, StorageUnavailable
-from trapline.pipelines.delta import STORAGE_ERRORS, WRITE_ORDER, checkpoint_head
+from trapline.pipelines.delta import STORAGE_ERRORS, checkpoint_heads
 from trapline.pipelines.flow import PhotoPipeline
 from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
@@ -157,8 +157,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
                     break
             self.checkpoint(drain=True)
-            for name in WRITE_ORDER:  # who opens the tables next (a reader, a new worker) reads
-                checkpoint_head(self.checkpointer.root, name)  # one checkpoint per table
+            checkpoint_heads(self.checkpointer.root)  # whoever opens the tables next reads less
         finally:
             self.close()
         return self.stats

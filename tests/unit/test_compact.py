@@ -141,7 +141,7 @@ def test_statistics_are_kept_only_for_the_columns_readers_filter_on(tmp_path):
     assert stats == set(delta.STATS_COLUMNS["media"])
 
 
-def test_checkpoint_head_alone_holds_the_latest_version_rows_and_app_versions(tmp_path):
+def test_checkpoint_heads_alone_holds_the_latest_version_rows_and_app_versions(tmp_path):
     root = str(tmp_path)
     for first in (0, 5, 10):
         commit_photos(root, first, 5)
@@ -149,12 +149,12 @@ def test_checkpoint_head_alone_holds_the_latest_version_rows_and_app_versions(tm
     head = DeltaTable(root + "/media").version()
     assert head % 10 != 0, "delta-rs would have checkpointed this version itself"
 
-    delta.checkpoint_head(root, "media")
+    delta.checkpoint_heads(root)
 
     checkpoint = log_dir / f"{head:020d}.checkpoint.parquet"
     assert json.loads((log_dir / "_last_checkpoint").read_text())["version"] == head
     written = checkpoint.stat().st_mtime_ns
-    delta.checkpoint_head(root, "media")  # already there: not written again
+    delta.checkpoint_heads(root)  # already there: not written again
     assert checkpoint.stat().st_mtime_ns == written
     for commit in log_dir.glob("*.json"):  # the checkpoint is all a reader needs now
         commit.unlink()
@@ -164,6 +164,6 @@ def test_checkpoint_head_alone_holds_the_latest_version_rows_and_app_versions(tm
     assert delta.app_version(alone, "writer") == 14
 
 
-def test_checkpoint_head_of_a_table_nobody_created_does_nothing(tmp_path):
-    delta.checkpoint_head(str(tmp_path), "media")
+def test_checkpoint_heads_of_tables_nobody_created_does_nothing(tmp_path):
+    delta.checkpoint_heads(str(tmp_path))
     assert not (tmp_path / "media").exists()
