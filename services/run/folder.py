@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
 from trapline.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines import delta
-from trapline.pipelines.batching import batches
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.events import SequenceItem, last_sequences
 from trapline.pipelines.flow import (
@@ -31,7 +31,7 @@ from trapline.pipelines.flow import (
     resolve_timestamp,
 )
 from trapline.pipelines.readers import KnownMedia
-from trapline.pipelines.source import list_media
+from trapline.pipelines.source import list_deployments
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult
 from trapline.services.adapters.object_store import configure_fsspec
@@ -200,16 +200,16 @@ def run_folder(
     settings: Settings,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> RunSummary:
-    """Process every photo under `source` and write the tables under `out`."""
+    """Process every photo under `source` and write the tables under `out`.
+
+    `on_progress(done, total)`: `total` counts the files listed so far; it grows as each
+    deployment is listed (one at a time: `FolderWork`)."""
     started = time.perf_counter()
     configure_fsspec(settings)
-    listing = list_media(source)
-    summary = RunSummary(files=len(listing.refs) + len(listing.unsupported))
-    summary.hidden_skipped = listing.hidden
-    refs, unsupported, summary.already_done = pending_refs(out, listing.refs, listing.unsupported)
-    remaining = Counter(ref.deployment_id for ref in refs)
-    work = deque(batches(refs, settings.batch_size))
-    del listing, refs  # `work` holds the only references: each batch is freed once it is done
+    summary = RunSummary()
+    work = FolderWork(source, out, settings.batch_size, summary)
+    pending = work.batches()
+    first = next(pending, None)  # nothing to do (a finished folder run again): no Ray, no models
     execute = _on_ray if settings.workers > 0 else _in_process
     threading.Thread(target=_warm_imports, daemon=True, name="warm-imports").start()
     try:
@@ -218,9 +218,8 @@ def run_folder(
             out,
             settings,
             summary,
-            execute(settings, _taken(work), summary) if work else iter(()),
-            remaining,
-            unsupported,
+            execute(settings, chain([first], pending), summary) if first else iter(()),
+            work,
             on_progress,
         )
     finally:
@@ -234,11 +233,34 @@ def run_folder(
     return summary
 
 
-def _taken(work: deque[list[MediaRef]]) -> Iterator[list[MediaRef]]:
-    """The batches, each dropped from `work` as it is handed out: a listing of 100,000 photos
-    is ~19 MB of MediaRefs, freed as the run goes instead of held to its end."""
-    while work:
-        yield work.popleft()
+class FolderWork:
+    """The folder's batches, listed and checked against `out` one deployment at a time, and
+    what the writer needs to know of them: photos still to come back per deployment
+    (`remaining`, counted before a deployment's first batch goes out, so a deployment whose
+    count reaches 0 is whole) and its unsupported files, which go with its commit.
+
+    The run holds one deployment's listing, not the folder's (`list_deployments`)."""
+
+    def __init__(self, source: str, out: str, batch_size: int, summary: RunSummary) -> None:
+        self.source, self.out, self.batch_size, self.summary = source, out, batch_size, summary
+        self.remaining: Counter = Counter()
+        self.unsupported: dict[str, list[Failure]] = defaultdict(list)
+        self.settled = 0  # files listed that need no processing: done before, unsupported
+
+    def batches(self) -> Iterator[list[MediaRef]]:
+        for listing in list_deployments(self.source):
+            self.summary.files += len(listing.refs) + len(listing.unsupported)
+            self.summary.hidden_skipped += listing.hidden
+            refs, unsupported, done = pending_refs(self.out, listing.refs, listing.unsupported)
+            del listing  # only what is left to do stays
+            self.summary.already_done += done
+            self.settled += done + len(unsupported)
+            for failure in unsupported:
+                self.unsupported[failure.deployment_id or ""].append(failure)
+            self.remaining.update(ref.deployment_id for ref in refs)
+            for start in range(0, len(refs), self.batch_size):
+                yield refs[start : start + self.batch_size]
+            del refs
 
 
 def _warm_imports() -> None:
@@ -256,19 +278,15 @@ def _process_and_write(
     settings: Settings,
     summary: RunSummary,
     outputs: Iterator[BatchOutput],
-    remaining: Counter,
-    unsupported: list[Failure],
+    work: FolderWork,
     on_progress: Callable[[int, int], None],
 ) -> None:
     """Gather the batches' outputs per deployment and commit each deployment once all its
-    photos are back (a long one every `folder_commit_every` photos, at an event boundary).
-    `remaining`: photos still to come back per deployment."""
+    photos are back (a long one every `folder_commit_every` photos, at an event boundary)."""
     results: dict[str, list[MediaResult]] = defaultdict(list)
-    failures: dict[str, list[Failure]] = defaultdict(list)
-    for failure in unsupported:
-        failures[failure.deployment_id or ""].append(failure)
-    done = len(unsupported)
-    on_progress(done, summary.files)
+    failures = work.unsupported  # a deployment's unsupported files go with its commit
+    remaining = work.remaining  # photos still to come back, per deployment
+    done = 0
     known = KnownMedia(out)
     for output in outputs:
         for stage, seconds in output.stage_seconds.items():
@@ -292,9 +310,10 @@ def _process_and_write(
                     source, out, settings, summary, known, deployment, results, failures, finished
                 )
         done += len(output.results) + len(output.failures)
-        on_progress(done, summary.files)
+        on_progress(work.settled + done, summary.files)
     for deployment in sorted(set(results) | set(failures)):  # nothing left out (e.g. no photos)
         _commit(source, out, settings, summary, known, deployment, results, failures, True)
+    on_progress(work.settled + done, summary.files)
     started = time.perf_counter()
     delta.checkpoint_heads(out)  # readers after the run open one checkpoint per table
     summary.stage_seconds["write"] += time.perf_counter() - started

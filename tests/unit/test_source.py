@@ -1,0 +1,71 @@
+"""Listing a folder one deployment at a time (pipelines/source.py) and the folder run's use of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trapline.pipelines.source import list_deployments, list_media
+from trapline.services.run.folder import FolderWork, RunSummary
+
+
+def _touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not read by a listing")
+
+
+def _deployments(listing) -> set[str]:
+    return {r.deployment_id for r in listing.refs} | {f.deployment_id for f in listing.unsupported}
+
+
+def test_each_deployment_is_listed_apart_in_name_order(tmp_path: Path) -> None:
+    card = tmp_path / "card"
+    _touch(card, "cam02/IMG_1.JPG", "cam01/b/IMG_2.jpg", "cam01/IMG_1.JPG", "cam01/notes.txt")
+    parts = list(list_deployments(str(card)))
+    assert [_deployments(p) for p in parts] == [{"cam01"}, {"cam02"}]
+    assert [Path(r.uri).name for r in parts[0].refs] == ["IMG_1.JPG", "IMG_2.jpg"]  # sorted paths
+    assert [f.kind for f in parts[0].unsupported] == ["unsupported_type"]
+
+
+def test_loose_photos_join_the_deployment_named_after_the_folder(tmp_path: Path) -> None:
+    """Photos directly in the root belong to the root's name, together with a subfolder of that
+    name: one listing, so the deployment is committed whole once, not as two deployments."""
+    card = tmp_path / "cam07"
+    _touch(card, "IMG_9.JPG", "cam07/IMG_1.JPG", "cam03/IMG_1.JPG")
+    parts = list(list_deployments(str(card)))
+    assert [_deployments(p) for p in parts] == [{"cam03"}, {"cam07"}]
+    assert sorted(Path(r.uri).name for r in parts[1].refs) == ["IMG_1.JPG", "IMG_9.JPG"]
+
+
+def test_dotfiles_are_counted_not_listed_and_a_single_file_is_its_own_input(
+    tmp_path: Path,
+) -> None:
+    card = tmp_path / "card"
+    _touch(card, ".DS_Store", ".Trash/IMG_1.JPG", "cam01/._IMG_1.JPG", "cam01/IMG_1.JPG")
+    listing = list_media(str(card))
+    assert [Path(r.uri).name for r in listing.refs] == ["IMG_1.JPG"]
+    assert listing.hidden == 3
+    single = list_media(str(card / "cam01" / "IMG_1.JPG"))
+    assert [r.uri for r in single.refs] == [str(card / "cam01" / "IMG_1.JPG")]
+
+
+def test_a_folder_run_lists_the_next_deployment_only_when_it_needs_its_photos(
+    tmp_path: Path,
+) -> None:
+    """The run holds one deployment's listing: while the first deployment's batches go out, the
+    second is not listed yet, and each deployment's photo count is known before its first
+    batch leaves (the writer commits a deployment when that count reaches 0)."""
+    card = tmp_path / "card"
+    _touch(card, *[f"cam01/IMG_{i}.JPG" for i in range(5)], "cam02/IMG_1.JPG", "cam02/a.txt")
+    summary = RunSummary()
+    work = FolderWork(str(card), str(tmp_path / "out"), batch_size=2, summary=summary)
+    batches = work.batches()
+    first = next(batches)
+    assert {r.deployment_id for r in first} == {"cam01"}
+    assert summary.files == 5 and dict(work.remaining) == {"cam01": 5}
+    rest = list(batches)
+    assert [len(b) for b in [first, *rest]] == [2, 2, 1, 1]  # a deployment's batches stay apart
+    assert summary.files == 7 and dict(work.remaining) == {"cam01": 5, "cam02": 1}
+    assert [f.uri.endswith("a.txt") for f in work.unsupported["cam02"]] == [True]
+    assert work.settled == 1  # the unsupported file: nothing to process
