@@ -83,8 +83,6 @@ def drop_cached(paths: list[Path]) -> None:
 def table_costs(out: Path, source: Path | None) -> dict:
     """Files and log entries per table; median seconds to open the tables, to resume, and to
     build the report (the output's own measurements, taken before the benchmark removes it)."""
-    from trapline.services.tools.report import build_report
-
     tables = {}
     for name in delta.WRITE_ORDER:
         folder = out / name
@@ -116,16 +114,32 @@ def table_costs(out: Path, source: Path | None) -> dict:
             for listing in list_deployments(str(source)):  # as the run does (FolderWork)
                 pending_refs(str(out), listing.refs, listing.unsupported)
 
-    with tempfile.TemporaryDirectory(prefix="trapline-growth-report-") as report:
-        started = time.perf_counter()
-        build_report(str(out), report)
-        report_seconds = round(time.perf_counter() - started, 2)
+    report = run_report_cli(out)
     return {
         "tables": tables,
         "late_to_early_rate": late_to_early_rate(out),
         "open_seconds": timed(open_all),
         "resume_seconds": timed(resume),
-        "report_seconds": report_seconds,
+        "report_seconds": report["seconds"],
+        "report_peak_rss_mb": report["peak_rss_mb"],
+    }
+
+
+def run_report_cli(out: Path) -> dict:
+    """`trapline report` on `out` as a user runs it, a process of its own: its seconds (with
+    the ~2 s of imports, the same at every size) and its peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="trapline-growth-report-") as report:
+        command = [sys.executable, "-m", "trapline", "report", str(out), "--out", report]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with ProcessSampler(lambda: {"report": process.pid}, interval_s=0.2) as sampler:
+            _, errors = process.communicate()
+        seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"trapline report exited {process.returncode}: {errors[-2000:]!r}")
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": sampler.summary().get("report", {}).get("rss_mb_peak"),
     }
 
 
@@ -272,7 +286,16 @@ def _ratios(rows: list[dict]) -> dict:
         "open": round(last["open_seconds"] / first["open_seconds"], 2),
         "resume": round(last["resume_seconds"] / first["resume_seconds"], 2),
         "largest_run_late_to_early_rate": last.get("late_to_early_rate"),
+        "report_peak_rss": _ratio(last.get("report_peak_rss_mb"), first.get("report_peak_rss_mb")),
+        "stage_seconds_per_photo": _ratio(
+            sum(last.get("stage_seconds_per_photo", {}).values()),
+            sum(first.get("stage_seconds_per_photo", {}).values()),
+        ),
     }
+
+
+def _ratio(last: float | None, first: float | None) -> float | None:
+    return round(last / first, 3) if last and first else None
 
 
 def _describe(row: dict) -> str:
@@ -282,6 +305,8 @@ def _describe(row: dict) -> str:
     return (
         f"{row['photos_per_second']:.1f} photos/s, peak RSS {peak:.0f} MB, {files} data files, "
         f"{entries} log entries, open {row['open_seconds'] * 1000:.0f} ms, resume "
-        f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s, "
+        f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s and "
+        f"{row.get('report_peak_rss_mb')} MB, stages "
+        f"{sum(row.get('stage_seconds_per_photo', {}).values()) * 1000:.1f} ms a photo, "
         f"rate of the 9th tenth / the 2nd {row.get('late_to_early_rate')}"
     )

@@ -31,7 +31,7 @@ import fsspec
 from trapline.pipelines.deployments import Deployments, load_deployments
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import reviewed_events
-from trapline.services.tools.report_sheet import photo_sheet, write_xlsx
+from trapline.services.tools.report_sheet import photo_sheets, write_sheets
 from trapline.services.tools.sort import VIDEO_EXTENSIONS, final_label
 
 try:
@@ -60,6 +60,15 @@ class ReportSummary:
     plots: list[str] = field(default_factory=list)  # ids of the embedded figures
 
 
+# The media columns the report shows or counts. Not the rest (sha256, camera, model names and
+# versions, sizes, processing times): as pandas objects they were over half of the report's
+# memory, which grows with the photos it lists.
+MEDIA_COLUMNS = [
+    "media_id", "deployment_id", "uri", "timestamp", "timestamp_issue", "observation_type",
+    "animal_count", "person_count", "vehicle_count", "file_public", "event_id", "event_label",
+]  # fmt: skip
+
+
 def build_report(
     results: str,
     out: str,
@@ -70,7 +79,7 @@ def build_report(
     from trapline.services.tools import report_plots as plots
 
     deployments = load_deployments(deployments_file, storage_options)
-    media = read_table(results, "media").to_pandas()
+    media = read_table(results, "media", columns=MEDIA_COLUMNS).to_pandas()
     observations = read_table(
         results, "observations", columns=["media_id", "category", "label", "detection_conf"]
     ).to_pandas()  # fmt: skip
@@ -136,10 +145,11 @@ def build_report(
 
     page = _page(results, sections)
     fs.pipe_file(summary.html, page.encode())
-    sheet = photo_sheet(media, observations)
-    fs.pipe_file(summary.csv, sheet.to_csv(index=False).encode())
-    with fs.open(summary.xlsx, "wb") as handle:
-        write_xlsx(sheet, handle)
+    with (
+        fs.open(summary.csv, "w", encoding="utf-8", newline="") as csv,
+        fs.open(summary.xlsx, "wb") as xlsx,
+    ):
+        write_sheets(photo_sheets(media, observations), csv, xlsx)
     return summary
 
 

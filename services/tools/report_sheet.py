@@ -7,6 +7,7 @@ continues on numbered sheets past Excel's row limit (docs/report.md).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -14,34 +15,59 @@ import pandas as pd
 EXCEL_MAX_ROWS = 1_048_576  # rows per worksheet, the header included (Excel's limit)
 
 
-def write_xlsx(sheet: pd.DataFrame, handle: Any, rows_per_sheet: int = EXCEL_MAX_ROWS - 1) -> int:
-    """`sheet` as an .xlsx workbook, streamed row by row (openpyxl's write-only mode: 3x faster
-    than pandas' `to_excel` and flat in memory); a season over Excel's row limit continues on
-    sheets "photos 2", "photos 3"... Returns the number of worksheets."""
+def write_sheets(
+    chunks: Iterable[pd.DataFrame], csv: Any, xlsx: Any, rows_per_sheet: int = EXCEL_MAX_ROWS - 1
+) -> int:
+    """The spreadsheet's `chunks` (same columns, in order) as CSV text to `csv` and as an .xlsx
+    workbook to `xlsx`, one chunk at a time: the report holds one deployment's rows, not the
+    season's (100,000 photos: the whole sheet and its CSV text were ~2x the media rows' memory).
+    The .xlsx is streamed row by row (openpyxl's write-only mode: 3x faster than pandas'
+    `to_excel`, flat in memory) and continues on sheets "photos 2", "photos 3"... past Excel's
+    row limit. Returns the number of worksheets."""
     from openpyxl import Workbook
 
     book = Workbook(write_only=True)
-    header = list(sheet.columns)
-    values = sheet.astype(object).where(sheet.notna(), None)  # NaN/NaT: an empty cell
-    sheets = 0
-    for start in range(0, max(len(values), 1), rows_per_sheet):
-        sheets += 1
-        page = book.create_sheet("photos" if sheets == 1 else f"photos {sheets}")
-        page.append(header)
-        for row in values.iloc[start : start + rows_per_sheet].itertuples(index=False, name=None):
+    page, sheets, rows = None, 0, 0
+    for index, chunk in enumerate(chunks):
+        chunk.to_csv(csv, header=index == 0, index=False)
+        values = chunk.astype(object).where(chunk.notna(), None)  # NaN/NaT: an empty cell
+        if page is None:
+            header = list(chunk.columns)
+        for row in values.itertuples(index=False, name=None):
+            if page is None or rows == rows_per_sheet:
+                sheets += 1
+                page = book.create_sheet("photos" if sheets == 1 else f"photos {sheets}")
+                page.append(header)
+                rows = 0
             page.append(row)
-    book.save(handle)
+            rows += 1
+        if page is None:  # no rows yet: the header alone
+            sheets = 1
+            page = book.create_sheet("photos")
+            page.append(header)
+    book.save(xlsx)
     return sheets
 
 
-def photo_sheet(media: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
-    """One row per photo/video; times as ISO text (Excel has no time zones)."""
+def photo_sheets(media: pd.DataFrame, observations: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """The spreadsheet one deployment at a time (deployments in name order, each by time and
+    file); one empty sheet (its columns) when there is no media."""
     labels = (
         observations.dropna(subset=["label"])
         .groupby("media_id")["label"]
         .agg(lambda s: ";".join(sorted(set(s))))
     )
     best = observations.groupby("media_id")["detection_conf"].max()
+    if not len(media):
+        yield photo_sheet(media, labels, best)
+        return
+    for _, group in media.groupby("deployment_id", sort=True):
+        yield photo_sheet(group, labels, best)
+
+
+def photo_sheet(media: pd.DataFrame, labels: pd.Series, best: pd.Series) -> pd.DataFrame:
+    """One row per photo/video; times as ISO text (Excel has no time zones). `labels`: the
+    box labels per media_id, `best`: the highest detection confidence per media_id."""
     sheet = pd.DataFrame({
         "media_id": media["media_id"], "deployment_id": media["deployment_id"], "file": media["uri"],
         "media_type": media["is_video"].map({True: "video", False: "photo"}),

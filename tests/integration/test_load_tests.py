@@ -63,6 +63,8 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
             run["tables"]["media"]["data_files"] >= 1 and run["tables"]["media"]["log_entries"] >= 2
         )
         assert run["open_seconds"] > 0 and run["resume_seconds"] > 0 and run["report_seconds"] > 0
+        assert run["report_peak_rss_mb"] > 0  # `trapline report` as a process of its own
+        assert {"decode", "detect", "write"} <= set(run["stage_seconds_per_photo"])
         seconds = [t for t, _ in run["rss_timeline_mb"]["driver"]]  # memory over the run
         assert len(seconds) >= 2 and seconds == sorted(seconds)
     assert set(result["folder"]["ratios_to_smallest"]) == {
@@ -71,6 +73,8 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         "open",
         "resume",
         "largest_run_late_to_early_rate",
+        "report_peak_rss",
+        "stage_seconds_per_photo",
     }
     assert "folder: 12 / 6 photos" in capsys.readouterr().out
 
