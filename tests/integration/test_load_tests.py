@@ -57,6 +57,8 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
     assert (out / "growth.png").read_bytes().startswith(b"\x89PNG")
     runs = result["folder"]["runs"]
     assert [r["photos"] for r in runs] == [6, 12]
+    assert len(runs[0]["photos_per_second_repeats"]) == 3  # the short baseline: median of 3
+    assert runs[0]["photos_per_second"] == sorted(runs[0]["photos_per_second_repeats"])[1]
     for run in runs:
         assert run["photos_per_second"] > 0 and run["peak_rss_mb"]["driver"] > 0
         assert (
