@@ -36,6 +36,7 @@ from load_tests.procstats import ProcessSampler, cmdline, descendants
 from load_tests.stream import StreamOptions, run_stream_bench
 from trapline.pipelines import delta
 from trapline.pipelines.delta_txn import read_app_versions
+from trapline.pipelines.readers import CommittedInputs
 from trapline.pipelines.source import list_deployments
 from trapline.services.run.folder_tables import pending_refs
 
@@ -117,8 +118,9 @@ def table_costs(out: Path, source: Path | None) -> dict:
             for name in delta.WRITE_ORDER:
                 read_app_versions(delta.table_uri(str(out), name))
         else:  # a folder run started again: which inputs the tables account for
-            for listing in list_deployments(str(source)):  # as the run does (FolderWork)
-                pending_refs(str(out), listing.refs, listing.unsupported)
+            committed = CommittedInputs(str(out))  # as the run does (FolderWork)
+            for listing in list_deployments(str(source)):
+                pending_refs(committed, listing.refs, listing.unsupported)
 
     report = run_report_cli(out)
     return {

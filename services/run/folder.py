@@ -30,7 +30,7 @@ from trapline.pipelines.flow import (
     assemble,
     resolve_timestamp,
 )
-from trapline.pipelines.readers import KnownMedia
+from trapline.pipelines.readers import CommittedInputs, KnownMedia
 from trapline.pipelines.source import list_deployments
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult
@@ -248,10 +248,11 @@ class FolderWork:
         self.settled = 0  # files listed that need no processing: done before, unsupported
 
     def batches(self) -> Iterator[list[MediaRef]]:
+        committed = CommittedInputs(self.out)  # the output as this run finds it
         for listing in list_deployments(self.source):
             self.summary.files += len(listing.refs) + len(listing.unsupported)
             self.summary.hidden_skipped += listing.hidden
-            refs, unsupported, done = pending_refs(self.out, listing.refs, listing.unsupported)
+            refs, unsupported, done = pending_refs(committed, listing.refs, listing.unsupported)
             del listing  # only what is left to do stays
             self.summary.already_done += done
             self.settled += done + len(unsupported)

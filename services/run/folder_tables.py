@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from trapline.pipelines import delta
 from trapline.pipelines.flow import Tables
-from trapline.pipelines.readers import committed_uris, read_table
+from trapline.pipelines.readers import CommittedInputs, read_table
 from trapline.pipelines.types import Failure, MediaRef
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,14 @@ def run_app_id(source: str, deployment_id: str | None) -> str:
 
 
 def pending_refs(
-    out: str, refs: list[MediaRef], unsupported: list[Failure]
+    committed: CommittedInputs, refs: list[MediaRef], unsupported: list[Failure]
 ) -> tuple[list[MediaRef], list[Failure], int]:
-    """The inputs not yet accounted for in `out`, and how many were skipped as done."""
-    done = committed_uris(
-        out, {r.deployment_id for r in refs} | {f.deployment_id or "" for f in unsupported}
+    """The inputs not yet accounted for in the output, and how many were skipped as done.
+    `committed` is the output as the run found it when it started: what this run commits itself
+    is in deployments it has already listed, and a concurrent run's commit of the same photo is
+    dropped at commit time (`_without_known_keys`)."""
+    done = committed.of(
+        {r.deployment_id for r in refs} | {f.deployment_id or "" for f in unsupported}
     )
     todo = [r for r in refs if r.uri not in done]
     todo_unsupported = [f for f in unsupported if f.uri not in done]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -29,9 +30,10 @@ from typing import Any
 import fsspec
 
 from trapline.pipelines.deployments import Deployments, load_deployments
-from trapline.pipelines.readers import read_table
+from trapline.pipelines.readers import DeploymentRows, read_table
 from trapline.pipelines.reviews import reviewed_events
-from trapline.services.tools.report_sheet import photo_sheets, write_sheets
+from trapline.services.tools.report_season import Season
+from trapline.services.tools.report_sheet import photo_sheet, write_sheets
 from trapline.services.tools.sort import VIDEO_EXTENSIONS, final_label
 
 try:
@@ -40,9 +42,6 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the instal
     raise ModuleNotFoundError(
         "trapline report needs the [report] extra: pip install 'trapline[report]'"
     ) from error
-
-RATE_DAILY_MAX_DAYS = 90  # longer surveys are binned by week, else the plot is a comb
-UNDEFINED = "undefined"
 
 
 @dataclass
@@ -67,6 +66,7 @@ MEDIA_COLUMNS = [
     "media_id", "deployment_id", "uri", "timestamp", "timestamp_issue", "observation_type",
     "animal_count", "person_count", "vehicle_count", "file_public", "event_id", "event_label",
 ]  # fmt: skip
+OBSERVATION_COLUMNS = ["media_id", "category", "label", "detection_conf"]
 
 
 def build_report(
@@ -75,55 +75,49 @@ def build_report(
     deployments_file: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> ReportSummary:
-    """Read `results`' tables and write index.html, photos.csv and photos.xlsx under `out`."""
+    """Read `results`' tables and write index.html, photos.csv and photos.xlsx under `out`.
+
+    A deployment at a time: its rows go to the spreadsheet and into the counts (`Season`),
+    then are let go, so the report's memory does not grow with the season (docs/report.md)."""
     from trapline.services.tools import report_plots as plots
 
     deployments = load_deployments(deployments_file, storage_options)
-    media = read_table(results, "media", columns=MEDIA_COLUMNS).to_pandas()
-    observations = read_table(
-        results, "observations", columns=["media_id", "category", "label", "detection_conf"]
-    ).to_pandas()  # fmt: skip
-    failures = read_table(results, "failures", columns=["uri"])
-    media = _with_local_time(media, deployments)
-    media = _with_reviews(media, reviewed_events(results))
-    media["final_label"] = [
-        final_label(e if isinstance(e, str) else None, t)
-        for e, t in zip(media["event_label"], media["observation_type"])
-    ]
-    media["is_video"] = media["uri"].str.lower().str.endswith(VIDEO_EXTENSIONS)
+    season = Season()
     fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
     root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
     summary = ReportSummary(f"{root}/index.html", f"{root}/photos.csv", f"{root}/photos.xlsx")
-    summary.media, summary.videos = len(media), int(media["is_video"].sum())
-    summary.failures = failures.num_rows
-    if len(media):
-        summary.blank_rate = float((media["observation_type"] == "blank").mean())
+    with (
+        fs.open(summary.csv, "w", encoding="utf-8", newline="") as csv,
+        fs.open(summary.xlsx, "wb") as xlsx,
+    ):
+        write_sheets(_season_sheets(results, deployments, season), csv, xlsx)
+    summary.media, summary.videos = season.media, season.videos
+    summary.failures = read_table(results, "failures", columns=["uri"]).num_rows
+    if season.media:
+        summary.blank_rate = season.types["blank"] / season.media
 
-    sections: list[str] = [_overview(summary, media, observations, results)]
+    sections: list[str] = [_overview(summary, season)]
     figures: list[tuple[str, str, bytes]] = []  # (id, caption, png)
-    if len(observations):
+    if season.detections:
         figures.append((
             "detections-per-class", "Detections per class",
-            plots.detections_per_class(observations["category"], observations["label"].dropna()),
+            plots.detections_per_class(season.categories, season.labels),
         ))  # fmt: skip
     sections.append(_figures("Detections", figures))
-    sections.append(_deployment_table(media, deployments))
+    sections.append(_deployment_table(season))
 
-    events = _animal_events(media)
-    diel = []
-    zone_note = _zone_note(media)
-    for species, group in events[events["label"] != UNDEFINED].groupby("label"):
-        diel.append((
-            f"diel-{_slug(species)}", f"Diel activity: {species}",
-            plots.diel_activity(species, group["start"].dt.hour, zone_note),
-        ))  # fmt: skip
+    diel = [
+        (f"diel-{_slug(species)}", f"Diel activity: {species}",
+         plots.diel_activity(species, season.diel[species], season.zone_note()))
+        for species in sorted(season.diel)
+    ]  # fmt: skip
     sections.append(
         _figures(
             "Diel activity per species", diel, "No classified animal event." if not diel else None
         )
     )
-    rate, unit = _detection_rate(media, events)
+    rate, unit = season.detection_rate()
     summary.rate_unit = unit
     rate_fig = (
         [("detection-rate", "Detection rate", plots.detection_rate(rate, unit))]
@@ -133,7 +127,7 @@ def build_report(
     sections.append(
         _figures("Detection rate over time", rate_fig, None if rate_fig else "No timestamps.")
     )
-    places = _places(events, deployments)
+    places = _places(season, deployments)
     map_fig = (
         [("deployment-map", "Deployments", plots.deployment_map(places))] if len(places) else []
     )
@@ -142,15 +136,43 @@ def build_report(
         None if map_fig else "No coordinates: pass --deployments FILE with latitude and longitude.",
     ))  # fmt: skip
     summary.plots = [f[0] for f in figures + diel + rate_fig + map_fig]
-
-    page = _page(results, sections)
-    fs.pipe_file(summary.html, page.encode())
-    with (
-        fs.open(summary.csv, "w", encoding="utf-8", newline="") as csv,
-        fs.open(summary.xlsx, "wb") as xlsx,
-    ):
-        write_sheets(photo_sheets(media, observations), csv, xlsx)
+    fs.pipe_file(summary.html, _page(results, sections).encode())
     return summary
+
+
+def _season_sheets(
+    results: str, deployments: Deployments, season: Season
+) -> Iterator[pd.DataFrame]:
+    """Each deployment's spreadsheet rows, in name order, counted into `season` on the way.
+    Observations count only with their photo's media row: a reader of a run still writing sees
+    whole photos (media is committed last)."""
+    media_rows = DeploymentRows(results, "media", MEDIA_COLUMNS)
+    observation_rows = DeploymentRows(results, "observations", OBSERVATION_COLUMNS)
+    reviews = reviewed_events(results)  # people's reviews: few, read once
+    names = media_rows.deployments()
+    for deployment_id in names:
+        media = _prepared(media_rows.of(deployment_id).to_pandas(), deployments, reviews)
+        observations = observation_rows.of(deployment_id).to_pandas()
+        observations = observations[observations["media_id"].isin(media["media_id"])]
+        item = deployments.get(deployment_id)
+        location = (item.location_name or "") if item else ""
+        season.add(deployment_id, location, media, observations, _animal_events(media))
+        yield photo_sheet(media, observations)
+    if not names:  # the columns alone
+        media = _prepared(media_rows.of([]).to_pandas(), deployments, reviews)
+        yield photo_sheet(media, observation_rows.of([]).to_pandas())
+
+
+def _prepared(media: pd.DataFrame, deployments: Deployments, reviews: dict) -> pd.DataFrame:
+    """Media rows with their local time, reviews, final label and media type."""
+    media = _with_local_time(media, deployments)
+    media = _with_reviews(media, reviews)
+    media["final_label"] = [
+        final_label(e if isinstance(e, str) else None, t)
+        for e, t in zip(media["event_label"], media["observation_type"])
+    ]
+    media["is_video"] = media["uri"].str.lower().str.endswith(VIDEO_EXTENSIONS)
+    return media
 
 
 def _with_local_time(media: pd.DataFrame, deployments: Deployments) -> pd.DataFrame:
@@ -191,13 +213,6 @@ def _with_reviews(media: pd.DataFrame, reviews: dict[str, dict[str, Any]]) -> pd
     return media
 
 
-def _zone_note(media: pd.DataFrame) -> str:
-    zones = sorted(set(media["zone"]))
-    if zones == ["UTC"]:
-        return "UTC: no deployments file"
-    return f"local time, {zones[0]}" if len(zones) == 1 else "each camera's local time"
-
-
 def _animal_events(media: pd.DataFrame) -> pd.DataFrame:
     """One row per animal event: deployment, label, local start time."""
     animal = media[media["event_label"].notna() & media["local_time"].notna()]
@@ -221,42 +236,12 @@ def _animal_events(media: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _detection_rate(media: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Animal events per day (per week past 90 days) per deployment, zeros on active days."""
-    times = media["local_time"].dropna()
-    if times.empty:
-        return pd.DataFrame(), "day"
-    first, last = times.min().normalize(), times.max().normalize()
-    unit, freq = ("day", "D") if (last - first).days <= RATE_DAILY_MAX_DAYS else ("week", "W-MON")
-    days = pd.date_range(first, last, freq="D")
-    per_day = (
-        events.assign(day=events["start"].dt.normalize()).groupby(["day", "deployment_id"]).size()
-    )
-    rate = per_day.unstack("deployment_id").reindex(days, fill_value=0).fillna(0)
-    rate = rate.reindex(columns=sorted(set(media["deployment_id"])), fill_value=0).astype(float)
-    for deployment_id, group in media.groupby(
-        "deployment_id"
-    ):  # no zeros before/after a camera ran
-        active = group["local_time"].dropna().dt.normalize()
-        if active.empty:
-            rate[deployment_id] = float("nan")
-        else:
-            rate.loc[(rate.index < active.min()) | (rate.index > active.max()), deployment_id] = (
-                float("nan")
-            )
-    if unit == "week":
-        rate = rate.resample(freq, label="left", closed="left").sum(min_count=1)
-    return rate, unit
-
-
-def _places(events: pd.DataFrame, deployments: Deployments) -> pd.DataFrame:
+def _places(season: Season, deployments: Deployments) -> pd.DataFrame:
     rows = []
     for d in deployments.values():
         if d.latitude is None or d.longitude is None:
             continue
-        found = sorted(
-            set(events.loc[events["deployment_id"] == d.deployment_id, "label"]) - {UNDEFINED}
-        )
+        found = sorted(season.species_at.get(d.deployment_id, set()))
         rows.append({
             "deployment_id": d.deployment_id, "latitude": d.latitude, "longitude": d.longitude,
             "species_count": len(found), "species": ", ".join(found) or "no species",
@@ -293,30 +278,27 @@ def _page(results: str, sections: list[str]) -> str:
     )
 
 
-def _overview(s: ReportSummary, media: pd.DataFrame, obs: pd.DataFrame, results: str) -> str:
+def _overview(s: ReportSummary, season: Season) -> str:
     blank = "-" if s.blank_rate is None else f"{100 * s.blank_rate:.1f} %"
-    events = media.loc[media["event_label"].notna(), "event_id"].nunique()
-    species = sorted(set(media["event_label"].dropna()) - {UNDEFINED})
-    all_events = media["event_id"].nunique()
-    reviewed = media.loc[media["reviewed_by"] != "", "event_id"].nunique()
-    reviewers = sorted(set(media["reviewed_by"]) - {""})
+    species = sorted(season.species)
+    reviewed = season.reviewed_events
     tiles = [
         ("photos processed", f"{s.media - s.videos:,}"), ("videos processed", f"{s.videos:,}"),
         ("failed inputs", f"{s.failures:,}"), ("blank rate", blank),
-        ("detections", f"{len(obs):,}"), ("animal events", f"{events:,}"),
-        ("species", f"{len(species)}"), ("events reviewed", f"{reviewed:,} of {all_events:,}"),
+        ("detections", f"{season.detections:,}"), ("animal events", f"{season.animal_events:,}"),
+        ("species", f"{len(species)}"), ("events reviewed", f"{reviewed:,} of {season.events:,}"),
     ]  # fmt: skip
     body = "".join(f'<div class="tile"><b>{v}</b>{html.escape(k)}</div>' for k, v in tiles)
-    types = media["observation_type"].value_counts()
-    kinds = ", ".join(f"{html.escape(k)} {v}" for k, v in types.items())
+    types = sorted(season.types.items(), key=lambda item: (-item[1], item[0]))
+    kinds = ", ".join(f"{html.escape(k)} {v}" for k, v in types)
     return (
         f'<section id="overview"><h2>Overview</h2><div class="tiles">{body}</div>'
         f"<p>Photos by observation type: {kinds or 'none'}. Species: "
         f"{html.escape(', '.join(species)) or 'none'}.</p>"
         + (
             f'<p id="reviewed">Labels of {reviewed:,} events were checked by people '
-            f"({html.escape(', '.join(reviewers))}); their labels are used throughout. The "
-            "rest are the machine's.</p>"
+            f"({html.escape(', '.join(sorted(season.reviewers)))}); their labels are used "
+            "throughout. The rest are the machine's.</p>"
             if reviewed
             else '<p id="reviewed">No event reviewed yet: every label is the machine\'s '
             "(review with <code>trapline review</code>).</p>"
@@ -325,28 +307,25 @@ def _overview(s: ReportSummary, media: pd.DataFrame, obs: pd.DataFrame, results:
     )
 
 
-def _deployment_table(media: pd.DataFrame, deployments: Deployments) -> str:
+def _deployment_table(season: Season) -> str:
     head = ["deployment", "location", "first", "last", "photos", "videos", "blank", "animal",
             "human", "vehicle", "animal events", "species"]  # fmt: skip
     rows = []
-    for deployment_id, group in media.groupby("deployment_id"):
-        item = deployments.get(str(deployment_id))
-        types = group["observation_type"].value_counts()
-        times = group["local_time"].dropna()
-        species = sorted(set(group["event_label"].dropna()) - {UNDEFINED})
+    for line in season.lines:
         cells = [
-            html.escape(str(deployment_id)), html.escape((item.location_name or "") if item else ""),
-            f"{times.min():%Y-%m-%d}" if len(times) else "-", f"{times.max():%Y-%m-%d}" if len(times) else "-",
+            html.escape(line.deployment_id), html.escape(line.location),
+            f"{line.first:%Y-%m-%d}" if line.first is not None else "-",
+            f"{line.last:%Y-%m-%d}" if line.last is not None else "-",
         ]  # fmt: skip
         numbers = [
-            int((~group["is_video"]).sum()), int(group["is_video"].sum()),
-            *(int(types.get(t, 0)) for t in ("blank", "animal", "human", "vehicle")),
-            group.loc[group["event_label"].notna(), "event_id"].nunique(),
+            line.photos, line.videos,
+            *(line.types.get(t, 0) for t in ("blank", "animal", "human", "vehicle")),
+            line.animal_events,
         ]  # fmt: skip
         rows.append(
             "<tr>" + "".join(f"<td>{c}</td>" for c in cells)
             + "".join(f'<td class="n">{n}</td>' for n in numbers)
-            + f"<td>{html.escape(', '.join(species))}</td></tr>"
+            + f"<td>{html.escape(', '.join(line.species))}</td></tr>"
         )  # fmt: skip
     table = (
         "<table><tr>"

@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes.
 
-Each function takes plain pandas frames the report module prepared and returns one PNG, so the
+Each function takes counts or small pandas frames the report module prepared and returns one PNG, so the
 HTML page can embed it as a `data:` URI and open offline. Figures are small (about 100 dpi) to
 keep the page light; text uses matplotlib's bundled DejaVu fonts, so nothing depends on the
 fonts of the machine that opens the page.
@@ -9,6 +9,7 @@ fonts of the machine that opens the page.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -29,27 +30,33 @@ def _png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def detections_per_class(categories: pd.Series, labels: pd.Series) -> bytes:
-    """Detections per MegaDetector category (left) and per classifier label (right)."""
+def detections_per_class(categories: Mapping[str, int], labels: Mapping[str, int]) -> bytes:
+    """Detections per MegaDetector category (left) and per classifier label (right), from
+    their counts."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), width_ratios=[1, 2])
-    counts = categories.value_counts().reindex(["animal", "person", "vehicle"], fill_value=0)
+    counts = pd.Series(categories, dtype=int).reindex(["animal", "person", "vehicle"], fill_value=0)
     left.bar(counts.index, counts.values, color=[CATEGORY_COLOURS[c] for c in counts.index])
     left.set_title("detections per category")
     left.set_ylabel("detections")
-    by_label = labels.value_counts().sort_values()
-    if by_label.empty:
+    # most at the top, ties in name order (barh draws its first bar at the bottom)
+    by_label = sorted(sorted(labels.items(), reverse=True), key=lambda item: item[1])
+    if not by_label:
         right.text(0.5, 0.5, "no classified animal", ha="center", va="center")
         right.set_axis_off()
     else:
-        right.barh(by_label.index, by_label.values, color=CATEGORY_COLOURS["animal"])
+        right.barh(
+            [k for k, _ in by_label], [v for _, v in by_label], color=CATEGORY_COLOURS["animal"]
+        )
         right.set_title("animal detections per label")
         right.set_xlabel("detections")
     return _png(fig)
 
 
-def diel_activity(species: str, hours: pd.Series, zone_note: str) -> bytes:
-    """Events per hour of the day (local time) for one species; night hours shaded."""
-    counts = hours.value_counts().reindex(range(24), fill_value=0)
+def diel_activity(species: str, hours: Mapping[int, int], zone_note: str) -> bytes:
+    """Events per hour of the day (local time) for one species, from their counts (hour ->
+    events); night hours shaded."""
+    counts = pd.Series(hours, dtype=int).reindex(range(24), fill_value=0)
+    events = int(counts.sum())
     fig, ax = plt.subplots(figsize=(4.2, 2.4))
     ax.axvspan(-0.5, 5.5, color="#000000", alpha=0.07, lw=0)
     ax.axvspan(20.5, 23.5, color="#000000", alpha=0.07, lw=0)
@@ -59,7 +66,7 @@ def diel_activity(species: str, hours: pd.Series, zone_note: str) -> bytes:
     ax.set_xlabel(f"hour of day ({zone_note})")
     ax.set_ylabel("events")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(f"{species} (n = {len(hours)} event{'' if len(hours) == 1 else 's'})")
+    ax.set_title(f"{species} (n = {events} event{'' if events == 1 else 's'})")
     return _png(fig)
 
 

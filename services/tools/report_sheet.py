@@ -7,7 +7,7 @@ continues on numbered sheets past Excel's row limit (docs/report.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -49,25 +49,16 @@ def write_sheets(
     return sheets
 
 
-def photo_sheets(media: pd.DataFrame, observations: pd.DataFrame) -> Iterator[pd.DataFrame]:
-    """The spreadsheet one deployment at a time (deployments in name order, each by time and
-    file); one empty sheet (its columns) when there is no media."""
+def photo_sheet(media: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
+    """One row per photo/video of `media` (the report's prepared rows of one deployment), with
+    its box labels and highest detection confidence from `observations`; times as ISO text
+    (Excel has no time zones)."""
     labels = (
         observations.dropna(subset=["label"])
         .groupby("media_id")["label"]
         .agg(lambda s: ";".join(sorted(set(s))))
     )
     best = observations.groupby("media_id")["detection_conf"].max()
-    if not len(media):
-        yield photo_sheet(media, labels, best)
-        return
-    for _, group in media.groupby("deployment_id", sort=True):
-        yield photo_sheet(group, labels, best)
-
-
-def photo_sheet(media: pd.DataFrame, labels: pd.Series, best: pd.Series) -> pd.DataFrame:
-    """One row per photo/video; times as ISO text (Excel has no time zones). `labels`: the
-    box labels per media_id, `best`: the highest detection confidence per media_id."""
     sheet = pd.DataFrame({
         "media_id": media["media_id"], "deployment_id": media["deployment_id"], "file": media["uri"],
         "media_type": media["is_video"].map({True: "video", False: "photo"}),

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 from support.browser import BROWSER, CHROMIUM, NODE, needs_browser
 from support.multi_deployment import PLAN, write_multi_deployment
 from typer.testing import CliRunner
 
+from trapline.pipelines import delta
 from trapline.pipelines.readers import read_table
 from trapline.services.cli.main import app
 from trapline.services.run.folder import run_folder
@@ -135,6 +139,45 @@ def test_multi_deployment_local_times_and_weekly_rate(multi):
     page = (out / "index.html").read_text()
     for deployment in PLAN:
         assert f"<td>{deployment}</td>" in page
+
+
+def test_per_deployment_counts_are_the_tables(multi):
+    """The page counts a deployment at a time (report_season.Season); the same counts from
+    the whole media table in one frame, as a reader would make them."""
+    results, out, _, _ = multi
+    media = read_table(str(results), "media").to_pandas()
+    page = (out / "index.html").read_text()
+    shown = {}
+    for row in re.findall(r"<tr><td>(.*?)</td></tr>", page.split('id="deployments"')[1]):
+        cells = row.split("</td><td")
+        shown[cells[0]] = [re.sub(r".*>", "", c) for c in cells[4:11]]
+    expected = {}
+    for deployment_id, group in media.groupby("deployment_id"):
+        types = group["observation_type"].value_counts()
+        expected[deployment_id] = [
+            str(len(group)), "0", *(str(types.get(t, 0)) for t in ("blank", "animal", "human", "vehicle")),
+            str(group.loc[group["event_label"].notna(), "event_id"].nunique()),
+        ]  # fmt: skip
+    assert shown == expected and set(shown) == set(PLAN)
+
+
+def test_detections_count_only_photos_whose_media_row_is_committed(sample_report, tmp_path):
+    """A report made while a run writes: the run commits a photo's observations before its
+    media row, and the report counts whole photos only."""
+    results, _, summary = sample_report
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    observations = read_table(str(copy), "observations")
+    early = observations.slice(0, 1)
+    for column, value in (("media_id", "not-yet-committed"), ("observation_id", "obs-early")):
+        early = early.set_column(early.schema.get_field_index(column), column, pa.array([value]))
+    delta.append(delta.create_table(str(copy), "observations"), "observations", early)
+    assert read_table(str(copy), "observations").num_rows == observations.num_rows + 1
+    build_report(str(copy), str(tmp_path / "report"))
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"<b>{observations.num_rows:,}</b>detections" in page
+    sheet = pd.read_csv(tmp_path / "report" / "photos.csv")
+    assert "not-yet-committed" not in set(sheet.media_id) and len(sheet) == summary["media"]
 
 
 @needs_browser

@@ -10,7 +10,7 @@ from deltalake import DeltaTable
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines.flow import assemble
-from trapline.pipelines.readers import read_table
+from trapline.pipelines.readers import CommittedInputs, DeploymentRows, read_table
 from trapline.pipelines.tables import SCHEMA_VERSION, TABLES, ModelNames
 from trapline.pipelines.types import Detection, Failure, MediaRef, MediaResult
 from trapline.services.run.folder import write_tables
@@ -62,7 +62,11 @@ def test_assemble_builds_every_table_with_its_schema_and_marks_duplicates():
 def test_delta_tables_are_hive_partitioned_and_readable_by_deltalake_polars_and_duckdb(tmp_path):
     when = datetime(2024, 6, 1, 22, 0, 0)
     tables = assemble(
-        [result("a", when, fox()), result("b", None)], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS
+        [result("a", when, fox()), result("b", None)],
+        [],
+        Settings().stage_options(),
+        MODELS,
+        DEEPFAUNE_LABELS,
     )
     write_tables(tables, str(tmp_path), Settings())
     folders = sorted(
@@ -114,7 +118,9 @@ def test_an_unwritten_table_reads_as_empty_with_its_schema(tmp_path):
 
 
 def test_writing_the_same_rows_again_adds_nothing(tmp_path):
-    tables = assemble([result("a", None, fox())], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
+    tables = assemble(
+        [result("a", None, fox())], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS
+    )
     write_tables(tables, str(tmp_path), Settings())
     again = write_tables(tables, str(tmp_path), Settings())
     assert again.media.num_rows == again.observations.num_rows == 0
@@ -128,3 +134,39 @@ def test_the_same_bytes_under_two_producer_ids_are_counted_once_and_reported():
     assert tables.media.column("media_id").to_pylist() == ["cam-a-0001"]
     [duplicate] = tables.failures.to_pylist()
     assert duplicate["kind"] == "duplicate" and "sha256" in duplicate["message"]
+
+
+def in_deployment(media_id: str, deployment_id: str) -> MediaResult:
+    ref = MediaRef(uri=f"/photos/{deployment_id}/{media_id}.jpg", deployment_id=deployment_id)
+    return MediaResult(ref, media_id, media_id * 4, 400, 300, None, "Make", "Model", 12, [])
+
+
+def test_deployment_rows_reads_one_deployment_at_a_time_from_one_snapshot(tmp_path):
+    """What the report and a folder run's restart walk: each deployment's rows alone (names
+    that need escaping in a partition path too), the log read once, later commits not seen."""
+    photos = [("a", "north"), ("b", "north"), ("c", "süd ost/2"), ("d", "east%")]
+    first = assemble(
+        [in_deployment(m, d) for m, d in photos],
+        [],
+        Settings().stage_options(),
+        MODELS,
+        DEEPFAUNE_LABELS,
+    )
+    write_tables(first, str(tmp_path), Settings())
+    rows = DeploymentRows(str(tmp_path), "media", ["media_id", "deployment_id"])
+    later = assemble(
+        [in_deployment("e", "north")], [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS
+    )
+    write_tables(later, str(tmp_path), Settings())
+    assert rows.deployments() == ["east%", "north", "süd ost/2"]
+    assert sorted(rows.of("north").column("media_id").to_pylist()) == ["a", "b"]  # not e
+    assert rows.of("süd ost/2").column("media_id").to_pylist() == ["c"]
+    assert rows.of(["east%", "north"]).num_rows == 3 and rows.of([]).num_rows == 0
+    whole = read_table(str(tmp_path), "media", columns=["media_id", "deployment_id"])
+    assert rows.of("north").schema.equals(whole.schema, check_metadata=True)  # our types
+    assert CommittedInputs(str(tmp_path)).of(["north"]) == {f"/photos/north/{m}.jpg" for m in "abe"}
+
+
+def test_deployment_rows_of_an_unwritten_table_are_empty_with_its_columns(tmp_path):
+    rows = DeploymentRows(str(tmp_path), "failures", ["uri"])
+    assert rows.deployments() == [] and rows.of("north").schema.names == ["uri"]
