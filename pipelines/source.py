@@ -7,11 +7,13 @@ card dumps are usually arranged), or the root's own name for photos directly in 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from trapline.errors import (
     StorageUnavailable,
@@ -85,8 +87,12 @@ def _classified(
     count of dotfiles."""
     listing = Listing([], [], 0)
     names: dict[str, str] = {}  # one string per deployment, not one per photo (100,000: -5 MB)
+    prefix = path + "/"
     for file in files:
-        relative = posixpath.relpath(file, path) if file != path else posixpath.basename(file)
+        if file.startswith(prefix):  # as listed (posixpath.relpath: 3.5 us a file)
+            relative = file[len(prefix) :]
+        else:
+            relative = posixpath.relpath(file, path) if file != path else posixpath.basename(file)
         parts = relative.split("/")
         if any(part.startswith(".") for part in parts):
             listing.hidden += 1
@@ -114,12 +120,26 @@ def _classified(
 def _files_below(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """Every file below `path`, sorted: walked a folder at a time, names only. `fs.find` holds
     every file's details at once, and the memory stays with the run (100,000 local photos: +167
-    MB RSS and 7.7 s, against +28 MB and 1.5 s); the listings s3fs caches are dropped after."""
+    MB RSS and 7.7 s, against +28 MB and 1.5 s); the listings s3fs caches are dropped after.
+
+    Local folders are walked with `os.walk`: fsspec's local `walk` stats every file to build a
+    details dict it then drops (100,000 photos: 0.96 s, against 0.10 s). The same entries as
+    fsspec's: a link to a folder is an entry, not walked into (so it gets its failures row),
+    and an unreadable folder stops the listing instead of being skipped as `os.walk` would."""
     files: list[str] = []
+    if isinstance(fs, LocalFileSystem):
+        for folder, folders, names in os.walk(path, onerror=_raise):
+            linked = [name for name in folders if os.path.islink(os.path.join(folder, name))]
+            files.extend(posixpath.join(folder, name) for name in names + linked)
+        return sorted(files)
     for folder, _, names in fs.walk(path, detail=False):
         files.extend(posixpath.join(folder, name) for name in names)
     fs.invalidate_cache(path)
     return sorted(files)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> bytes:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
-from trapline.pipelines.source import list_deployments, list_media
+import fsspec
+
+from trapline.pipelines.source import _files_below, list_deployments, list_media
 from trapline.services.run.folder import FolderWork, RunSummary
 
 
@@ -36,6 +39,32 @@ def test_loose_photos_join_the_deployment_named_after_the_folder(tmp_path: Path)
     parts = list(list_deployments(str(card)))
     assert [_deployments(p) for p in parts] == [{"cam03"}, {"cam07"}]
     assert sorted(Path(r.uri).name for r in parts[1].refs) == ["IMG_1.JPG", "IMG_9.JPG"]
+
+
+def test_a_local_folder_is_walked_to_the_same_entries_as_fsspec_walks_it(tmp_path: Path) -> None:
+    """The local walk is `os.walk` for speed; its entries are fsspec's: a linked folder is one
+    entry (then an unsupported-type failure), not walked into, and a broken link is listed."""
+    elsewhere = tmp_path / "elsewhere"
+    _touch(elsewhere, "IMG_4.JPG", "sub/IMG_5.JPG")
+    card = tmp_path / "card"
+    _touch(card, "cam01/IMG_1.JPG", "cam01/night/IMG_2.JPG", "cam01/.hidden", "cam02/IMG_3.JPG")
+    (card / "cam01" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (card / "cam01" / "broken.JPG").symlink_to(tmp_path / "nothing.JPG")
+    (card / "cam01" / "photo_link.JPG").symlink_to(elsewhere / "IMG_4.JPG")
+    fs = fsspec.filesystem("file")
+    walked = sorted(
+        posixpath.join(folder, name)
+        for folder, _, names in fs.walk(str(card / "cam01"), detail=False)
+        for name in names
+    )
+    assert _files_below(fs, str(card / "cam01")) == walked
+    assert str(card / "cam01" / "linked") in walked
+    listing = next(iter(list_deployments(str(card))))
+    assert [Path(r.uri).name for r in listing.refs] == [
+        "IMG_1.JPG", "broken.JPG", "IMG_2.JPG", "photo_link.JPG",
+    ]  # fmt: skip
+    assert [Path(f.uri).name for f in listing.unsupported] == ["linked"]
+    assert listing.hidden == 1
 
 
 def test_dotfiles_are_counted_not_listed_and_a_single_file_is_its_own_input(
