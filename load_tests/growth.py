@@ -6,7 +6,10 @@ A season's backlog is many small photos, where per-photo overheads (commits, eve
 metadata) show. Photos are 1280x960 JPEGs of ~220 KB: 500 rendered scenes, and for every later
 index a copy of one of them whose EXIF capture time is rewritten (another time, another
 sha256: a photo of its own to the pipeline, the same decode cost), cached on disk and evicted
-from the page cache before each run (`drop_cached`: every size reads from disk).
+from the page cache before each run (`drop_cached`: every size reads from disk). One input in
+100 is a truncated JPEG (`BAD_EVERY`), so the failures table and the stream's dead-letter topic
+grow with the run too; each run checks that every one of them has its failures row and, in the
+stream, its dead-letter record.
 
 Both modes run as a user runs them, as processes of their own: the folder run is `trapline run`
 (its driver is that process, not this benchmark, which holds every photo's path), the stream is
@@ -36,7 +39,7 @@ from load_tests.procstats import ProcessSampler, cmdline, descendants
 from load_tests.stream import StreamOptions, run_stream_bench
 from trapline.pipelines import delta
 from trapline.pipelines.delta_txn import read_app_versions
-from trapline.pipelines.readers import CommittedInputs
+from trapline.pipelines.readers import CommittedInputs, read_table
 from trapline.pipelines.source import list_deployments
 from trapline.services.run.folder_tables import pending_refs
 
@@ -47,6 +50,7 @@ WIDTH, HEIGHT = 1280, 960
 SHORT_RUN_PHOTOS, SHORT_RUN_REPEATS = 10_000, 3
 BASE = 500  # rendered scenes; a multiple of DEPLOYMENTS, so copy i keeps photo i's camera
 assert BASE % DEPLOYMENTS == 0
+BAD_EVERY, BAD_AT = 100, 5  # input i is a truncated JPEG when i % 100 == 5 (after the warm-up's)
 
 
 def _taken_at(index: int) -> bytes:
@@ -56,7 +60,8 @@ def _taken_at(index: int) -> bytes:
 
 
 def ensure_small_photos(cache: Path, count: int) -> list[Path]:
-    """Photos 0..count-1 of ~220 KB, generated once: scenes below BASE, retimed copies above."""
+    """Inputs 0..count-1 of ~220 KB, generated once: scenes below BASE, retimed copies above,
+    and every `BAD_EVERY`th (`is_bad_input`) that photo's first half, a truncated JPEG."""
     base = ensure_photos(cache, min(count, BASE), WIDTH, HEIGHT)
     folder = cache.resolve() / f"{WIDTH}x{HEIGHT}-retimed"
     paths = list(base)
@@ -66,12 +71,27 @@ def ensure_small_photos(cache: Path, count: int) -> list[Path]:
             original = base[index % BASE].read_bytes()
             stamp = _taken_at(index % BASE)
             assert stamp in original, "the base photo's capture time is not where expected"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_bytes(original.replace(stamp, _taken_at(index)))
-            temporary.rename(path)
+            _write(path, original.replace(stamp, _taken_at(index)))
         paths.append(path)
+    truncated = cache.resolve() / f"{WIDTH}x{HEIGHT}-truncated"
+    for index in range(BAD_AT, count, BAD_EVERY):
+        bad = photo_path(truncated, index)
+        if not bad.exists():
+            whole = paths[index].read_bytes()
+            _write(bad, whole[: len(whole) // 2])
+        paths[index] = bad
     return paths
+
+
+def is_bad_input(path: Path) -> bool:
+    return path.parent.parent.name.endswith("-truncated")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    temporary.rename(path)
 
 
 def drop_cached(paths: list[Path]) -> None:
@@ -125,6 +145,7 @@ def table_costs(out: Path, source: Path | None) -> dict:
     report = run_report_cli(out)
     return {
         "tables": tables,
+        "failures_rows": read_table(str(out), "failures", columns=["uri"]).num_rows,
         "late_to_early_rate": late_to_early_rate(out),
         "open_seconds": timed(open_all),
         "resume_seconds": timed(resume),
@@ -158,8 +179,6 @@ def late_to_early_rate(out: Path) -> float | None:
     run to the next here) does not. The 1st and 10th tenths are left out: the stream bench's
     warm-up photos and the start, the last event's hold and the drain. None when a tenth spans
     fewer than 3 commits (too coarse: small runs)."""
-    from trapline.pipelines.readers import read_table
-
     stamps = read_table(str(out), "media", columns=["processed_at"]).column("processed_at")
     times = sorted(value.timestamp() for value in stamps.to_pylist())
     tenth = len(times) // 10
@@ -247,7 +266,7 @@ def run_growth_bench(
 def _folder_row(paths: list[Path], workers: int) -> dict:
     drop_cached(paths)
     figures = run_folder_cli(paths, workers, inspect=table_costs)
-    return _row(len(paths), figures, figures["photos_per_second_steady"])
+    return _row(paths, figures, figures["photos_per_second_steady"])
 
 
 def _stream_row(paths: list[Path], warmup: list[Path], workers: int) -> dict:
@@ -255,7 +274,7 @@ def _stream_row(paths: list[Path], warmup: list[Path], workers: int) -> dict:
     drop_cached(paths)
     figures = run_stream_bench(paths, warmup, options, inspect=table_costs)
     # processed, not readable: the last burst's fixed hold is latency (load_tests/stream.py)
-    return _row(len(paths), figures, figures["processed_per_second"])
+    return _row(paths, figures, figures["processed_per_second"])
 
 
 def _median_run(run: Callable[[], dict], repeats: int) -> dict:
@@ -266,7 +285,7 @@ def _median_run(run: Callable[[], dict], repeats: int) -> dict:
     return middle
 
 
-def _row(size: int, figures: dict, photos_per_second: float) -> dict:
+def _row(paths: list[Path], figures: dict, photos_per_second: float) -> dict:
     """One size's figures; processes named by role (driver, worker-1, ...), not by pid."""
     processes = figures["processes"]
     roles: dict[str, str] = {}
@@ -281,8 +300,9 @@ def _row(size: int, figures: dict, photos_per_second: float) -> dict:
             else f"{kind}-{sum(1 for r in roles.values() if r.startswith(kind)) + 1}"
         )
     row = {
-        "photos": size,
+        "photos": len(paths),
         "photos_per_second": photos_per_second,
+        "bad_inputs": sum(1 for path in paths if is_bad_input(path)),
         "stage_seconds_per_photo": figures.get("stage_seconds_per_photo", {}),
         "peak_rss_mb": {roles[k]: v["rss_mb_peak"] for k, v in processes.items()},
         "final_rss_mb": {roles[k]: v["rss_mb_final"] for k, v in processes.items()},
@@ -293,6 +313,11 @@ def _row(size: int, figures: dict, photos_per_second: float) -> dict:
     }
     if "ray_system_rss_mb_peak" in figures:
         row["peak_rss_mb"]["ray-system (sum)"] = figures["ray_system_rss_mb_peak"]
+    if "dead_letter_records" in figures:  # the stream's
+        row["dead_letter_records"] = figures["dead_letter_records"]
+    if row["failures_rows"] != row["bad_inputs"]:
+        print(f"    LOST OR EXTRA: {row['bad_inputs']} truncated inputs, "
+              f"{row['failures_rows']} failures rows", flush=True)  # fmt: skip
     return row
 
 
@@ -335,5 +360,11 @@ def _describe(row: dict) -> str:
         f"{row['resume_seconds'] * 1000:.0f} ms, report {row['report_seconds']:.1f} s and "
         f"{row.get('report_peak_rss_mb')} MB, stages "
         f"{sum(row.get('stage_seconds_per_photo', {}).values()) * 1000:.1f} ms a photo, "
-        f"rate of the 9th tenth / the 2nd {row.get('late_to_early_rate')}"
+        f"rate of the 9th tenth / the 2nd {row.get('late_to_early_rate')}, "
+        f"{row['failures_rows']} failures rows for {row['bad_inputs']} truncated inputs"
+        + (
+            f", {row['dead_letter_records']} dead-letter records"
+            if "dead_letter_records" in row
+            else ""
+        )
     )

@@ -32,7 +32,7 @@ STREAM_FIELDS = (
     "latency_seconds", "lag_max", "lag_final", "mean_batch_fill",
     "stage_seconds_per_photo", "bytes_read_per_photo", "bytes_written_per_photo",
     "event_bytes_per_photo", "processes", "rss_timeline_mb", "timeline", "latency_timeline",
-    "per_worker",
+    "dead_letter_records", "per_worker",
 )  # fmt: skip
 
 

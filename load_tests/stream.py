@@ -296,6 +296,11 @@ def run_stream_bench(
                 for port, before in zip(ports, base_metrics)
             ]
             producer.close(timeout=5)
+            # What reached the dead-letter topic (at least once): read until quiet, since
+            # Tansu's high watermark cannot say where the topic ends (kafka_io.read_topic).
+            dead_letters = kafka_io.read_topic(
+                broker.bootstrap, f"{topic}.dlq", len(warm) + len(events) + 1, timeout_s=10
+            )
             for process, _ in workers:
                 process.send_signal(signal.SIGTERM)
             for process, log in workers:
@@ -305,6 +310,7 @@ def run_stream_bench(
             out, events, produced, timeline, metrics, sampler, options, folder_size(out),
             all_processed_at,
         )  # fmt: skip
+        figures["dead_letter_records"] = len(dead_letters)
         nodes = _actor_nodes(work)
         figures["per_worker"] = [
             {"metrics_port": port, "processed": round(m.get(PROCESSED, 0.0)),

@@ -31,6 +31,7 @@ def test_driver_writes_a_complete_report(tmp_path, capsys):
         assert list(stream) == list(STREAM_FIELDS)
         assert stream["media_rows"] == stream["events"]  # every event became a row
         assert stream["lag_final"] == 0
+        assert stream["dead_letter_records"] == 0  # every photo is whole: none refused
         assert stream["latency_seconds"]["p50"] > 0
         assert stream["processes"], "worker CPU/RSS were sampled"
     assert set(report["stage_seconds_per_photo"]) == {
@@ -66,6 +67,7 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         )
         assert run["open_seconds"] > 0 and run["resume_seconds"] > 0 and run["report_seconds"] > 0
         assert run["report_peak_rss_mb"] > 0  # `trapline report` as a process of its own
+        assert run["bad_inputs"] == 1 and run["failures_rows"] == 1  # input 5: truncated
         assert {"decode", "detect", "write"} <= set(run["stage_seconds_per_photo"])
         seconds = [t for t, _ in run["rss_timeline_mb"]["driver"]]  # memory over the run
         assert len(seconds) >= 2 and seconds == sorted(seconds)
