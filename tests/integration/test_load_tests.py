@@ -67,7 +67,7 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         )
         assert run["open_seconds"] > 0 and run["resume_seconds"] > 0 and run["report_seconds"] > 0
         assert run["report_peak_rss_mb"] > 0  # `trapline report` as a process of its own
-        assert run["bad_inputs"] == 1 and run["failures_rows"] == 1  # input 5: truncated
+        assert run["bad_inputs"] == 1 and run["failures_by_kind"] == {"truncated": 1}  # input 5
         assert {"decode", "detect", "write"} <= set(run["stage_seconds_per_photo"])
         seconds = [t for t, _ in run["rss_timeline_mb"]["driver"]]  # memory over the run
         assert len(seconds) >= 2 and seconds == sorted(seconds)
