@@ -31,7 +31,7 @@ PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 @dataclass(slots=True)
 class Listing:
     refs: list[MediaRef]  # photos to process, in a stable order
-    unsupported: list[Failure]  # files that are not photos by their extension
+    unsupported: list[Failure]  # refused while listing: not a photo type, an unreadable folder
     hidden: int  # dotfiles (.DS_Store, ._IMG_0001.JPG): not inputs, only counted
 
 
@@ -73,32 +73,60 @@ def list_deployments(root: str) -> Iterator[Listing]:
             loose.append(name)
     names = set(folders) | ({root_name} if loose else set())
     for name in sorted(names):
-        files = _files_below(fs, folders[name]) if name in folders else []
+        files, forbidden = _files_below(fs, folders[name]) if name in folders else ([], [])
         if name == root_name:
             files = sorted(files + loose)
-        yield _classified(fs, protocol, path, root_name, files)
+        yield _classified(fs, protocol, path, root_name, files, forbidden)
     fs.invalidate_cache(path)
 
 
 def _classified(
-    fs: fsspec.AbstractFileSystem, protocol: str, path: str, root_name: str, files: list[str]
+    fs: fsspec.AbstractFileSystem,
+    protocol: str,
+    path: str,
+    root_name: str,
+    files: list[str],
+    forbidden: Sequence[str] = (),
 ) -> Listing:
     """`files` (below `path`, or `path` itself) as photos to process, unsupported types and a
-    count of dotfiles."""
+    count of dotfiles; `forbidden` folders (below `path`) as failures rows."""
     listing = Listing([], [], 0)
     names: dict[str, str] = {}  # one string per deployment, not one per photo (100,000: -5 MB)
     prefix = path + "/"
-    for file in files:
-        if file.startswith(prefix):  # as listed (posixpath.relpath: 3.5 us a file)
-            relative = file[len(prefix) :]
+
+    def relative_parts(name: str) -> list[str]:
+        if name.startswith(prefix):  # as listed (posixpath.relpath: 3.5 us a file)
+            relative = name[len(prefix) :]
         else:
-            relative = posixpath.relpath(file, path) if file != path else posixpath.basename(file)
-        parts = relative.split("/")
+            relative = posixpath.relpath(name, path) if name != path else posixpath.basename(name)
+        return relative.split("/")
+
+    def uri_of(name: str) -> str:
+        return name if protocol in ("file", "local") else f"{protocol}://{name}"
+
+    for folder in forbidden:
+        parts = relative_parts(folder)
+        if any(part.startswith(".") for part in parts):
+            listing.hidden += 1
+            continue
+        listing.unsupported.append(
+            Failure(
+                uri=uri_of(folder),
+                deployment_id=parts[0],
+                media_id=None,
+                stage="source",
+                kind="forbidden",
+                message=f"{uri_of(folder)}: folder not readable (permission denied), its "
+                "photos were not listed",
+            )
+        )
+    for file in files:
+        parts = relative_parts(file)
         if any(part.startswith(".") for part in parts):
             listing.hidden += 1
             continue
         deployment = names.setdefault(parts[0], parts[0]) if len(parts) > 1 else root_name
-        uri = file if protocol in ("file", "local") else f"{protocol}://{file}"
+        uri = uri_of(file)
         extension = posixpath.splitext(file)[1].lower()
         if extension in PHOTO_EXTENSIONS or extension in VIDEO_EXTENSIONS:
             listing.refs.append(MediaRef(uri=uri, deployment_id=deployment))
@@ -117,29 +145,50 @@ def _classified(
     return listing
 
 
-def _files_below(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """Every file below `path`, sorted: walked a folder at a time, names only. `fs.find` holds
-    every file's details at once, and the memory stays with the run (100,000 local photos: +167
-    MB RSS and 7.7 s, against +28 MB and 1.5 s); the listings s3fs caches are dropped after.
+def _files_below(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], list[str]]:
+    """Every file below `path`, sorted, and the folders below it that could not be read (a
+    failures row each, not a silent gap: fsspec's and `os.walk`'s default is to skip them).
+    Walked a folder at a time, names only. `fs.find` holds every file's details at once, and
+    the memory stays with the run (100,000 local photos: +167 MB RSS and 7.7 s, against +28 MB
+    and 1.5 s); the listings s3fs caches are dropped after.
 
     Local folders are walked with `os.walk`: fsspec's local `walk` stats every file to build a
     details dict it then drops (100,000 photos: 0.96 s, against 0.10 s). The same entries as
-    fsspec's: a link to a folder is an entry, not walked into (so it gets its failures row),
-    and an unreadable folder stops the listing instead of being skipped as `os.walk` would."""
+    fsspec's: a link to a folder is an entry, not walked into (so it gets its failures row).
+    A folder gone since it was listed holds nothing to lose; any other error (an outage) is
+    raised, so the run waits or stops rather than leave photos out. Other stores are walked
+    with `fs.ls` here, not `fs.walk`: fsspec 2026.9's `walk` does not pass `on_error` down to
+    the folders below the first, which are skipped on any error whatever it says."""
     files: list[str] = []
+    forbidden: list[str] = []
+
+    def refused(error: OSError, folder: str) -> None:
+        if isinstance(error, PermissionError):
+            forbidden.append(folder.rstrip("/"))
+        elif not isinstance(error, FileNotFoundError):
+            raise error
+
     if isinstance(fs, LocalFileSystem):
-        for folder, folders, names in os.walk(path, onerror=_raise):
+        for folder, folders, names in os.walk(path, onerror=lambda e: refused(e, e.filename)):
             linked = [name for name in folders if os.path.islink(os.path.join(folder, name))]
             files.extend(posixpath.join(folder, name) for name in names + linked)
-        return sorted(files)
-    for folder, _, names in fs.walk(path, detail=False):
-        files.extend(posixpath.join(folder, name) for name in names)
+        return sorted(files), forbidden
+    folders = [path]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = fs.ls(folder, detail=True)
+        except OSError as error:
+            refused(error, folder)
+            continue
+        for entry in entries:
+            name = entry["name"].rstrip("/")
+            if entry["type"] != "directory":
+                files.append(name)
+            elif name != folder:  # some stores list the prefix itself
+                folders.append(name)
     fs.invalidate_cache(path)
-    return sorted(files)
-
-
-def _raise(error: OSError) -> None:
-    raise error
+    return sorted(files), forbidden
 
 
 def read_bytes(uri: str, max_bytes: int, roots: Sequence[str] | None = None) -> bytes:

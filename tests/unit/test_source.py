@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 from pathlib import Path
 
 import fsspec
+import pytest
 
 from trapline.pipelines.source import _files_below, list_deployments, list_media
 from trapline.services.run.folder import FolderWork, RunSummary
@@ -57,7 +59,7 @@ def test_a_local_folder_is_walked_to_the_same_entries_as_fsspec_walks_it(tmp_pat
         for folder, _, names in fs.walk(str(card / "cam01"), detail=False)
         for name in names
     )
-    assert _files_below(fs, str(card / "cam01")) == walked
+    assert _files_below(fs, str(card / "cam01")) == (walked, [])
     assert str(card / "cam01" / "linked") in walked
     listing = next(iter(list_deployments(str(card))))
     assert [Path(r.uri).name for r in listing.refs] == [
@@ -65,6 +67,52 @@ def test_a_local_folder_is_walked_to_the_same_entries_as_fsspec_walks_it(tmp_pat
     ]  # fmt: skip
     assert [Path(f.uri).name for f in listing.unsupported] == ["linked"]
     assert listing.hidden == 1
+
+
+def test_an_unreadable_folder_is_a_failures_row_not_a_gap(tmp_path: Path, monkeypatch) -> None:
+    """fsspec's and os.walk's default skips a folder it may not read, photos and all; here it is
+    a `forbidden` failures row of its deployment, and the rest is listed. (Refused by the
+    kernel's scandir, as for a user without the folder's read bit: CI runs as root.)"""
+    card = tmp_path / "card"
+    _touch(card, "cam01/IMG_1.JPG", "cam01/locked/IMG_2.JPG", "cam01/.Trashes/x/IMG_3.JPG",
+           "cam02/IMG_1.JPG")  # fmt: skip
+    refused = {str(card / "cam01" / "locked"), str(card / "cam01" / ".Trashes")}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path) in refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    cam01, cam02 = list_deployments(str(card))
+    assert [Path(r.uri).name for r in cam01.refs] == ["IMG_1.JPG"]
+    assert [(f.uri, f.kind, f.deployment_id) for f in cam01.unsupported] == [
+        (str(card / "cam01" / "locked"), "forbidden", "cam01")
+    ]
+    assert cam01.hidden == 1  # the dot folder: not an input, counted
+    assert [Path(r.uri).name for r in cam02.refs] == ["IMG_1.JPG"]
+
+
+def test_a_store_outage_while_listing_is_raised_not_skipped(monkeypatch) -> None:
+    """Any other listing error (a timeout, a 503) stops the listing: the run waits or stops
+    instead of committing a deployment with photos missing. fsspec's memory store, whose
+    `ls` of one folder fails as a remote store's would."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = fsspec.filesystem("memory")
+    for name in ("/card/cam01/IMG_1.JPG", "/card/cam01/night/IMG_2.JPG"):
+        fs.pipe(name, b"x")
+    real_ls = MemoryFileSystem.ls
+
+    def ls(self, path, detail=True, **kwargs):
+        if path.rstrip("/").endswith("night"):
+            raise TimeoutError("read timed out")
+        return real_ls(self, path, detail=detail, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "ls", ls)
+    with pytest.raises(TimeoutError):
+        list(list_deployments("memory://card"))
 
 
 def test_dotfiles_are_counted_not_listed_and_a_single_file_is_its_own_input(
