@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -104,6 +107,40 @@ def test_vacuum_below_a_week_needs_force_and_then_deletes_replaced_files(tmp_pat
     on_disk = list((tmp_path / "media").rglob("*.parquet"))
     assert len([p for p in on_disk if "_delta_log" not in str(p)]) == 1
     assert read_table(root, "media").num_rows == 15
+
+
+def test_vacuum_deletes_replaced_files_a_checkpoint_forgot_and_old_orphans_not_a_writers_new_file(
+    tmp_path,
+):
+    """A week on: the checkpoints no longer name the replaced files (their removals expired),
+    so delta-rs's default `lite` VACUUM found none of them and they stayed on storage for good."""
+    root = str(tmp_path)
+    folder = tmp_path / "media"
+    for batch in range(3):
+        commit_photos(root, batch * 5, 5)
+    week_ago = time.time() - 8 * 24 * 3600
+    replaced = [p for p in folder.rglob("*.parquet") if "_delta_log" not in p.parts]
+    for path in replaced:  # written more than the retention ago
+        os.utime(path, (week_ago, week_ago))
+    compact(root, ["media"])  # OPTIMIZE: the three are removed from the table, not from storage
+    # The removals expire (a second, standing in for the 7 days) and a checkpoint drops them.
+    table = delta.open_table(root, "media")
+    table.alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 1 seconds"})
+    time.sleep(1.5)
+    commit_photos(root, 15, 5)
+    delta.open_table(root, "media").create_checkpoint()
+    crashed = folder / replaced[0].relative_to(folder).with_name("part-crashed-commit.parquet")
+    in_flight = crashed.with_name("part-being-written.parquet")
+    for orphan in (crashed, in_flight):
+        shutil.copy(replaced[0], orphan)
+    os.utime(crashed, (week_ago, week_ago))
+    assert delta.open_table(root, "media").vacuum(retention_hours=168, dry_run=True) == []
+
+    report = compact(root, ["media"], vacuum_hours=168)
+    assert report.vacuumed == 4  # the three replaced files and the crashed commit's
+    left = {p for p in folder.rglob("*.parquet") if "_delta_log" not in p.parts}
+    assert not left & {*replaced, crashed} and in_flight in left
+    assert read_table(root, "media").num_rows == 20
 
 
 def test_compact_command_refuses_a_short_vacuum_and_reports_what_it_did(tmp_path):
