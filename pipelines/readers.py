@@ -9,8 +9,8 @@ pointed at the folder gets this wrong: it reads uncommitted and replaced files t
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -133,34 +133,47 @@ class CompactIds:
         self._merge()  # an id added again may wait in `_recent` while also in `_sorted`
         return len(self._sorted)
 
+    @property
+    def held(self) -> int:
+        """Digests held, without merging (an id added twice lately may count twice)."""
+        return len(self._sorted) + len(self._recent)
 
-@dataclass
+
 class KnownMedia:
     """Which photos the media table already holds, per deployment, loaded on first need.
 
     Deduplication across runs and partitions: a photo is a duplicate when its media_id or its
     bytes (sha256) are already in the table. The message key is the deployment, so a photo's
-    repeats reach the same stream worker, which keeps what it committed here.
+    repeats reach the same stream worker, which keeps what it committed here. A worker runs for
+    weeks while cameras come and go, so past `max_ids` digests (16 bytes each) the deployments
+    used least lately are let go: a quiet camera's ids are read again from the table (which holds
+    all it committed) when it next sends, and memory stays bounded, not grown with history.
     """
 
-    root: str
-    ids: dict[str, CompactIds] = field(default_factory=dict)  # deployment -> media ids, sha256s
+    def __init__(self, root: str, max_ids: int = 4_000_000) -> None:
+        self.root = root
+        self.max_ids = max_ids
+        self.ids: OrderedDict[str, CompactIds] = OrderedDict()  # least recently used first
 
     def of(self, deployment_id: str) -> CompactIds:
-        if deployment_id not in self.ids:
-            rows = read_table(
-                self.root,
-                "media",
-                columns=["media_id", "sha256"],
-                filter=pc.field("deployment_id") == deployment_id,
-            )
-            known = CompactIds(rows.column("media_id").to_pylist())
-            known.update(rows.column("sha256").to_pylist())
-            self.ids[deployment_id] = known
-        return self.ids[deployment_id]
+        known = self.ids.get(deployment_id)
+        if known is not None:
+            self.ids.move_to_end(deployment_id)
+            return known
+        rows = read_table(
+            self.root,
+            "media",
+            columns=["media_id", "sha256"],
+            filter=pc.field("deployment_id") == deployment_id,
+        )
+        known = CompactIds(rows.column("media_id").to_pylist())
+        known.update(rows.column("sha256").to_pylist())
+        self.ids[deployment_id] = known
+        self._let_go()
+        return known
 
     def add(self, media: pa.Table) -> None:
-        """Remember rows just committed (only for deployments already loaded)."""
+        """Remember rows just committed (only for deployments held: the others read the table)."""
         for deployment, media_id, sha256 in zip(
             media.column("deployment_id").to_pylist(),
             media.column("media_id").to_pylist(),
@@ -168,11 +181,20 @@ class KnownMedia:
         ):
             if deployment in self.ids:
                 self.ids[deployment].update((media_id, sha256))
+        self._let_go()
 
     def forget(self, deployments: Iterable[str]) -> None:
         """Someone else wrote these deployments: read them again when next needed."""
         for deployment in deployments:
             self.ids.pop(deployment, None)
+
+    def _let_go(self) -> None:
+        """Drop the least recently used deployments while more than `max_ids` are held (the
+        one used last stays, whatever its size)."""
+        held = sum(known.held for known in self.ids.values())
+        while held > self.max_ids and len(self.ids) > 1:
+            _, known = self.ids.popitem(last=False)
+            held -= known.held
 
 
 class CommittedInputs:

@@ -348,6 +348,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Folder runs: a deployment is committed when all its photos are done, and a long one every this many photos (at an event boundary; a burst this long, a time-lapse, is cut), so a killed run keeps its work and memory stays bounded.",
     )
+    dedupe_memory_mb: int = Field(
+        64,
+        ge=1,
+        description="Memory a worker or folder run keeps for duplicate checks (a deployment's media ids and sha256s, 16 bytes each: 64 MB ~ 2 million photos); past it the deployments used least lately are let go and read again from the media table when they next send.",
+    )
     batch_max_records: int = Field(
         500,
         ge=1,

@@ -288,7 +288,7 @@ def _process_and_write(
     failures = work.unsupported  # a deployment's unsupported files go with its commit
     remaining = work.remaining  # photos still to come back, per deployment
     done = 0
-    known = KnownMedia(out)
+    known = KnownMedia(out, settings.dedupe_memory_mb * 2**20 // 16)
     for output in outputs:
         for stage, seconds in output.stage_seconds.items():
             summary.stage_seconds[stage] += seconds

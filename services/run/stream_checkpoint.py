@@ -100,7 +100,7 @@ class Checkpointer:
         self.models = models
         self.labels = labels
         self.dead_letters = dead_letters
-        self.known = KnownMedia(root)
+        self.known = KnownMedia(root, settings.dedupe_memory_mb * 2**20 // 16)
         self._tables: dict[str, Any] = {}
 
     def table(self, name: str) -> Any:

@@ -5,6 +5,7 @@ import hashlib
 import random
 import string
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -96,3 +97,45 @@ def test_deduplication_against_compact_ids_marks_known_ids_and_known_bytes():
     assert [r.ref.uri for r in unique] == ["c.jpg"]
     assert sorted(f.uri for f in duplicates) == ["a.jpg", "b.jpg"]
     assert all(f.kind == "duplicate" for f in duplicates)
+
+
+def _commit(root: str, deployment: str, count: int) -> None:
+    """`count` photos of `deployment` in the media table, as a worker commits them."""
+    from trapline.models.labels import DEEPFAUNE_LABELS
+    from trapline.pipelines import delta
+    from trapline.pipelines.flow import assemble
+    from trapline.pipelines.tables import ModelNames
+    from trapline.services.settings import Settings
+
+    results = [
+        replace(
+            _result("", f"{deployment}-{i}", f"sha-{deployment}-{i}"),
+            ref=MediaRef(uri=f"/cards/{deployment}/{i}.jpg", deployment_id=deployment),
+        )
+        for i in range(count)
+    ]
+    models = ModelNames("det", "1", "cls", "1")
+    tables = assemble(results, [], Settings().stage_options(), models, DEEPFAUNE_LABELS)
+    delta.append(delta.create_table(root, "media"), "media", tables.media)
+
+
+def test_known_media_lets_quiet_deployments_go_and_reads_them_again_when_they_send(tmp_path):
+    """A stream worker meets camera after camera for weeks: what it holds for duplicate checks
+    stays under `max_ids`, and a camera let go still has its photos found (read from the table)."""
+    from trapline.pipelines.readers import KnownMedia
+
+    root = str(tmp_path)
+    for camera in ("cam-a", "cam-b", "cam-c"):
+        _commit(root, camera, 10)  # 20 digests each: media ids and sha256s
+    known = KnownMedia(root, max_ids=45)
+    assert "cam-a-3" in known.of("cam-a") and "sha-cam-b-9" in known.of("cam-b")
+    assert list(known.ids) == ["cam-a", "cam-b"]
+    known.of("cam-a")  # used again: cam-b is now the least recent
+    assert "cam-c-0" in known.of("cam-c")
+    assert list(known.ids) == ["cam-a", "cam-c"]  # cam-b let go: 40 held, not 60
+    assert sum(k.held for k in known.ids.values()) <= 45
+    assert "cam-b-5" in known.of("cam-b") and "sha-cam-b-5" in known.of("cam-b")  # read again
+    assert "cam-b-10" not in known.of("cam-b")
+    assert list(known.ids) == ["cam-c", "cam-b"]
+    only = KnownMedia(root, max_ids=5)  # smaller than one camera: the one in use stays
+    assert "cam-a-1" in only.of("cam-a") and list(only.ids) == ["cam-a"]
