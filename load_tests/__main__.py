@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--mode delta (and all): prior commits before timing a partition's resume",
     )
     parser.add_argument(
+        "--rows-in-every-commit",
+        action="store_true",
+        help="--mode delta: rows in every commit (files replaced by OPTIMIZE all along), not the first 50",
+    )
+    parser.add_argument(
         "--photos", type=int, default=300, help="photos per folder run and events per stream phase"
     )
     parser.add_argument("--size", default="4000x3000", help="photo size WxH (12 MP by default)")
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Delta log: {histories} prior commits ({args.storage or 'local disk'})", flush=True)
         if args.storage:
             configure_fsspec(Settings())
-        result = run_delta_bench(histories, args.storage)
+        result = run_delta_bench(histories, args.storage, args.rows_in_every_commit)
         ratio = result["resume_ratio_longest_to_shortest"]
         print(f"resume after {histories[-1]} / after {histories[0]} commits: {ratio} (flat: ~1)")
         return result

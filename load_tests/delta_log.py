@@ -11,15 +11,26 @@ benchmark builds one table per history length with commits shaped like a worker'
 rows, one app transaction per partition of four), then times, each on a fresh process state:
 opening the table and reading the four partitions' versions, as `Checkpointer.resume_point`
 does. The ratio resume(longest) / resume(shortest) is the figure: ~1 means flat.
+
+    .venv/bin/python -m load_tests --mode delta --history 10,900 --rows-in-every-commit
+
+puts rows in every commit, as a busy stream does, so the writers' OPTIMIZE (every 50 versions)
+replaces files all along: each replaced file stays in every checkpoint as a removal until
+`delta.deletedFileRetentionDuration` (7 days) has passed, and opening the table reads them all
+(`checkpoint_removals`). That open grows with the files written within the retention, not with
+the commits alone.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines import delta
@@ -43,7 +54,7 @@ def _rows(first: int):
     return assemble(results, [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS).media
 
 
-def build_history(root: str, commits: int) -> float:
+def build_history(root: str, commits: int, rows_in_every_commit: bool = False) -> float:
     """`commits` worker-shaped commits into `root`/media; returns commits per second."""
     table = delta.create_table(root, "media")
     rows = _rows(0)
@@ -52,9 +63,20 @@ def build_history(root: str, commits: int) -> float:
         partition = index % PARTITIONS
         # The first commits carry rows (files to list); the rest only move the versions on, as
         # a quiet partition's commits do: the log, not the data, is what resuming reads.
-        data = rows if index < 50 else rows.slice(0, 0)
+        data = rows if rows_in_every_commit or index < 50 else rows.slice(0, 0)
         delta.append(table, "media", data, [delta.AppVersion(f"g:t:{partition}", index)])
     return commits / (time.perf_counter() - started)
+
+
+def checkpoint_removals(root: str) -> int | None:
+    """Removals (replaced files within the retention) in the media table's last checkpoint;
+    None when it has none or lies on an object store."""
+    log = Path(delta.table_uri(root, "media")) / "_delta_log"
+    if not (log / "_last_checkpoint").exists():
+        return None
+    version = json.loads((log / "_last_checkpoint").read_text())["version"]
+    checkpoint = pq.read_table(log / f"{version:020d}.checkpoint.parquet", columns=["remove"])
+    return len(checkpoint) - checkpoint.column("remove").null_count
 
 
 def time_resume(root: str, repeats: int = 5) -> float:
@@ -80,7 +102,9 @@ def time_open(root: str, repeats: int = 5) -> float:
     return statistics.median(timings)
 
 
-def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
+def run_delta_bench(
+    histories: list[int], storage: str | None = None, rows_in_every_commit: bool = False
+) -> dict:
     """Commits/s while building each history, then resume time after each, timed back to
     back (interleaved, several rounds) so that the machine's drift hits all alike; flat ~1."""
     scratch = Path(tempfile.mkdtemp(prefix="trapline-delta-bench-"))
@@ -92,7 +116,7 @@ def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
                 if storage
                 else str(scratch / f"history-{commits}")
             )
-            rates[commits] = build_history(roots[commits], commits)
+            rates[commits] = build_history(roots[commits], commits, rows_in_every_commit)
             print(f"  {commits:>6} commits built: {rates[commits]:.0f} commits/s", flush=True)
         resume: dict[int, list[float]] = {c: [] for c in histories}
         opened: dict[int, list[float]] = {c: [] for c in histories}
@@ -103,17 +127,21 @@ def run_delta_bench(histories: list[int], storage: str | None = None) -> dict:
         results = []
         for commits in histories:
             r, o = statistics.median(resume[commits]), statistics.median(opened[commits])
+            removals = None if storage else checkpoint_removals(roots[commits])
             results.append({
                 "prior_commits": commits, "commits_per_second": round(rates[commits], 1),
                 "resume_seconds": round(r, 4), "delta_rs_open_seconds": round(o, 4),
+                "checkpoint_removals": removals,
             })  # fmt: skip
             print(f"  {commits:>6} prior commits: resume {r * 1000:.1f} ms,"
-                  f" delta-rs open {o * 1000:.1f} ms", flush=True)  # fmt: skip
+                  f" delta-rs open {o * 1000:.1f} ms, {removals} removals in the checkpoint",
+                  flush=True)  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     shortest, longest = results[0], results[-1]
     return {
         "storage": storage or "local disk",
+        "rows_in_every_commit": rows_in_every_commit,
         "histories": results,
         "resume_ratio_longest_to_shortest": round(
             longest["resume_seconds"] / shortest["resume_seconds"], 2

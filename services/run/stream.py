@@ -1,9 +1,10 @@
 """Service mode: upload messages from Kafka -> the same stages -> Delta tables, each row exactly once.
 
 One `StreamWorker` is one Kafka consumer in the group. Its loop polls, keeps each assigned
-partition's records in a `PartitionBuffer` (services/run/stream_buffer.py) and, when a checkpoint is
-due (`batch_max_records` records in a partition, or `commit_interval_s` since the oldest
-unwritten one), runs the stages on what is new and hands every partition's ready range to the
+partition's records in a `PartitionBuffer` (services/run/stream_buffer.py), runs the stages on
+them as soon as a model batch is there (`batch_size` records, or `batch_max_wait_s` after the
+oldest), and, when a checkpoint is due (`batch_max_records` records in a partition, or
+`commit_interval_s` since the oldest unwritten one), hands every partition's ready range to the
 `Checkpointer` (services/run/stream_checkpoint.py): one Delta commit per table, carrying each
 partition's last offset as an application transaction, media last. Kafka's offsets are committed
 after that, as advice only: on assignment a partition resumes from the tables' versions.
@@ -151,6 +152,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 for tp, records in polled.items():
                     self._accept(tp, records)
                     last_record_at = self.clock()
+                if self._stages_due():
+                    self._run_stages()
                 if self._due():
                     self.checkpoint()
                 idle = self.clock() - last_record_at
@@ -200,6 +203,43 @@ class StreamWorker(kafka_io.RebalanceListener):
         for record in records:
             if buffer.add(record, now):
                 self.stats.records += 1
+
+    def _stages_due(self) -> bool:
+        """A model batch is waiting (`batch_size` records, or the oldest waited
+        `batch_max_wait_s`). The stages run then, not when the commit is due: a worker that
+        waited for its commit to fill before processing idled up to `commit_interval_s` (1,000
+        photos at the shipped 5 s: 70 photos/s against 130)."""
+        if self.clock() < self._retry_at:
+            return False
+        now = self.clock()
+        count, oldest = 0, 0.0
+        for buffer in self.buffers.values():
+            waiting, waited = buffer.unprocessed(now)
+            count, oldest = count + waiting, max(oldest, waited)
+        return count >= self.settings.batch_size or (
+            count > 0 and oldest >= self.settings.batch_max_wait_s
+        )
+
+    def _run_stages(self) -> None:
+        """The stages on up to a model batch of each partition's new records: the loop comes
+        back to poll and to checkpoint between batches."""
+        try:
+            process_pending(
+                self.buffers.values(), self.pipeline, self.settings,
+                self._uploaded_at.__setitem__, limit=self.settings.batch_size,
+            )  # fmt: skip
+        except (BackendUnavailable, StorageUnavailable) as error:
+            self._stages_unavailable(error, owned=True)
+
+    def _stages_unavailable(
+        self, error: BackendUnavailable | StorageUnavailable, owned: bool
+    ) -> None:
+        """Models or the photos' store away (trapline/errors.py): the records wait, retried."""
+        if isinstance(error, StorageUnavailable):  # photos unreadable for now, not failures
+            self._retry_later("storage", error, owned)
+            return
+        metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
+        self._retry_later("model backend", error, owned)
 
     def _due(self) -> bool:
         if self.clock() < self._retry_at:
@@ -312,12 +352,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 buffers.values(), self.pipeline, self.settings, self._uploaded_at.__setitem__,
                 limit=None if drain else self.settings.batch_max_records,
             )  # fmt: skip
-        except (BackendUnavailable, StorageUnavailable) as error:  # outages: trapline/errors.py
-            if isinstance(error, StorageUnavailable):  # photos unreadable for now, not failures
-                self._retry_later("storage", error, owned)
-                return
-            metrics.MODEL_ERRORS.labels("pipeline", self.settings.model_backend).inc()
-            self._retry_later("model backend", error, owned)
+        except (BackendUnavailable, StorageUnavailable) as error:
+            self._stages_unavailable(error, owned)
             return
         now = self.clock()
         batches: dict[TopicPartition, Batch] = {}

@@ -1,7 +1,8 @@
 """The stream's batch buffer: per Kafka partition, the records polled but not yet in the tables.
 
 A `PartitionBuffer` holds a partition's records from `start` (the first offset the tables do
-not hold) on, with each record's results once the stages ran. At a checkpoint it says how far
+not hold) on, with each record's results once the stages ran (as soon as a model batch is
+there, not when the commit is due). At a checkpoint it says how far
 the partition may be written now (`ready_end`: the event hold of `pipelines/events.py`, or
 exactly `forced_end` when a replay must end where some tables already are), and after the
 commit `advance` forgets what was written. `process_pending` runs the stages on every
@@ -49,6 +50,11 @@ class PartitionBuffer:
     def waited(self, now: float) -> float:
         """How long the oldest unwritten record has waited."""
         return now - self.arrived[self.records[0].offset] if self.records else 0.0
+
+    def unprocessed(self, now: float) -> tuple[int, float]:
+        """How many records the stages have not run on yet, and how long the oldest waited."""
+        waiting = [r for r in self.records if r.offset not in self.done]
+        return len(waiting), (now - self.arrived[waiting[0].offset] if waiting else 0.0)
 
     def ready_end(self, settings: Settings, now: float, drain: bool = False) -> int | None:
         """The last offset to write now, or None if nothing can be written yet."""

@@ -153,3 +153,15 @@ def test_the_stream_bench_counts_committed_rows_not_the_files_compaction_replace
     files = len(list((tmp_path / "media").rglob("*.parquet")))
     assert files > committed // 20 + 1  # the merged files are still there
     assert _RowCounter(tmp_path).count() == committed
+
+
+def test_the_delta_bench_counts_the_removals_each_checkpoint_keeps(tmp_path):
+    """With rows in every commit the writers' OPTIMIZE replaces files, and every later
+    checkpoint keeps each replaced file as a removal for the retention: what opening grows with."""
+    from load_tests.delta_log import run_delta_bench
+
+    busy = run_delta_bench([10, 60, 110], rows_in_every_commit=True)
+    # 50 commits of 8 cameras' files merged at version 50, 50 more at 100: all still kept
+    assert [h["checkpoint_removals"] for h in busy["histories"]] == [0, 400, 800]
+    quiet = run_delta_bench([110])  # rows in the first 50 commits only
+    assert quiet["histories"][0]["checkpoint_removals"] == 400
