@@ -145,7 +145,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                     last_lag_at = self.clock()
                 if self.slot is not None and self.clock() - self._owned_at >= PARTITIONS_INTERVAL_S:
                     self._claim_partitions()
-                polled = self.consumer.poll(timeout_ms=200)
+                # No wait for records while a batch is there to process.
+                polled = self.consumer.poll(timeout_ms=0 if self._stages_due() else 200)
                 self._apply_rebalance()
                 if not self.buffers:  # not idle while waiting for the group to assign partitions
                     last_record_at = self.clock()
