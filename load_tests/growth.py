@@ -118,9 +118,32 @@ def drop_cached(paths: list[Path]) -> None:
             os.close(descriptor)
 
 
-def table_costs(out: Path, source: Path | None) -> dict:
+def timed(action: Callable[[], object]) -> float:
+    """Median seconds of `action` over TIMING_REPEATS runs."""
+    timings = []
+    for _ in range(TIMING_REPEATS):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings), 4)
+
+
+def open_tables(out: Path) -> None:
+    """Open every table with delta-rs, as a reader does."""
+    for name in delta.WRITE_ORDER:
+        delta.open_table(str(out), name)
+
+
+def resume_partitions(out: Path) -> None:
+    """Every partition's versions, from each table's log, as a stream worker resumes."""
+    for name in delta.WRITE_ORDER:
+        read_app_versions(delta.table_uri(str(out), name))
+
+
+def table_costs(out: Path, source: Path | None, keep: Path | None = None) -> dict:
     """Files and log entries per table; median seconds to open the tables, to resume, and to
-    build the report (the output's own measurements, taken before the benchmark removes it)."""
+    build the report (the output's own measurements, taken before the benchmark removes it).
+    The tables are copied to `keep` to be timed again beside another size's (`paired_ratios`)."""
     tables = {}
     for name in delta.WRITE_ORDER:
         folder = out / name
@@ -132,37 +155,45 @@ def table_costs(out: Path, source: Path | None) -> dict:
             "log_entries": sum(1 for _ in log.iterdir()) if log.exists() else 0,
         }
 
-    def timed(action) -> float:
-        timings = []
-        for _ in range(TIMING_REPEATS):
-            started = time.perf_counter()
-            action()
-            timings.append(time.perf_counter() - started)
-        return round(statistics.median(timings), 4)
-
-    def open_all() -> None:
-        for name in delta.WRITE_ORDER:
-            delta.open_table(str(out), name)
-
     def resume() -> None:
         if source is None:  # the stream: every partition's versions, from each table's log
-            for name in delta.WRITE_ORDER:
-                read_app_versions(delta.table_uri(str(out), name))
+            resume_partitions(out)
         else:  # a folder run started again: which inputs the tables account for
             committed = CommittedInputs(str(out))  # as the run does (FolderWork)
             for listing in list_deployments(str(source)):
                 pending_refs(committed, listing.refs, listing.unsupported)
 
     report = run_report_cli(out)
+    if keep is not None:
+        shutil.copytree(out, keep)
     return {
         "tables": tables,
         "failures_by_kind": _failures_by_kind(out),
         "late_to_early_rate": late_to_early_rate(out),
-        "open_seconds": timed(open_all),
+        "open_seconds": timed(partial(open_tables, out)),
         "resume_seconds": timed(resume),
         "report_seconds": report["seconds"],
         "report_peak_rss_mb": report["peak_rss_mb"],
+        **({"kept_tables": str(keep)} if keep is not None else {}),
     }
+
+
+def paired_ratios(small: Path, large: Path, stream: bool, rounds: int = 5) -> dict:
+    """Open (and, for the stream, resume) times of the largest size's tables over the
+    smallest's, timed in alternating rounds at the end of the run: this machine's speed drifts
+    by up to 2x over the half hour between the two sizes' runs (the same open, timed 50 minutes
+    apart: 9 -> 19 ms), so timings taken apart compare the machine, not the tables."""
+    actions = {"open": open_tables, **({"resume": resume_partitions} if stream else {})}
+    ratios = {}
+    for name, action in actions.items():
+        times: dict[Path, list[float]] = {small: [], large: []}
+        for _ in range(rounds):
+            for tables in (small, large):
+                times[tables].append(timed(partial(action, tables)))
+        small_s, large_s = statistics.median(times[small]), statistics.median(times[large])
+        ratios[name] = round(large_s / small_s, 2)
+        ratios[f"{name}_ms"] = [round(small_s * 1000, 1), round(large_s * 1000, 1)]
+    return ratios
 
 
 def run_report_cli(out: Path) -> dict:
@@ -259,40 +290,58 @@ def run_growth_bench(
     """Each size through each mode; the figures and their ratios to the smallest size."""
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     warmup = ensure_small_photos(cache, DEPLOYMENTS)
-    for size in sizes:
+    kept = Path(tempfile.mkdtemp(prefix="trapline-growth-tables-"))
+    rows_of = {"folder": partial(_folder_row, workers=workers),
+               "stream": partial(_stream_row, warmup=warmup, workers=workers)}  # fmt: skip
+
+    def run(mode: str, size: int, repeats: int) -> dict:
         paths = ensure_small_photos(cache, size)
-        print(f"  {size} photos ({sum(p.stat().st_size for p in paths) / size / 1024:.0f} KB each)",
-              flush=True)  # fmt: skip
-        baseline = size == sizes[0] and size < SHORT_RUN_PHOTOS  # the ratios' denominator
-        repeats = SHORT_RUN_REPEATS if baseline else 1
-        if "folder" in modes:
-            results["folder"].append(_median_run(partial(_folder_row, paths, workers), repeats))
-            print(f"    folder: {_describe(results['folder'][-1])}", flush=True)
-        if "stream" in modes:
-            row = _median_run(partial(_stream_row, paths, warmup, workers), repeats)
-            results["stream"].append(row)
-            print(f"    stream: {_describe(results['stream'][-1])}", flush=True)
+        keep = lambda: kept / f"{mode}-{size}-{time.time_ns()}"  # noqa: E731
+        row = _median_run(lambda: rows_of[mode](paths, keep=keep()), repeats)
+        print(f"    {mode}: {_describe(row)}", flush=True)
+        return row
+
+    try:
+        for size in sizes:
+            print(f"  {size} photos", flush=True)
+            baseline = size == sizes[0] and size < SHORT_RUN_PHOTOS  # the ratios' denominator
+            for mode in modes:
+                results[mode].append(run(mode, size, SHORT_RUN_REPEATS if baseline else 1))
+        after: dict[str, dict] = {}
+        if len(sizes) > 1:  # the smallest size again: the machine's drift, on both sides
+            print(f"  {sizes[0]} photos again", flush=True)
+            after = {mode: run(mode, sizes[0], SHORT_RUN_REPEATS) for mode in modes}
+        paired = {
+            mode: paired_ratios(Path(rows[0]["kept_tables"]), Path(rows[-1]["kept_tables"]),
+                                stream=mode == "stream")
+            for mode, rows in results.items()
+        }  # fmt: skip
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+    photo_bytes = sum(p.stat().st_size for p in ensure_small_photos(cache, sizes[0])) / sizes[0]
     return {
         "sizes": sizes,
-        "photo_bytes": round(sum(p.stat().st_size for p in ensure_small_photos(cache, sizes[0])) / sizes[0]),
-        **{mode: {"runs": rows, "ratios_to_smallest": _ratios(rows)} for mode, rows in results.items()},
+        "photo_bytes": round(photo_bytes),
+        **{mode: {"runs": rows, "smallest_again": after.get(mode),
+                  "ratios_to_smallest": _ratios(rows, after.get(mode), paired[mode])}
+           for mode, rows in results.items()},
     }  # fmt: skip
 
 
-def _folder_row(paths: list[Path], workers: int) -> dict:
+def _folder_row(paths: list[Path], workers: int, keep: Path) -> dict:
     drop_cached(paths)
-    figures = run_folder_cli(paths, workers, inspect=table_costs)
+    figures = run_folder_cli(paths, workers, inspect=partial(table_costs, keep=keep))
     return _row(paths, figures, figures["photos_per_second_steady"])
 
 
-def _stream_row(paths: list[Path], warmup: list[Path], workers: int) -> dict:
+def _stream_row(paths: list[Path], warmup: list[Path], workers: int, keep: Path) -> dict:
     shipped = Settings()  # a backlog committed as a deployed worker commits it
     options = StreamOptions(
         rate=0, workers=workers, timeout_s=max(600, len(paths) / 5),
         batch_max_records=shipped.batch_max_records, commit_interval_s=shipped.commit_interval_s,
     )  # fmt: skip
     drop_cached(paths)
-    figures = run_stream_bench(paths, warmup, options, inspect=table_costs)
+    figures = run_stream_bench(paths, warmup, options, inspect=partial(table_costs, keep=keep))
     # processed, not readable: the last burst's fixed hold is latency (load_tests/stream.py)
     return _row(paths, figures, figures["processed_per_second"])
 
@@ -349,17 +398,31 @@ def largest_rss(rss_mb: dict[str, float]) -> float:
     return max((v for k, v in rss_mb.items() if v and "(sum)" not in k), default=0.0)
 
 
-def _ratios(rows: list[dict]) -> dict:
+def _ratios(rows: list[dict], again: dict | None = None, paired: dict | None = None) -> dict:
+    """The largest size's figures over the smallest's. With `again` (the smallest size run
+    again after the largest), photos/s is over the median of the smallest's runs before and
+    after; with `paired`, open and resume are those timed side by side (`paired_ratios`)."""
     first, last = rows[0], rows[-1]
+    baseline = statistics.median(
+        first.get("photos_per_second_repeats", [first["photos_per_second"]])
+        + (again["photos_per_second_repeats"] if again else [])
+    )
 
     def peak(row: dict) -> float:
         return largest_rss(row["peak_rss_mb"])
 
+    paired = paired or {}
     return {
-        "photos_per_second": round(last["photos_per_second"] / first["photos_per_second"], 3),
+        "photos_per_second": round(last["photos_per_second"] / baseline, 3),
+        "photos_per_second_before_only": round(
+            last["photos_per_second"] / first["photos_per_second"], 3
+        ),
         "peak_rss": round(peak(last) / peak(first), 3) if peak(first) else None,
-        "open": round(last["open_seconds"] / first["open_seconds"], 2),
-        "resume": round(last["resume_seconds"] / first["resume_seconds"], 2),
+        "open": paired.get("open", round(last["open_seconds"] / first["open_seconds"], 2)),
+        "resume": paired.get("resume", round(last["resume_seconds"] / first["resume_seconds"], 2)),
+        "open_resume_side_by_side_ms": {k: v for k, v in paired.items() if k.endswith("_ms")},
+        "open_apart": round(last["open_seconds"] / first["open_seconds"], 2),
+        "resume_apart": round(last["resume_seconds"] / first["resume_seconds"], 2),
         "largest_run_late_to_early_rate": last.get("late_to_early_rate"),
         "report_peak_rss": _ratio(last.get("report_peak_rss_mb"), first.get("report_peak_rss_mb")),
         "stage_seconds_per_photo": _ratio(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -71,15 +72,30 @@ def test_growth_mode_records_each_size_and_its_ratios(tmp_path, capsys):
         assert {"decode", "detect", "write"} <= set(run["stage_seconds_per_photo"])
         seconds = [t for t, _ in run["rss_timeline_mb"]["driver"]]  # memory over the run
         assert len(seconds) >= 2 and seconds == sorted(seconds)
-    assert set(result["folder"]["ratios_to_smallest"]) == {
+    ratios = result["folder"]["ratios_to_smallest"]
+    assert set(ratios) == {
         "photos_per_second",
+        "photos_per_second_before_only",
         "peak_rss",
         "open",
         "resume",
+        "open_resume_side_by_side_ms",
+        "open_apart",
+        "resume_apart",
         "largest_run_late_to_early_rate",
         "report_peak_rss",
         "stage_seconds_per_photo",
     }
+    # Against the machine's drift: the smallest size again after the largest, its photos/s in
+    # the denominator with the first runs', and the two outputs' opens timed side by side.
+    again = result["folder"]["smallest_again"]
+    assert again["photos"] == 6 and len(again["photos_per_second_repeats"]) == 3
+    baseline = statistics.median(
+        runs[0]["photos_per_second_repeats"] + again["photos_per_second_repeats"]
+    )
+    assert ratios["photos_per_second"] == round(runs[1]["photos_per_second"] / baseline, 3)
+    small_ms, large_ms = ratios["open_resume_side_by_side_ms"]["open_ms"]
+    assert small_ms > 0 and large_ms > 0 and ratios["open"] > 0
     assert "folder: 12 / 6 photos" in capsys.readouterr().out
 
 
