@@ -412,17 +412,19 @@ def _ratios(rows: list[dict], again: dict | None = None, paired: dict | None = N
         return largest_rss(row["peak_rss_mb"])
 
     paired = paired or {}
+    open_apart = round(last["open_seconds"] / first["open_seconds"], 2)
+    resume_apart = round(last["resume_seconds"] / first["resume_seconds"], 2)
     return {
         "photos_per_second": round(last["photos_per_second"] / baseline, 3),
         "photos_per_second_before_only": round(
             last["photos_per_second"] / first["photos_per_second"], 3
         ),
         "peak_rss": round(peak(last) / peak(first), 3) if peak(first) else None,
-        "open": paired.get("open", round(last["open_seconds"] / first["open_seconds"], 2)),
-        "resume": paired.get("resume", round(last["resume_seconds"] / first["resume_seconds"], 2)),
+        "open": paired.get("open", open_apart),
+        "resume": paired.get("resume", resume_apart),
         "open_resume_side_by_side_ms": {k: v for k, v in paired.items() if k.endswith("_ms")},
-        "open_apart": round(last["open_seconds"] / first["open_seconds"], 2),
-        "resume_apart": round(last["resume_seconds"] / first["resume_seconds"], 2),
+        "open_apart": open_apart,
+        "resume_apart": resume_apart,
         "largest_run_late_to_early_rate": last.get("late_to_early_rate"),
         "report_peak_rss": _ratio(last.get("report_peak_rss_mb"), first.get("report_peak_rss_mb")),
         "stage_seconds_per_photo": _ratio(

@@ -215,8 +215,10 @@ class StreamWorker(kafka_io.RebalanceListener):
         now = self.clock()
         count, oldest = 0, 0.0
         for buffer in self.buffers.values():
-            waiting, waited = buffer.unprocessed(now)
-            count, oldest = count + waiting, max(oldest, waited)
+            waiting = buffer.unprocessed()
+            if waiting:
+                count += len(waiting)
+                oldest = max(oldest, now - buffer.arrived[waiting[0].offset])
         return count >= self.settings.batch_size or (
             count > 0 and oldest >= self.settings.batch_max_wait_s
         )

@@ -51,10 +51,10 @@ class PartitionBuffer:
         """How long the oldest unwritten record has waited."""
         return now - self.arrived[self.records[0].offset] if self.records else 0.0
 
-    def unprocessed(self, now: float) -> tuple[int, float]:
-        """How many records the stages have not run on yet, and how long the oldest waited."""
-        waiting = [r for r in self.records if r.offset not in self.done]
-        return len(waiting), (now - self.arrived[waiting[0].offset] if waiting else 0.0)
+    def unprocessed(self) -> list[Any]:
+        """The records the stages have not run on yet: those after the processed ones (the
+        stages run in offset order, and `done` holds only records still here)."""
+        return self.records[len(self.done) :]
 
     def ready_end(self, settings: Settings, now: float, drain: bool = False) -> int | None:
         """The last offset to write now, or None if nothing can be written yet."""
@@ -72,10 +72,7 @@ class PartitionBuffer:
 
     def _processed(self) -> list[Any]:
         """The records whose results are in (a prefix: they are processed in offset order)."""
-        for index, record in enumerate(self.records):
-            if record.offset not in self.done:
-                return self.records[:index]
-        return self.records
+        return self.records[: len(self.done)]
 
     def batch(self, end: int) -> tuple[list[Any], list[MediaResult], list[Failure]]:
         """The records up to `end` with their results and failures (already processed)."""
@@ -126,9 +123,7 @@ def process_pending(
     Raises `BackendUnavailable` (models away) or `StorageUnavailable` (photos' store away):
     nothing is recorded, the records stay pending.
     """
-    pending = [
-        (b, r) for b in buffers for r in [r for r in b.records if r.offset not in b.done][:limit]
-    ]
+    pending = [(b, r) for b in buffers for r in b.unprocessed()[:limit]]
     if not pending:
         return
     refs = []
