@@ -55,6 +55,11 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 INFLIGHT_BATCHES = Gauge("trapline_inflight_batches", "Batches being processed now.")
+HELD_RECORDS = Gauge(
+    "trapline_held_records",
+    "Records read from the broker and not yet written; a partition stops fetching at "
+    "4 x batch_max_records, so a backlog shows as lag, not here.",
+)
 BYTES_READ = Counter("trapline_bytes_read_total", "Photo bytes read from storage.")
 BYTES_WRITTEN = Counter(
     "trapline_bytes_written_total",

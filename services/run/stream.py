@@ -45,7 +45,11 @@ from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
 from trapline.services.run.membership import member_id, ordinal_slot
-from trapline.services.run.stream_buffer import PartitionBuffer, process_pending
+from trapline.services.run.stream_buffer import (
+    PartitionBuffer,
+    held_records_limit,
+    process_pending,
+)
 from trapline.services.run.stream_checkpoint import (
     Batch,
     Checkpointer,
@@ -143,20 +147,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if self.clock() - last_lag_at >= LAG_INTERVAL_S:
                     self._publish_lag()
                     last_lag_at = self.clock()
-                if self.slot is not None and self.clock() - self._owned_at >= PARTITIONS_INTERVAL_S:
-                    self._claim_partitions()
-                # No wait for records while a batch is there to process.
-                polled = self.consumer.poll(timeout_ms=0 if self._stages_due() else 200)
-                self._apply_rebalance()
-                if not self.buffers:  # not idle while waiting for the group to assign partitions
+                if self._turn() or not self.buffers:  # not idle while waiting for partitions
                     last_record_at = self.clock()
-                for tp, records in polled.items():
-                    self._accept(tp, records)
-                    last_record_at = self.clock()
-                if self._stages_due():
-                    self._run_stages()
-                if self._due():
-                    self.checkpoint()
                 idle = self.clock() - last_record_at
                 if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
                     break
@@ -165,6 +157,23 @@ class StreamWorker(kafka_io.RebalanceListener):
         finally:
             self.close()
         return self.stats
+
+    def _turn(self) -> bool:
+        """One turn of the loop: poll, rebalance, buffer, run the stages on a waiting batch,
+        checkpoint when due, hold back full partitions. True if records came."""
+        if self.slot is not None and self.clock() - self._owned_at >= PARTITIONS_INTERVAL_S:
+            self._claim_partitions()
+        # No wait for records while a batch is there to process.
+        polled = self.consumer.poll(timeout_ms=0 if self._stages_due() else 200)
+        self._apply_rebalance()
+        for tp, records in polled.items():
+            self._accept(tp, records)
+        if self._stages_due():
+            self._run_stages()
+        if self._due():
+            self.checkpoint()
+        self._hold_back()
+        return bool(polled)
 
     def stop(self) -> None:
         """Ask the loop to drain: write every buffer, commit, leave the group."""
@@ -204,6 +213,27 @@ class StreamWorker(kafka_io.RebalanceListener):
         for record in records:
             if buffer.add(record, now):
                 self.stats.records += 1
+
+    def _hold_back(self) -> None:
+        """Stop fetching a partition that holds `held_records_limit` unwritten records, fetch
+        again once a checkpoint wrote them: a backlog (slow models, an outage that stops every
+        checkpoint) stays in the broker as lag, not in this process. A replay is never held
+        short of `forced_end`, the range it must write whole."""
+        limit = held_records_limit(self.settings)
+        assigned = self.consumer.assignment()
+        full = {
+            tp
+            for tp, b in self.buffers.items()
+            if tp in assigned
+            and len(b.records) >= limit
+            and (b.forced_end is None or b.records[-1].offset >= b.forced_end)
+        }
+        paused = self.consumer.paused()
+        if full - paused:
+            self.consumer.pause(*(full - paused))
+        if paused - full:
+            self.consumer.resume(*(paused - full))
+        metrics.HELD_RECORDS.set(sum(len(b.records) for b in self.buffers.values()))
 
     def _stages_due(self) -> bool:
         """A model batch is waiting (`batch_size` records, or the oldest waited

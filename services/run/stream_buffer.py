@@ -27,6 +27,14 @@ from trapline.services.run import metrics
 from trapline.services.settings import Settings
 
 
+def held_records_limit(settings: Settings) -> int:
+    """A partition's bound on unwritten records: at this length its buffer is written up to
+    the last processed record even inside a burst, and the worker fetches nothing more for it
+    until then (`StreamWorker._hold_back`; one poll may overshoot by `poll_max_records`), so
+    its memory is bounded whatever the backlog."""
+    return 4 * settings.batch_max_records
+
+
 @dataclass
 class PartitionBuffer:
     """One partition's unwritten records, from `start` on."""
@@ -64,7 +72,7 @@ class PartitionBuffer:
         last = processed[-1].offset
         if self.forced_end is not None:  # a replay: exactly the range some tables hold
             return self.forced_end if last >= self.forced_end else None
-        if drain or len(self.records) >= 4 * settings.batch_max_records:
+        if drain or len(self.records) >= held_records_limit(settings):
             return last  # a burst this long is cut anyway: memory and latency stay bounded
         end = batch_end(self._held_photos(settings), last, settings.sequence_gap_s,
                         settings.sequence_hold_s, now)  # fmt: skip

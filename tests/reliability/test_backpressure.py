@@ -1,26 +1,45 @@
 """Back-pressure: events arrive faster than the models can take them. The backlog must stay in
-the broker (lag grows), not in the worker (its memory stays flat): no unbounded queue."""
+the broker (lag grows), not in the worker (its memory stays flat): no unbounded queue. The
+worker's own count of records read and not written (`trapline_held_records`, scraped from its
+/metrics) must stay under its bound; an outage, where no checkpoint succeeds, is the same
+bound's unit test (tests/unit/test_stream_worker.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
 from support.harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
 from support.stream_workers import make_photos
 
 from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.adapters import kafka_io
+from trapline.services.devstack.tansu import free_port
 
 EVENTS = 800
 RATE = 100  # events/s offered, well above what the demo models do on these 2 shared cores
-# Bytes of attributes per event: the backlog is ~120 MB, plain in RSS, while what a segment of
-# 10 records holds at once (the worker's bounded share) is ~1.5 MB.
-PADDING = 150_000
+# Bytes of attributes per event: the backlog grows by ~80 MB while measured, plain in RSS if
+# the worker held it, while what a partition may hold (HELD_BOUND / 2 records) is ~13 MB.
+PADDING = 256_000  # 64 attributes of 4,000 characters: the most an upload may carry
 SECRET = "bp-secret-key-0123456789abcdef"
 
 
-WARM_UP = 10  # events processed before measuring: models loaded, first segment written
+WARM_UP = 64  # events processed before measuring: models loaded, full batches run, segments written
+BATCH_MAX_RECORDS = POLL_MAX_RECORDS = 10
+# Two partitions, each paused at 4 x batch_max_records (held_records_limit), one poll over.
+HELD_BOUND = 2 * (4 * BATCH_MAX_RECORDS + POLL_MAX_RECORDS)
+
+
+def _held_records(port: int) -> int:
+    """The worker's `trapline_held_records` gauge, read from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "trapline_held_records":
+            return int(family.samples[0].value)
+    raise AssertionError("trapline_held_records not exported")
 
 
 def _produce(
@@ -49,8 +68,10 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
     # One photo per event: the same bytes under two media ids would be reported as duplicates.
     photos = make_photos(tmp_path / "card", EVENTS, deployments=1, seed=31)
     out, log = tmp_path / "out", tmp_path / "worker.log"
+    metrics_port = free_port()
     env = worker_env(
-        tansu.bootstrap, topic, "g-backpressure", batch_max_records=10, poll_max_records=10,
+        tansu.bootstrap, topic, "g-backpressure", batch_max_records=BATCH_MAX_RECORDS,
+        poll_max_records=POLL_MAX_RECORDS, metrics_port=metrics_port,
         s3_access_key_id="bp-access-key", s3_secret_access_key=SECRET,  # must never be echoed
     )  # fmt: skip
     worker = start_worker(env, out, log)
@@ -59,6 +80,7 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
         target=_produce, args=(tansu.bootstrap, topic, photos, sent, WARM_UP, EVENTS)
     )
     samples: list[tuple[float, int, int, int]] = []  # (t, rss, sent, written)
+    held: list[int] = []
     try:
         _produce(tansu.bootstrap, topic, photos, sent, 0, WARM_UP)
         wait_until(
@@ -68,6 +90,7 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
         while producer.is_alive():
             written = len(read_rows(out, "media"))
             samples.append((time.monotonic(), rss_bytes(worker.pid), sent[0], written))
+            held.append(_held_records(metrics_port))
             time.sleep(0.25)
         producer.join()
         wait_until(
@@ -93,12 +116,15 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
             expected,
             ids,
             len(read_rows(out, "failures")),
-            f"lag {lag_early}->{lag_late}, RSS +{grown_mb:.0f} MB",
+            f"lag {lag_early}->{lag_late}, RSS +{grown_mb:.0f} MB, held <= {max(held)}",
         )
     )
     assert lag_late > lag_early + 200, "the model was not the bottleneck: no back-pressure shown"
-    assert grown_mb < 40, (
-        f"worker RSS grew {grown_mb:.0f} MB while lag grew {lag_early}->{lag_late}"
+    assert max(held) <= HELD_BOUND, f"the worker held {max(held)} records (bound {HELD_BOUND})"
+    backlog_mb = (lag_late - lag_early) * PADDING / 2**20
+    assert grown_mb < backlog_mb / 2, (
+        f"worker RSS grew {grown_mb:.0f} MB while the backlog grew {backlog_mb:.0f} MB "
+        f"(lag {lag_early}->{lag_late})"
     )
     assert (score.duplicates, score.losses) == (0, 0)
     assert SECRET not in log.read_text(errors="replace"), (

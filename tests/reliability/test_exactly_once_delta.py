@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.delta_commits import commit_photos
 from support.harness import (
     Supervisor,
     account,
@@ -236,8 +237,6 @@ def test_a_frozen_owner_that_wakes_after_its_partitions_moved_is_fenced(
 def test_the_reader_script_is_a_real_reader(tmp_path):
     """The polling reader above reports duplicates it sees (checked on a table made to hold
     one media_id twice), so its silence in the scenarios means something."""
-    from test_compact import commit_photos
-
     out = tmp_path / "out"
     commit_photos(str(out), 0, 3, app_id="a")
     commit_photos(str(out), 2, 3, app_id="b")  # m00002 twice: two writers without a fence

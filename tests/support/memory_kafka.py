@@ -68,6 +68,7 @@ class MemoryConsumer:
         self.position: dict[TopicPartition, int] = {}
         self.listener: Any = None
         self._announced = False
+        self._paused: set[TopicPartition] = set()
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.listener = listener
@@ -79,6 +80,8 @@ class MemoryConsumer:
             return {}
         polled = {}
         for tp in self.owned:
+            if tp in self._paused:
+                continue
             records = self.log.partitions.get((tp.topic, tp.partition), [])
             start = self.position.get(tp, 0)
             batch = records[start : start + self.max_records]
@@ -90,6 +93,19 @@ class MemoryConsumer:
     def revoke(self) -> None:
         self.listener.on_partitions_revoked(set(self.owned))
         self.owned = []
+        self._paused.clear()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.owned) if self._announced else set()
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.position[tp] = offset

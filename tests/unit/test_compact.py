@@ -11,42 +11,13 @@ import time
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from support.delta_commits import commit_photos
 from typer.testing import CliRunner
 
-from trapline.models.labels import DEEPFAUNE_LABELS
 from trapline.pipelines import delta
-from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
-from trapline.pipelines.tables import ModelNames
-from trapline.pipelines.types import MediaRef, MediaResult
 from trapline.services.cli.main import app
-from trapline.services.settings import Settings
 from trapline.services.tools.compact import RetentionTooShort, compact
-
-MODELS = ModelNames("det", "1", "cls", "1")
-
-
-def commit_photos(root: str, first: int, count: int, app_id: str = "writer") -> None:
-    """One commit of `count` photos, as a stream worker makes them (with an app version)."""
-    results = [
-        MediaResult(
-            MediaRef(uri=f"/cards/cam/{i}.jpg", deployment_id="cam"),
-            f"m{i:05d}",
-            f"{i:064d}",
-            4000,
-            3000,
-            None,
-            None,
-            None,
-            1,
-            [],
-        )  # fmt: skip
-        for i in range(first, first + count)
-    ]
-    tables = assemble(results, [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
-    table = delta.create_table(root, "media")
-    table.update_incremental()
-    delta.append(table, "media", tables.media, [delta.AppVersion(app_id, first + count - 1)])
 
 
 def data_files(root: str) -> int:

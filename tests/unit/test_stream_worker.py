@@ -9,14 +9,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from kafka import TopicPartition
 from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 
+from trapline.errors import BackendUnavailable
 from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.deployments import cached_deployments
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import TABLES
 from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.run.stream import StreamWorker
+from trapline.services.run.stream_buffer import held_records_limit
 from trapline.services.run.workers import build_pipeline
 from trapline.services.settings import Settings
 
@@ -248,3 +251,55 @@ def test_the_stages_run_once_a_model_batch_waits_not_when_the_commit_is_due(
         poll(w)
     w.checkpoint(drain=True)
     assert_exactly_once(out, submitted)
+
+
+class ModelsAway:
+    """The pipeline while the model server is down: every batch is an outage."""
+
+    def __init__(self, pipeline):
+        self.model_names = pipeline.model_names
+        self.classifier = pipeline.classifier
+
+    def process(self, batch):
+        raise BackendUnavailable("model server unreachable (test)")
+
+
+def test_an_outage_leaves_the_backlog_in_the_broker_not_in_the_worker(tmp_path, pipeline):
+    """The loop kept polling while every checkpoint waited out an outage: each turn read
+    `poll_max_records` more into memory, so a long outage held the partition's whole backlog.
+    A partition at `held_records_limit` fetches nothing more; once the models are back, the
+    worker fetches again and every record is written exactly once."""
+    card = tmp_path / "card"
+    card.mkdir()
+    log = MemoryLog()
+    sent = 60
+    for index in range(sent):  # the sample's photos again and again, each its own upload
+        photo = sorted((SAMPLE / "deployment-a").glob("*.jpg"))[index % 5]
+        path = card / f"{index:03d}-{photo.name}"
+        shutil.copy(photo, path)
+        path.write_bytes(path.read_bytes() + index.to_bytes(4, "big"))  # distinct sha256
+        log.append(TOPIC, 0, encode_upload(Upload(uri=path.as_uri(), deployment_id="cam-a")))
+    now = [0.0]
+    w = StreamWorker(
+        settings(batch_max_records=3, batch_size=2),
+        str(tmp_path / "out"), ModelsAway(pipeline), clock=lambda: now[0],
+        consumer=MemoryConsumer(log, [(TOPIC, 0)], max_records=2),
+        producer=MemoryProducer(log),
+    )  # fmt: skip
+    tp = TopicPartition(TOPIC, 0)
+    for _ in range(100):  # an outage: every checkpoint put back, retried with backoff
+        w._turn()
+        now[0] += 1.0
+    limit = held_records_limit(w.settings)
+    assert w._outage is not None and w._outage[1] >= 3, "the outage was not met"
+    assert limit <= len(w.buffers[tp].records) <= limit + 2  # one poll may overshoot
+    assert w.consumer.position[tp] == len(w.buffers[tp].records)  # the rest is in the broker
+    assert tp in w.consumer.paused()
+    w.pipeline = pipeline  # the models are back
+    for _ in range(400):
+        w._turn()
+        now[0] += 1.0
+        if w.consumer.committed(tp) == sent:
+            break
+    assert w.consumer.committed(tp) == sent and not w.consumer.paused()
+    assert_exactly_once(tmp_path / "out", sent)
