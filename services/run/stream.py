@@ -232,7 +232,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         if full - paused:
             self.consumer.pause(*(full - paused))
         if paused - full:
-            self.consumer.resume(*(paused - full))
+            kafka_io.resume_partitions(self.consumer, paused - full)
         metrics.HELD_RECORDS.set(sum(len(b.records) for b in self.buffers.values()))
 
     def _stages_due(self) -> bool:

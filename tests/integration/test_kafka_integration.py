@@ -83,8 +83,7 @@ def test_submit_copies_content_addressed_and_resubmits_idempotently(tansu, kafka
     assert copy.read_bytes() == photo.read_bytes()
     assert (first.copied, second.copied, second.already_copied) == (1, 0, 1)
     values = [
-        parse_upload(r.value).events[0]
-        for r in kafka_io.read_topic(tansu.bootstrap, topic, 2)
+        parse_upload(r.value).events[0] for r in kafka_io.read_topic(tansu.bootstrap, topic, 2)
     ]
     assert [v.ref.uri for v in values] == [f"file://{copy}"] * 2
     assert [v.ref.media_id for v in values] == [digest, digest]  # the same media, recognisably
@@ -193,3 +192,61 @@ def test_security_settings_are_checked_and_secrets_masked():
         kafka_io.security_options({"sasl_password": "typo"})
     shown = kafka_io.redacted({"sasl_plain_password": "hunter2", "sasl_plain_username": "trap"})
     assert shown == {"sasl_plain_password": "***", "sasl_plain_username": "trap"}
+
+
+KAFKA_PYTHON_PARKED_STALL = (
+    "kafka-python 3.0.12: a resumed partition whose parsed records were parked is never read again"
+)
+
+
+@pytest.mark.parametrize(
+    "resume",
+    [
+        "resume_partitions",
+        pytest.param(
+            "plain", marks=pytest.mark.xfail(strict=True, reason=KAFKA_PYTHON_PARKED_STALL)
+        ),
+    ],
+)
+def test_a_partition_paused_with_records_in_hand_is_read_to_its_end_once_resumed(
+    tansu, kafka_topic, resume
+):
+    """The stream worker pauses a full partition (StreamWorker._hold_back). kafka-python 3.0.12
+    parks the parsed records it still holds for a paused partition and restores them only if
+    no other partition's records were returned meanwhile: after a plain `resume()` it is never
+    read again. `kafka_io.resume_partitions` drops them so they are fetched again; "plain"
+    shows the bug (a strict xfail: it fails the day a kafka-python release fixes it)."""
+    topic = kafka_topic("paused", partitions=2)
+    producer = kafka_io.make_producer(tansu.bootstrap)
+    sent = 60
+    kafka_io.wait_delivered(
+        [producer.send(topic, value=b"%d" % i, partition=p) for p in (0, 1) for i in range(sent)]
+    )
+    producer.close()
+    consumer = kafka_io.make_consumer(tansu.bootstrap, None, max_poll_records=5)
+    consumer.assign([kafka_io.TopicPartition(topic, p) for p in (0, 1)])
+    read: dict[int, list[int]] = {0: [], 1: []}
+
+    def poll_until(done, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                read[tp.partition] += [r.offset for r in records]
+
+    try:
+        poll_until(lambda: read[0] or read[1], 20)
+        held = 0 if read[0] else 1  # its fetch's other records are parsed and held
+        other = 1 - held
+        assert read[held] == [0, 1, 2, 3, 4]
+        paused = kafka_io.TopicPartition(topic, held)
+        consumer.pause(paused)
+        poll_until(lambda: len(read[other]) == sent, 20)  # meanwhile the other is read
+        assert read[other] == list(range(sent)) and read[held] == [0, 1, 2, 3, 4]
+        if resume == "plain":
+            consumer.resume(paused)
+        else:
+            kafka_io.resume_partitions(consumer, [paused])
+        poll_until(lambda: len(read[held]) == sent, 8)  # well under a second when it works
+        assert read[held] == list(range(sent))
+    finally:
+        consumer.close()
