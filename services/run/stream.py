@@ -173,6 +173,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         if self._due():
             self.checkpoint()
         self._hold_back()
+        metrics.HELD_RECORDS.set(sum(len(b.records) for b in self.buffers.values()))
         return bool(polled)
 
     def stop(self) -> None:
@@ -233,7 +234,6 @@ class StreamWorker(kafka_io.RebalanceListener):
             self.consumer.pause(*(full - paused))
         if paused - full:
             kafka_io.resume_partitions(self.consumer, paused - full)
-        metrics.HELD_RECORDS.set(sum(len(b.records) for b in self.buffers.values()))
 
     def _stages_due(self) -> bool:
         """A model batch is waiting (`batch_size` records, or the oldest waited

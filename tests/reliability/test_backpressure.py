@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from statistics import median
 
-from prometheus_client.parser import text_string_to_metric_families
-from support.harness import read_rows, rss_bytes, start_worker, stop_workers, wait_until, worker_env
+from support.harness import (
+    held_records,
+    read_rows,
+    rss_bytes,
+    start_worker,
+    stop_workers,
+    wait_until,
+    worker_env,
+)
 from support.stream_workers import make_photos
 
 from trapline.pipelines.uploads import Upload, encode_upload
@@ -31,16 +37,6 @@ WARM_UP = 64  # events processed before measuring: models loaded, full batches r
 BATCH_MAX_RECORDS = POLL_MAX_RECORDS = 10
 # Two partitions, each paused at 4 x batch_max_records (held_records_limit), one poll over.
 HELD_BOUND = 2 * (4 * BATCH_MAX_RECORDS + POLL_MAX_RECORDS)
-
-
-def _held_records(port: int) -> int:
-    """The worker's `trapline_held_records` gauge, read from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        if family.name == "trapline_held_records":
-            return int(family.samples[0].value)
-    raise AssertionError("trapline_held_records not exported")
 
 
 def _produce(
@@ -91,7 +87,7 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
         while producer.is_alive():
             written = len(read_rows(out, "media"))
             samples.append((time.monotonic(), rss_bytes(worker.pid), sent[0], written))
-            held.append(_held_records(metrics_port))
+            held.append(held_records(metrics_port))
             time.sleep(0.25)
         producer.join()
         wait_until(
@@ -101,10 +97,11 @@ def test_a_slow_model_backend_grows_lag_not_worker_memory(tansu, kafka_topic, tm
     finally:
         stop_workers([worker])
 
-    # The first quarter is the allocator's warm-up on full-size batches; then compare the second
-    # quarter with the last: lag keeps growing, memory must not.
+    # The first quarter of the samples against the last: lag keeps growing, memory must not.
+    # The allocator still settles after the warm-up (one-off steps of tens of MB, at most ~50
+    # seen), so the bound is half the backlog grown in between (~150 MB), not a fixed figure.
     quarter = max(len(samples) // 4, 1)
-    early, late = samples[quarter : 2 * quarter], samples[-quarter:]
+    early, late = samples[:quarter], samples[-quarter:]
     lag_start = samples[0][2] - samples[0][3]
     lag_early = max(s[2] - s[3] for s in early)
     lag_late = max(s[2] - s[3] for s in late)

@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from support.stream_workers import worker_env  # noqa: F401  (one definition, re-exported here)
 from trapline.pipelines.readers import read_table
@@ -139,6 +141,18 @@ def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc (Linux)."""
     with open(f"/proc/{pid}/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def held_records(metrics_port: int) -> int:
+    """A worker's `trapline_held_records` (read from the broker, not yet written), from its
+    /metrics: the bound that keeps a backlog in the broker (StreamWorker._hold_back)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "trapline_held_records":
+            return int(family.samples[0].value)
+    raise AssertionError("trapline_held_records not exported")
 
 
 class Supervisor:
