@@ -97,3 +97,23 @@ def test_a_run_leaves_each_table_checkpointed_at_its_latest_version(in_process_r
         table = delta.open_table(str(out), name)
         last = json.loads((out / name / "_delta_log" / "_last_checkpoint").read_text())
         assert last["version"] == table.version(), name
+
+
+def test_the_readmes_reading_snippet_runs_on_the_sample_tables(in_process_run, tmp_path):
+    """The README's Python block, as a reader copies it, against this run's tables (its
+    `results/`): a version it pins must exist, a library it imports must be documented."""
+    import re
+    import subprocess
+    import sys
+
+    out, _ = in_process_run
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has no Python block"
+    (tmp_path / "results").symlink_to(out)
+    for block in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "roe deer" in done.stdout  # the species counts it prints
