@@ -197,7 +197,7 @@ def _produce(
     producer.flush(timeout=60)
 
 
-def _scrape(port: int) -> dict[str, float]:
+def scrape_metrics(port: int) -> dict[str, float]:
     """The worker's Prometheus metrics we report, summed over label sets we do not split."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -257,7 +257,7 @@ def run_stream_bench(
             find = lambda: {f"worker-{p.pid}": p.pid for p, _ in workers}  # noqa: E731
             timeline: list[tuple[float, int, int]] = []  # (t, acked, processed), measured events
             base = counter.count()
-            base_metrics = [_scrape(port) for port in ports]  # the warm-up's share
+            base_metrics = [scrape_metrics(port) for port in ports]  # the warm-up's share
             processed_base = sum(m.get(PROCESSED, 0.0) for m in base_metrics)
             all_processed_at: float | None = None  # s after the start: every event processed
             started = time.monotonic()
@@ -292,7 +292,7 @@ def run_stream_bench(
                     time.sleep(0.25)
                 sender.join(60)
             metrics = [
-                {k: v - before.get(k, 0.0) for k, v in _scrape(port).items()}
+                {k: v - before.get(k, 0.0) for k, v in scrape_metrics(port).items()}
                 for port, before in zip(ports, base_metrics)
             ]
             producer.close(timeout=5)
@@ -351,7 +351,7 @@ def _processed(ports: list[int]) -> float:
     total = 0.0
     for port in ports:
         try:
-            total += _scrape(port).get(PROCESSED, 0.0)
+            total += scrape_metrics(port).get(PROCESSED, 0.0)
         except OSError:
             pass
     return total

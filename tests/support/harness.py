@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.stream_workers import worker_env  # noqa: F401  (one definition, re-exported here)
 from trapline.pipelines.readers import read_table
@@ -146,13 +144,11 @@ def rss_bytes(pid: int) -> int:
 def held_records(metrics_port: int) -> int:
     """A worker's `trapline_held_records` (read from the broker, not yet written), from its
     /metrics: the bound that keeps a backlog in the broker (StreamWorker._hold_back)."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        if family.name == "trapline_held_records":
-            return int(family.samples[0].value)
-    raise AssertionError("trapline_held_records not exported")
+    from load_tests.stream import scrape_metrics  # the benches' scraper; heavy to import
+
+    values = scrape_metrics(metrics_port)
+    assert "trapline_held_records" in values, "trapline_held_records not exported"
+    return int(values["trapline_held_records"])
 
 
 class Supervisor:
