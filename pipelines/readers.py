@@ -183,6 +183,12 @@ class KnownMedia:
                 self.ids[deployment].update((media_id, sha256))
         self._let_go()
 
+    def clear(self) -> None:
+        """Forget every deployment: a partition was assigned, and while another worker owned
+        it that worker may have written any of them (a re-upload it wrote would otherwise
+        be written again here)."""
+        self.ids.clear()
+
     def forget(self, deployments: Iterable[str]) -> None:
         """Someone else wrote these deployments: read them again when next needed."""
         for deployment in deployments:

@@ -83,6 +83,12 @@ BATCHES_FENCED = Counter(
     "trapline_batches_fenced_total",
     "Partition batches dropped because the tables show another worker moved the partition on.",
 )
+OFFSETS_WITHOUT_RECORDS = Counter(
+    "trapline_offsets_without_records_total",
+    "Offsets a partition skipped because the broker holds no record there, fetched twice "
+    "(transaction markers, aborted or compacted records, or deleted by retention).",
+    ["topic"],
+)
 MODEL_REQUEST_SECONDS = Histogram(
     "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],
     buckets=_LATENCY_BUCKETS,

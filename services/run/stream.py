@@ -54,6 +54,7 @@ from trapline.services.run.stream_checkpoint import (
     Batch,
     Checkpointer,
     DeadLetterUndelivered,
+    OffsetGap,
     Outcome,
 )
 from trapline.services.settings import Settings
@@ -210,10 +211,14 @@ class StreamWorker(kafka_io.RebalanceListener):
         buffer = self.buffers.get(tp)
         if buffer is None:  # revoked between poll and here
             return
-        now = self.clock()
-        for record in records:
-            if buffer.add(record, now):
-                self.stats.records += 1
+        kept, refetch_from = buffer.accept(records, self.clock())
+        self.stats.records += kept
+        if refetch_from is not None:  # a gap: ask again from the offset that must come next
+            log.info(
+                "partition %s/%d: offset %d did not come next; fetching again from it",
+                tp.topic, tp.partition, refetch_from,
+            )  # fmt: skip
+            self.consumer.seek(tp, refetch_from)
 
     def _hold_back(self) -> None:
         """Stop fetching a partition that holds `held_records_limit` unwritten records, fetch
@@ -356,11 +361,19 @@ class StreamWorker(kafka_io.RebalanceListener):
             metrics.CHECKPOINT_RETRIES.labels("storage").inc()
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
+        self.checkpointer.known.clear()  # another worker may have written them meanwhile
         for tp in partitions:
             start, forced_end = points[tp.topic, tp.partition]
-            if start is None:
-                start = self.consumer.committed(tp) or 0
-            self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end)
+            if not exact and self._kafka_floor(tp, start, forced_end, quiet=True) is not None:
+                # Kafka is ahead of the log as read quickly: decide on delta-rs's snapshot.
+                key = (tp.topic, tp.partition)
+                start, forced_end = self.checkpointer.resume_points([key], exact=True)[key]
+            floor = self._kafka_floor(tp, start, forced_end)
+            if floor is not None:
+                start, forced_end = floor, None
+            elif start is None:
+                start = 0  # neither the tables nor Kafka know the partition: from its start
+            self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end, floor=floor)
             self.consumer.seek(tp, start)
             log.info(
                 "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
@@ -368,6 +381,27 @@ class StreamWorker(kafka_io.RebalanceListener):
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
             )  # fmt: skip
         return True
+
+    def _kafka_floor(
+        self, tp: TopicPartition, start: int | None, forced_end: int | None, quiet: bool = False
+    ) -> int | None:
+        """Kafka's committed offset when it is past everything the tables hold of `tp` (a new
+        `--out`, tables that never held this group's partition, or offsets reset to skip a
+        backlog): the partition starts there, not at offset 0 or the tables' older point. None
+        when the tables know at least as much."""
+        committed = self.consumer.committed(tp)
+        if committed is None:
+            return None
+        held_to = -1 if start is None else (forced_end if forced_end is not None else start - 1)
+        if committed <= held_to + 1:
+            return None
+        if start is not None and not quiet:
+            log.warning(
+                "partition %s/%d: Kafka's committed offset %d is past the tables' %d; starting at "
+                "%d (offsets %d-%d were skipped on purpose or written elsewhere)",
+                tp.topic, tp.partition, committed, held_to, committed, held_to + 1, committed - 1,
+            )  # fmt: skip
+        return committed
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -395,14 +429,19 @@ class StreamWorker(kafka_io.RebalanceListener):
             if end is not None:
                 records, results, failures = buffer.batch(end)
                 batches[tp] = Batch(
-                    tp.topic, tp.partition, buffer.start, end, records, results, failures
-                )
+                    tp.topic, tp.partition, buffer.start, end, records, results, failures,
+                    buffer.skipped_in(end), buffer.floor,
+                )  # fmt: skip
+        for tp in [tp for tp, batch in batches.items() if not self._gapless(tp, batch, owned)]:
+            del batches[tp]
         if not batches:
             return
         try:
             outcome = self.checkpointer.commit(list(batches.values()))
         except (*STORAGE_ERRORS, DeadLetterUndelivered) as error:
             cause = "dead-letter topic" if isinstance(error, DeadLetterUndelivered) else "storage"
+            for tp, batch in batches.items():  # some tables may hold it now: retry it exactly
+                self.buffers[tp].pin(batch.end)
             self._retry_later(cause, error, owned)
             return
         self.retry_delay_s = FIRST_RETRY_DELAY_S
@@ -416,6 +455,20 @@ class StreamWorker(kafka_io.RebalanceListener):
             )
             self._outage = None
         self._settle(batches, outcome, owned)
+
+    def _gapless(self, tp: TopicPartition, batch: Batch, owned: bool) -> bool:
+        """False, with the partition read again from the tables, if `batch` lacks a record of
+        its range (the buffer keeps runs gapless, so this is a guard, not a path)."""
+        try:
+            batch.check_gapless()
+            return True
+        except OffsetGap as error:
+            log.error("%s; reading the partition again from the tables", error)
+            self.buffers.pop(tp, None)
+            if owned and not self._resume({tp}, exact=True):
+                with self._rebalance_lock:
+                    self._assigned.add(tp)
+            return False
 
     def _settle(self, batches: dict[TopicPartition, Batch], outcome: Outcome, owned: bool) -> None:
         """Move written partitions on and commit their offsets; resume fenced ones."""

@@ -7,10 +7,20 @@ the partition may be written now (`ready_end`: the event hold of `pipelines/even
 exactly `forced_end` when a replay must end where some tables already are), and after the
 commit `advance` forgets what was written. `process_pending` runs the stages on every
 partition's new records at once, in model-sized batches.
+
+A buffer holds a gapless run of offsets from `start`: a record past the next expected offset
+is not kept, and the partition is fetched again from the expected one (`accept` returns it).
+Only when that re-fetch answers with the same later offset does the buffer accept the gap
+(offsets the topic holds no record at: transaction markers, aborted or compacted records,
+records retention deleted) and remember it, so a commit never claims an offset it did not
+hold. Before this, records fetched from Kafka's committed offset in the poll that assigned a
+partition were kept past a resume point the tables put earlier, and the commit claimed the
+offsets in between (photos in no table after kill -9: issue 36).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +36,8 @@ from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
 from trapline.services.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def held_records_limit(settings: Settings) -> int:
     """A partition's bound on unwritten records: at this length its buffer is written up to
@@ -40,20 +52,56 @@ class PartitionBuffer:
     """One partition's unwritten records, from `start` on."""
 
     start: int  # first offset the tables do not hold
-    forced_end: int | None = None  # a replay ends exactly here: some tables already hold it
+    forced_end: int | None = None  # write exactly up to here: some tables hold it, or a retry
+    # The tables' chain continues from offset `floor` - 1 even though a table holds less:
+    # Kafka's committed offset was past every table at resume (offsets reset on purpose).
+    floor: int | None = None
     records: list[Any] = field(default_factory=list)
     arrived: dict[int, float] = field(default_factory=dict)  # offset -> when it was polled
     done: dict[int, tuple[list[MediaResult], list[Failure]]] = field(default_factory=dict)
+    refetch_from: int | None = None  # a gap was seen: the partition is fetched again from here
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # confirmed empty ranges
+
+    def next_offset(self) -> int:
+        """The offset the next record must have for the run of offsets to stay gapless."""
+        return self.records[-1].offset + 1 if self.records else self.start
+
+    def accept(self, records: list[Any], now: float) -> tuple[int, int | None]:
+        """Keep the records that continue the run; returns (how many were kept, the offset to
+        fetch from again when a gap stopped it, else None). Records already held or written
+        (a replay after a seek) are passed over."""
+        kept = 0
+        for record in records:
+            expected = self.next_offset()
+            if record.offset < expected:
+                continue
+            if record.offset > expected:
+                if self.refetch_from != expected:
+                    self.refetch_from = expected
+                    return kept, expected
+                self._skip(record, expected)
+            self.refetch_from = None
+            self.records.append(record)
+            self.arrived[record.offset] = now
+            kept += 1
+        return kept, None
+
+    def _skip(self, record: Any, expected: int) -> None:
+        """Fetched again from `expected`, the partition's first record is still `record`: the
+        topic has no record at the offsets between (transaction markers, aborted or compacted
+        records, or records that retention deleted)."""
+        self.skipped.append((expected, record.offset - 1))
+        metrics.OFFSETS_WITHOUT_RECORDS.labels(record.topic).inc(record.offset - expected)
+        log.warning(
+            "partition %s/%d holds no record at offsets %d-%d (fetched twice): transaction "
+            "markers, aborted or compacted records, or deleted by retention; going on at %d",
+            record.topic, record.partition, expected, record.offset - 1, record.offset,
+        )  # fmt: skip
 
     def add(self, record: Any, now: float) -> bool:
-        """Keep `record` unless it is already written or already here (a replay after a seek)."""
-        if record.offset < self.start or (
-            self.records and record.offset <= self.records[-1].offset
-        ):
-            return False
-        self.records.append(record)
-        self.arrived[record.offset] = now
-        return True
+        """Keep `record` if it continues the run (`accept` for one record)."""
+        kept, _ = self.accept([record], now)
+        return bool(kept)
 
     def waited(self, now: float) -> float:
         """How long the oldest unwritten record has waited."""
@@ -93,6 +141,18 @@ class PartitionBuffer:
             failures += done_failures
         return records, results, failures
 
+    def skipped_in(self, end: int) -> list[tuple[int, int]]:
+        """The confirmed empty ranges up to `end`: the offsets a batch ending there may lack."""
+        return [(first, last) for first, last in self.skipped if first <= end]
+
+    def pin(self, end: int) -> None:
+        """A checkpoint of [start, end] failed after some tables may have committed it: the
+        retry writes exactly this range again, whatever the event hold would cut now (a
+        shorter retry left tables at different ends of the range, and every replay was fenced
+        at the one that lay inside it: a partition stalled for good)."""
+        if self.forced_end is None:
+            self.forced_end = end
+
     def advance(self, end: int) -> None:
         """The tables hold everything up to `end`: forget it."""
         for record in self.records:
@@ -100,8 +160,10 @@ class PartitionBuffer:
                 self.done.pop(record.offset, None)
                 self.arrived.pop(record.offset, None)
         self.records = [r for r in self.records if r.offset > end]
+        self.skipped = [(first, last) for first, last in self.skipped if last > end]
         self.start = end + 1
         self.forced_end = None
+        self.floor = None
 
     def _held_photos(self, settings: Settings) -> list[HeldPhoto]:
         deployments = cached_deployments(settings.deployments_file)

@@ -64,6 +64,45 @@ class Batch:
     records: list[Any]
     results: list[MediaResult]
     failures: list[Failure]
+    # Offset ranges inside [start, end] the broker holds no record at (fetched twice).
+    skipped: list[tuple[int, int]] = field(default_factory=list)
+    # A table whose version is below `floor` - 1 continues at `start` = `floor`: Kafka's
+    # committed offset was past every table at resume (the operator skipped those records).
+    floor: int | None = None
+
+    def continues(self, version: int | None) -> bool:
+        """Whether a table whose version for this partition is `version` may take this batch
+        next: its chain ends right before `start` (or below a floor this batch starts at)."""
+        if version is None or version == self.start - 1:
+            return True
+        return self.floor == self.start and version < self.start - 1
+
+    def check_gapless(self) -> None:
+        """The records are exactly the offsets [start, end] less the confirmed empty ranges:
+        a commit never claims an offset whose record it did not hold."""
+        expected = self.start
+        for record in self.records:
+            while record.offset > expected:
+                gap = next((g for g in self.skipped if g[0] == expected), None)
+                if gap is None:
+                    raise OffsetGap(
+                        f"{self.topic}/{self.partition}: batch [{self.start}, {self.end}] lacks "
+                        f"offset {expected} (next record {record.offset}); not committed"
+                    )
+                expected = gap[1] + 1
+            if record.offset != expected:
+                raise OffsetGap(
+                    f"{self.topic}/{self.partition}: offset {record.offset} out of order in "
+                    f"batch [{self.start}, {self.end}]; not committed"
+                )
+            expected += 1
+        if self.records and self.records[-1].offset > self.end:
+            raise OffsetGap(f"{self.topic}/{self.partition}: records past the batch's end")
+
+
+class OffsetGap(RuntimeError):
+    """A batch does not hold every record of the range it would claim: a bug upstream of the
+    sink, refused here so that it costs a retry, never a photo."""
 
 
 @dataclass
@@ -158,6 +197,8 @@ class Checkpointer:
         """
         outcome = Outcome()
         by_key = {(b.topic, b.partition): b for b in batches}
+        for batch in batches:
+            batch.check_gapless()
         for key, batch in by_key.items():
             outcome.tables[key] = assemble(
                 batch.results,
@@ -201,7 +242,7 @@ class Checkpointer:
                         "there (a replay, or another worker wrote it)",
                         name, *key, version, batch.start, batch.end,
                     )  # fmt: skip
-                elif version is None or version == batch.start - 1:
+                elif batch.continues(version):
                     write.append(key)
                 else:
                     self._fence(key, name, version, batch, outcome)

@@ -30,10 +30,20 @@ class MemoryLog:
         self.partitions: dict[tuple[str, int], list[MemoryRecord]] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.sent: list[tuple[str, bytes | None, bytes, list]] = []
+        self._ends: dict[tuple[str, int], int] = {}  # next offset per partition
 
     def append(self, topic: str, partition: int, value: bytes, key: bytes | None = None) -> None:
         records = self.partitions.setdefault((topic, partition), [])
-        records.append(MemoryRecord(topic, partition, len(records), key, value))
+        records.append(MemoryRecord(topic, partition, self.end(topic, partition), key, value))
+        self._ends[(topic, partition)] = records[-1].offset + 1
+
+    def append_marker(self, topic: str, partition: int) -> None:
+        """Take an offset without a record a consumer sees (a transaction's commit marker)."""
+        self.partitions.setdefault((topic, partition), [])
+        self._ends[(topic, partition)] = self.end(topic, partition) + 1
+
+    def end(self, topic: str, partition: int) -> int:
+        return self._ends.get((topic, partition), 0)
 
 
 class _Delivered:
@@ -84,16 +94,24 @@ class MemoryConsumer:
                 continue
             records = self.log.partitions.get((tp.topic, tp.partition), [])
             start = self.position.get(tp, 0)
-            batch = records[start : start + self.max_records]
+            batch = [r for r in records if r.offset >= start][: self.max_records]
             if batch:
                 polled[tp] = batch
-                self.position[tp] = start + len(batch)
+                self.position[tp] = batch[-1].offset + 1
         return polled
 
     def revoke(self) -> None:
         self.listener.on_partitions_revoked(set(self.owned))
         self.owned = []
         self._paused.clear()
+
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        """Hand `partitions` to this consumer again (a rebalance that gives them back); the
+        first fetch starts at the group's committed offset, as Kafka's does."""
+        self.owned = [TopicPartition(t, p) for t, p in partitions]
+        for tp in self.owned:
+            self.position[tp] = self.log.committed.get((tp.topic, tp.partition), 0)
+        self.listener.on_partitions_assigned(set(self.owned))
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.owned) if self._announced else set()
@@ -118,7 +136,7 @@ class MemoryConsumer:
             self.log.committed[(tp.topic, tp.partition)] = meta.offset
 
     def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: len(self.log.partitions.get((tp.topic, tp.partition), [])) for tp in partitions}
+        return {tp: self.log.end(tp.topic, tp.partition) for tp in partitions}
 
     def close(self, autocommit: bool = False) -> None:
         pass
