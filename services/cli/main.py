@@ -48,6 +48,7 @@ def run(
 ) -> None:
     """Detect and classify every photo under SOURCE; write media/observations/events/failures tables."""
     from trapline.services.run.folder import run_folder
+    from trapline.services.run.folder_tables import StreamTables
     from trapline.services.run.reaper import start_reaper
 
     settings = load_settings(
@@ -61,12 +62,16 @@ def run(
         console=console, transient=False,
     ) as progress:  # fmt: skip
         task = progress.add_task("photos", total=None)
-        summary = run_folder(
-            source,
-            out,
-            settings,
-            lambda done, total: progress.update(task, completed=done, total=total),
-        )
+        try:
+            summary = run_folder(
+                source,
+                out,
+                settings,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except StreamTables as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
     _print_summary(summary, out)
     if json_summary:
         json_summary.write_text(json.dumps(summary_dict(summary), indent=2))
@@ -136,7 +141,9 @@ def submit(
     bootstrap: str | None = typer.Option(
         None, help="Kafka bootstrap servers, host:port[,...] (setting kafka_bootstrap)."
     ),
-    topic: str | None = typer.Option(None, help="Topic of upload messages (setting uploads_topic)."),
+    topic: str | None = typer.Option(
+        None, help="Topic of upload messages (setting uploads_topic)."
+    ),
     config: Path | None = typer.Option(
         None, help="YAML settings file: Kafka address, topic and security (TRAPLINE_KAFKA_*)."
     ),

@@ -36,7 +36,7 @@ from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult
 from trapline.services.adapters.object_store import configure_fsspec
 from trapline.services.run import metrics
-from trapline.services.run.folder_tables import commit_tables, pending_refs
+from trapline.services.run.folder_tables import commit_tables, pending_refs, refuse_stream_tables
 from trapline.services.run.local_ray import start_local_ray
 from trapline.services.run.workers import PipelineActor, build_pipeline
 from trapline.services.settings import Settings
@@ -206,6 +206,7 @@ def run_folder(
     deployment is listed (one at a time: `FolderWork`)."""
     started = time.perf_counter()
     configure_fsspec(settings)
+    refuse_stream_tables(out)
     summary = RunSummary()
     work = FolderWork(source, out, settings.batch_size, summary)
     pending = work.batches()
@@ -361,7 +362,7 @@ def _commit(
         summary.classifier_labels,
         known.of,
     )
-    added = commit_tables(out, source, deployment, tables, settings.output_compression)
+    added = commit_tables(out, deployment, tables, settings.output_compression)
     if finished:  # all its photos are back: its ids would only take memory until the run ends
         known.forget([deployment])
     else:
@@ -388,7 +389,7 @@ def _split_last_burst(
 
 def write_tables(tables: Tables, out: str, settings: Settings) -> Tables:
     """Append ready-made tables to `out` (rows whose key is there already are left out)."""
-    return commit_tables(out, "write_tables", "*", tables, settings.output_compression)
+    return commit_tables(out, "*", tables, settings.output_compression)
 
 
 def _summarise(tables: Tables, summary: RunSummary) -> None:

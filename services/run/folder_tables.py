@@ -6,11 +6,15 @@ run of the same folder does only the rest: inputs already in `media` or `failure
 before they are read (`pending_refs`). Nothing else in `--out` is touched: another folder, or
 the stream's output, stays.
 
-Exactly once per table, also when the same folder runs twice at once or a crash fell between two
-tables' commits: each commit first drops the rows whose key the table already holds (media_id,
-observation_id, event_id, failed uri), and carries an application transaction whose id names
-the input folder and the deployment, so two runs committing the same deployment at once
-conflict (delta-rs refuses the second) and the loser filters again on the new snapshot.
+Exactly once per table, also when two runs write one deployment at once (the same folder twice,
+`photos` and `./photos`, two card dumps of one camera) or a crash fell between two tables'
+commits: each commit first drops the rows whose key the table already holds (media_id,
+observation_id, event_id, failed uri), and carries one application transaction per deployment
+it writes (the id names the deployment, not the input folder), so any two runs committing the
+same deployment at once conflict (delta-rs refuses the second) and the loser filters again on
+the new snapshot. A folder run into tables a stream writes is refused (`refuse_stream_tables`):
+the stream's commits carry its partitions' ids, not the deployments', so nothing would order a
+folder run's commit against a worker's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trapline.pipelines import delta
+from trapline.pipelines import delta, delta_txn
 from trapline.pipelines.flow import Tables
 from trapline.pipelines.readers import CommittedInputs, read_table
 from trapline.pipelines.types import Failure, MediaRef
@@ -37,10 +41,27 @@ KEY = {
 MAX_COMMIT_ATTEMPTS = 20
 
 
-def run_app_id(source: str, deployment_id: str | None) -> str:
-    """The Delta application id of one deployment of one input folder."""
-    digest = hashlib.sha256(f"{source.rstrip('/')}|{deployment_id}".encode()).hexdigest()[:24]
+def run_app_id(deployment_id: str | None) -> str:
+    """The Delta application id under which folder runs commit one deployment's rows."""
+    digest = hashlib.sha256(f"{deployment_id or ''}".encode()).hexdigest()[:24]
     return f"trapline-run:{digest}"
+
+
+class StreamTables(ValueError):
+    """A folder run was pointed at tables a stream writes."""
+
+
+def refuse_stream_tables(out: str) -> None:
+    """Raise `StreamTables` if a stream worker has committed to the tables under `out`."""
+    # None: no table yet (or a log shape this reader leaves to delta-rs, which lists no app ids)
+    versions = delta_txn.read_app_versions(delta.table_uri(out, "media")) or {}
+    streams = sorted({app.split(":")[1] for app in versions if app.startswith("trapline:")})
+    if streams:
+        raise StreamTables(
+            f"{out} holds the tables of a stream (consumer group {', '.join(streams)}): a folder "
+            "run beside its workers could write a photo twice. Write the folder to another "
+            "--out, or send it through the stream: trapline submit FOLDER --bootstrap ..."
+        )
 
 
 def pending_refs(
@@ -59,15 +80,16 @@ def pending_refs(
     return todo, todo_unsupported, skipped
 
 
-def commit_tables(
-    out: str, source: str, deployment_id: str, tables: Tables, compression: str
-) -> Tables:
-    """Append `tables` (one deployment's rows) to the tables under `out`; returns what was
-    actually added (rows whose key a table already held are left out)."""
-    app = run_app_id(source, deployment_id)
+def commit_tables(out: str, deployment_id: str, tables: Tables, compression: str) -> Tables:
+    """Append `tables` (one deployment's rows; "*": whichever they hold) to the tables under
+    `out`; returns what was actually added (rows whose key a table already held are left out)."""
+    deployments = {deployment_id} if deployment_id != "*" else set()
+    for data in tables.as_dict().values():
+        deployments.update(data.column("deployment_id").to_pylist())
+    apps = sorted(run_app_id(deployment) for deployment in deployments)
     added = {}
     for name in delta.WRITE_ORDER:
-        added[name] = _commit_one(out, name, app, tables.as_dict()[name], compression)
+        added[name] = _commit_one(out, name, apps, tables.as_dict()[name], compression)
     failed_uris = set(added["failures"].column("uri").to_pylist())
     return Tables(
         media=added["media"],
@@ -78,16 +100,16 @@ def commit_tables(
     )
 
 
-def _commit_one(out: str, name: str, app: str, data: pa.Table, compression: str) -> pa.Table:
+def _commit_one(out: str, name: str, apps: list[str], data: pa.Table, compression: str) -> pa.Table:
     for _attempt in range(MAX_COMMIT_ATTEMPTS):
         table = delta.create_table(out, name)
         table.update_incremental()
         fresh = _without_known_keys(out, name, data)
-        version = delta.app_version(table, app)
+        transactions = [
+            delta.AppVersion(app, (delta.app_version(table, app) or 0) + 1) for app in apps
+        ]
         try:
-            delta.append(
-                table, name, fresh, [delta.AppVersion(app, (version or 0) + 1)], compression
-            )
+            delta.append(table, name, fresh, transactions, compression)
         except delta.ConcurrentCommit as refused:
             log.info(
                 "%s: another run committed this deployment meanwhile (%s); filtering again",
