@@ -94,10 +94,12 @@ STATS_COLUMNS: dict[str, list[str]] = {
     "reviews": ["reviewed_at"],
 }
 # Every this many versions of a table, the writer whose commit lands on a multiple merges the
-# table's small files (OPTIMIZE; `compact_small_files`). delta-rs's cost per commit and per open
-# grows with the table's live files (~0.1 ms each), and a stream worker adds a few files per
-# table every few seconds; merging keeps them near one per partition. Version-based, so one
-# writer does it, whichever it is, with no state of its own (as delta-rs does checkpoints).
+# table's small files (OPTIMIZE), unless another compactor holds the compaction lease: then it
+# skips, and a later one merges them (`compaction.compact_when_free`; two OPTIMIZEs at once would
+# double rows, pipelines/compaction_lease.py). delta-rs's cost per commit and per open grows with
+# the table's live files (~0.1 ms each), and a stream worker adds a few files per table every few
+# seconds; merging keeps them near one per partition. Version-based, so one writer tries it,
+# whichever it is, with no state of its own (as delta-rs does checkpoints).
 COMPACT_EVERY_VERSIONS = 50
 
 
@@ -251,7 +253,8 @@ def append(
     the caller re-reads the versions and decides again (a zombie learns it was fenced). An
     empty `data` still commits the transactions: a partition's position moves on although none
     of its photos had, say, a failure. Every COMPACT_EVERY_VERSIONS versions it also merges the
-    table's small files (after the commit: the data is safe whatever happens to that).
+    table's small files when the compaction lease is free (after the commit: the data is safe
+    whatever happens to that; pipelines/compaction.py).
     """
     properties = CommitProperties(
         app_transactions=[Transaction(t.app_id, t.version) for t in transactions],
@@ -271,29 +274,10 @@ def append(
         raise ConcurrentCommit(f"{table.table_uri}: {error}") from error
     version = table.version()
     if COMPACT_EVERY_VERSIONS and version % COMPACT_EVERY_VERSIONS == 0:
-        compact_small_files(table, compression)
+        from trapline.pipelines import compaction  # here: it builds on this module
+
+        compaction.compact_when_free(table, compression)
     return version
-
-
-def compact_small_files(
-    table: DeltaTable, compression: str = "zstd", target_size_mb: int = 128
-) -> dict | None:
-    """OPTIMIZE: merge each partition's small files into few large ones, in one commit that
-    removes them and adds the merged ones (readers see either; app transactions stay). Safe
-    while others write: appends never conflict with it. A conflict with another compaction or
-    an outage skips it (logged): the next one merges these files too. Returns delta-rs's
-    metrics (numFilesRemoved, numFilesAdded, partitionsOptimized), None when skipped."""
-    try:
-        return table.optimize.compact(
-            target_size=target_size_mb * 2**20,
-            writer_properties=WriterProperties(compression=codec(compression)),
-            post_commithook_properties=AFTER_COMMIT,
-        )
-    except (CommitFailedError, *STORAGE_ERRORS) as error:
-        log.warning(
-            "%s: merging small files skipped (%s); the next compaction will", table.table_uri, error
-        )
-        return None
 
 
 def codec(compression: str) -> str:

@@ -108,3 +108,29 @@ def _replay_commits(fs: Any, log_dir: str, first: int, versions: dict[str, int])
 
 def _commit_path(log_dir: str, version: int) -> str:
     return posixpath.join(log_dir, f"{version:020d}.json")
+
+
+def read_commits(uri: str, versions: range) -> dict[int, list[dict[str, Any]]]:
+    """The actions of the JSON commits `versions` of the Delta table at `uri`, one dict per
+    line (`{"add": {...}}`, `{"commitInfo": {...}}`, ...); a commit that is absent (not yet
+    written, or cleaned up after the log retention) is left out. Read concurrently, without
+    listing the log: what the compaction lease and the check after each OPTIMIZE read
+    (pipelines/compaction_lease.py, pipelines/compaction.py)."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    log_dir = posixpath.join(root, "_delta_log")
+    paths = {version: _commit_path(log_dir, version) for version in versions}
+    if not paths:
+        return {}
+    # s3fs sizes a file from its listing cache before a GET: a listing of the log cached before
+    # a commit would hide that commit.
+    fs.invalidate_cache(log_dir)
+    found = fs.cat(list(paths.values()), on_error="return")
+    commits: dict[int, list[dict[str, Any]]] = {}
+    for version, path in paths.items():
+        body = found.get(path)
+        if body is None or isinstance(body, FileNotFoundError):
+            continue
+        if isinstance(body, BaseException):
+            raise body
+        commits[version] = [json.loads(line) for line in body.splitlines() if line.strip()]
+    return commits

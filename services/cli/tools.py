@@ -176,27 +176,65 @@ def compact(
     vacuum_hours: float | None = typer.Option(
         None,
         "--vacuum",
-        help="Also delete files no version newer than this many hours reads (replaced or orphan files); at least 168 unless --force-retention.",
+        help="Also delete files no version newer than this many hours reads (replaced or orphan files); at least 168 unless --force-retention; never files changed in the last hour; rounded up to whole hours.",
     ),
     force_retention: bool = typer.Option(
         False, help="Allow --vacuum below 168 h (nothing may read older versions)."
     ),
+    wait: float = typer.Option(
+        0,
+        "--wait",
+        help="When another compaction holds the lease, wait up to this many seconds for it (default: refuse at once).",
+    ),
+    lease_minutes: float = typer.Option(
+        10, help="The compaction lease's time to live: how long a crashed run blocks others."
+    ),
 ) -> None:
-    """Delta OPTIMIZE (merge small files) and, with --vacuum, VACUUM; safe while workers write."""
+    """Delta OPTIMIZE (merge small files) and, with --vacuum, VACUUM; safe while workers write
+    (one compaction at a time: it holds the compaction lease, docs/operations.md)."""
+    from datetime import timedelta
+
+    from trapline.pipelines.compaction import OverlapNotRepaired
+    from trapline.pipelines.compaction_lease import LeaseHeld, LeaseLost
     from trapline.services.adapters.object_store import configure_fsspec
     from trapline.services.tools.compact import RetentionTooShort
     from trapline.services.tools.compact import compact as run_compact
 
     configure_fsspec(load_settings())  # s3:// endpoint and keys from TRAPLINE_S3_* / AWS_*
     try:
-        report = run_compact(results, table or None, target_size_mb, vacuum_hours, force_retention)
+        report = run_compact(
+            results,
+            table or None,
+            target_size_mb,
+            vacuum_hours,
+            force_retention,
+            wait=timedelta(seconds=wait),
+            lease_ttl=timedelta(minutes=lease_minutes),
+        )
     except RetentionTooShort as error:
         console.print(f"[red]refused:[/red] {error}")
         raise typer.Exit(2) from None
+    except LeaseHeld as error:
+        console.print(
+            f"[red]refused:[/red] {error}. Another compaction is running (a worker's, or another "
+            "`trapline compact`): try again later or pass --wait SECONDS."
+        )
+        raise typer.Exit(3) from None
+    except LeaseLost as error:
+        console.print(f"[red]stopped:[/red] {error}. Raise --lease-minutes.")
+        raise typer.Exit(3) from None
+    except OverlapNotRepaired as error:
+        console.print(f"[red]rows read twice:[/red] {error} (docs/operations.md, Compaction)")
+        raise typer.Exit(4) from None
     console.print(
         f"optimized {', '.join(report.tables) or 'no tables'}: {report.files_removed} files -> "
         f"{report.files_added} in {report.partitions} partitions; vacuumed {report.vacuumed} files"
     )
+    if report.repaired:
+        console.print(
+            f"[red]repaired:[/red] {', '.join(report.repaired)}: an OPTIMIZE overlapped another "
+            "(rows were read twice for a moment; see the log)"
+        )
 
 
 def tables_doc(docs: Path = typer.Option(Path("docs"), help="The docs folder.")) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 from support.delta_commits import commit_photos
 
 from trapline.pipelines.readers import read_table
+from trapline.services.tools import compact as compact_tool
 from trapline.services.tools.compact import compact
 
 pytest_plugins = ["support.s3_fixtures"]
 
 
-def test_full_vacuum_on_s3_deletes_replaced_files_and_a_crashed_commits_orphan(s3, s3_bucket):
+def test_full_vacuum_on_s3_deletes_replaced_files_and_a_crashed_commits_orphan(
+    s3, s3_bucket, monkeypatch
+):
     bucket = s3_bucket("compact")
     root = f"s3://{bucket}/results"
     for batch in range(3):
@@ -27,6 +30,7 @@ def test_full_vacuum_on_s3_deletes_replaced_files_and_a_crashed_commits_orphan(s
     orphan = next(iter(written)).rsplit("/", 1)[0] + "/part-crashed-commit.parquet"
     s3.copy(next(iter(written)), orphan)  # a file whose commit never landed
 
+    monkeypatch.setattr(compact_tool, "VACUUM_FLOOR_HOURS", 0)  # an hour later, as it were
     report = compact(root, ["media"], vacuum_hours=0, force_retention=True)
 
     assert report.vacuumed == 4  # the three files OPTIMIZE replaced, and the orphan

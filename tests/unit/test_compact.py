@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import time
+from datetime import timedelta
 
 import pyarrow as pa
 import pytest
@@ -15,8 +16,10 @@ from support.delta_commits import commit_photos
 from typer.testing import CliRunner
 
 from trapline.pipelines import delta
+from trapline.pipelines.compaction_lease import CompactionLease
 from trapline.pipelines.readers import read_table
 from trapline.services.cli.main import app
+from trapline.services.tools import compact as compact_tool
 from trapline.services.tools.compact import RetentionTooShort, compact
 
 
@@ -67,17 +70,74 @@ def test_compaction_while_a_writer_commits_loses_and_duplicates_nothing(tmp_path
     assert delta.app_version(delta.open_table(root, "media"), "writer") == 149
 
 
-def test_vacuum_below_a_week_needs_force_and_then_deletes_replaced_files(tmp_path):
+def test_vacuum_below_a_week_needs_force_and_then_deletes_replaced_files(tmp_path, monkeypatch):
     root = str(tmp_path)
     for batch in range(3):
         commit_photos(root, batch * 5, 5)
     with pytest.raises(RetentionTooShort, match="--force-retention"):
         compact(root, ["media"], vacuum_hours=1)
     report = compact(root, ["media"], vacuum_hours=0, force_retention=True)
+    assert report.vacuumed == 0  # replaced a moment ago: the hour's floor keeps them
+    monkeypatch.setattr(compact_tool, "VACUUM_FLOOR_HOURS", 0)  # an hour later, as it were
+    report = compact(root, ["media"], vacuum_hours=0, force_retention=True)
     assert report.vacuumed == 3  # the three replaced files
     on_disk = list((tmp_path / "media").rglob("*.parquet"))
     assert len([p for p in on_disk if "_delta_log" not in str(p)]) == 1
     assert read_table(root, "media").num_rows == 15
+
+
+def test_vacuum_hours_are_rounded_up_to_whole_hours_and_never_below_the_floor():
+    assert [compact_tool.vacuum_retention_hours(h) for h in (0, 0.5, 1, 1.01, 168, 168.2)] == [
+        1, 1, 1, 2, 168, 169
+    ]  # fmt: skip
+
+
+def test_vacuum_reads_the_table_after_optimize_so_a_commit_landing_in_between_keeps_its_rows(
+    tmp_path, monkeypatch
+):
+    """With the snapshot from before OPTIMIZE, VACUUM took the file of a commit that landed after
+    it for an orphan and deleted it: the latest version no longer read. (The hour's floor alone
+    would keep it too: it is off here to show the fresh snapshot does.)"""
+    root = str(tmp_path)
+    for batch in range(3):
+        commit_photos(root, batch * 5, 5)
+    merge = compact_tool.optimize
+
+    def optimize_then_a_writer_commits(*args, **kwargs):
+        merged = merge(*args, **kwargs)
+        commit_photos(root, 15, 5)
+        return merged
+
+    monkeypatch.setattr(compact_tool, "optimize", optimize_then_a_writer_commits)
+    monkeypatch.setattr(compact_tool, "VACUUM_FLOOR_HOURS", 0)
+    report = compact(root, ["media"], vacuum_hours=0, force_retention=True)
+    assert report.vacuumed == 3  # the replaced files only
+    ids = read_table(root, "media").column("media_id").to_pylist()
+    assert sorted(ids) == [f"m{i:05d}" for i in range(20)]
+
+
+def test_vacuum_zero_with_force_keeps_a_file_committed_after_its_snapshot_and_one_being_written(
+    tmp_path, monkeypatch
+):
+    root = str(tmp_path)
+    for batch in range(3):
+        commit_photos(root, batch * 5, 5)
+    in_flight = next((tmp_path / "media").rglob("*.parquet")).with_name(
+        "part-being-written.parquet"
+    )
+    vacuum = DeltaTable.vacuum
+
+    def a_writer_goes_on_while_vacuum_lists(self, *args, **kwargs):
+        commit_photos(root, 15, 5)  # committed after the snapshot VACUUM holds
+        in_flight.write_bytes(b"PAR1 not yet committed")
+        return vacuum(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "vacuum", a_writer_goes_on_while_vacuum_lists)
+    done = CliRunner().invoke(app, ["compact", root, "--vacuum", "0", "--force-retention"])
+    assert done.exit_code == 0, done.output
+    assert in_flight.exists()
+    ids = read_table(root, "media").column("media_id").to_pylist()
+    assert sorted(ids) == [f"m{i:05d}" for i in range(20)]
 
 
 def test_vacuum_deletes_replaced_files_a_checkpoint_forgot_and_old_orphans_not_a_writers_new_file(
@@ -121,6 +181,33 @@ def test_compact_command_refuses_a_short_vacuum_and_reports_what_it_did(tmp_path
     refused = CliRunner().invoke(app, ["compact", root, "--vacuum", "2"])
     assert refused.exit_code == 2 and "--force-retention" in refused.output
     done = CliRunner().invoke(app, ["compact", root])
+    assert done.exit_code == 0 and "2 files -> 1" in done.output
+
+
+def test_compact_command_refuses_while_another_compaction_holds_the_lease_naming_it(tmp_path):
+    root = str(tmp_path)
+    commit_photos(root, 0, 5)
+    commit_photos(root, 5, 5)
+    holder = CompactionLease(root, "writer on worker-0 (pid 7, 1a2b3c4d)")
+    holder.take()
+    refused = CliRunner().invoke(app, ["compact", root])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 3, refused.output
+    assert "held by writer on worker-0 (pid 7, 1a2b3c4d) until 20" in said and " UTC (" in said
+    assert "--wait" in said
+    assert data_files(root) == 2  # nothing merged
+    holder.release()
+    done = CliRunner().invoke(app, ["compact", root])
+    assert done.exit_code == 0 and "2 files -> 1" in done.output
+    assert CompactionLease(root).read().held is False  # released at the end
+
+
+def test_compact_waits_for_a_crashed_holders_lease_to_expire(tmp_path):
+    root = str(tmp_path)
+    commit_photos(root, 0, 5)
+    commit_photos(root, 5, 5)
+    CompactionLease(root, "crashed", ttl=timedelta(milliseconds=300)).take()  # never released
+    done = CliRunner().invoke(app, ["compact", root, "--wait", "600"])
     assert done.exit_code == 0 and "2 files -> 1" in done.output
 
 
