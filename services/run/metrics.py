@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from trapline.pipelines import compaction
+
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -89,6 +91,11 @@ OFFSETS_WITHOUT_RECORDS = Counter(
     "(transaction markers, aborted or compacted records, or deleted by retention).",
     ["topic"],
 )
+PARTITIONS_REFUSED = Gauge(
+    "trapline_partitions_refused",
+    "Partitions a worker refuses to read: the tables hold offsets past the topic's (re-created "
+    "or moved topic); see docs/operations.md, 'Tables ahead of the topic'.",
+)
 MODEL_REQUEST_SECONDS = Histogram(
     "trapline_model_request_seconds", "Model backend request latency.", ["model", "backend"],
     buckets=_LATENCY_BUCKETS,
@@ -108,6 +115,21 @@ PERMANENT_ERRORS = Counter(
     "Inputs a stage refused for good (missing, forbidden, undecodable, too large, model error).",
     ["stage"],
 )
+
+COMPACTION_OVERLAPS = Counter(
+    "trapline_compaction_overlaps_total",
+    "OPTIMIZEs that rewrote files another commit had removed (rows read twice): repaired, or "
+    "not_repaired (an operator must act, docs/operations.md#compaction).",
+    ["table", "outcome"],
+)
+
+
+def count_compaction_overlap(table: str, outcome: str) -> None:
+    """What pipelines/compaction.py calls: it runs inside every writer's commit path."""
+    COMPACTION_OVERLAPS.labels(table, outcome).inc()
+
+
+compaction.overlap_counters.append(count_compaction_overlap)
 
 
 def count_stage_error(stage: str, retryable: bool) -> None:

@@ -110,6 +110,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         # An outage in progress: (first failed checkpoint at, retries so far), for the log.
         self._outage: tuple[float, int] | None = None
         self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
+        self._refused: dict[TopicPartition, int] = {}  # topic behind the tables -> their offset
         self.slot = ordinal_slot(settings, index)  # None: the consumer group assigns
         self._owned: set[TopicPartition] = set()  # ordinal assignment: the partitions claimed
         self._owned_at = float("-inf")
@@ -166,9 +167,10 @@ class StreamWorker(kafka_io.RebalanceListener):
             self._claim_partitions()
         # No wait for records while a batch is there to process.
         polled = self.consumer.poll(timeout_ms=0 if self._stages_due() else 200)
-        self._apply_rebalance()
+        assigned = self._apply_rebalance()
         for tp, records in polled.items():
-            self._accept(tp, records)
+            if tp not in assigned:  # else fetched from Kafka's offset, before the seek: again
+                self._accept(tp, records)
         if self._stages_due():
             self._run_stages()
         if self._due():
@@ -211,6 +213,13 @@ class StreamWorker(kafka_io.RebalanceListener):
         buffer = self.buffers.get(tp)
         if buffer is None:  # revoked between poll and here
             return
+        if tp in self._refused:
+            return
+        if records and records[0].offset < (
+            buffer.probe if buffer.probe is not None else buffer.start
+        ):
+            self._refuse(tp, buffer, records[0].offset)  # the broker reset our position
+            return
         kept, refetch_from = buffer.accept(records, self.clock())
         self.stats.records += kept
         if refetch_from is not None:  # a gap: ask again from the offset that must come next
@@ -233,7 +242,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             if tp in assigned
             and len(b.records) >= limit
             and (b.forced_end is None or b.records[-1].offset >= b.forced_end)
-        }
+        } | (set(self._refused) & assigned)
         paused = self.consumer.paused()
         if full - paused:
             self.consumer.pause(*(full - paused))
@@ -335,8 +344,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         self._owned = owned
         self._apply_rebalance()  # seek the new ones before the next poll fetches
 
-    def _apply_rebalance(self) -> None:
-        """Write what revoked partitions have ready; resume assigned ones from the tables."""
+    def _apply_rebalance(self) -> set[TopicPartition]:
+        """Write what revoked partitions have ready; resume assigned ones from the tables.
+        Returns the partitions assigned."""
         with self._rebalance_lock:
             revoked, self._revoked = self._revoked, set()
             assigned, self._assigned = self._assigned, set()
@@ -344,10 +354,13 @@ class StreamWorker(kafka_io.RebalanceListener):
             self.checkpoint(only=revoked & set(self.buffers), owned=False)
         for tp in revoked:
             self.buffers.pop(tp, None)
+            self._refused.pop(tp, None)
             metrics.forget_partition(tp.topic, tp.partition)
         if assigned and not self._resume(assigned):
             with self._rebalance_lock:  # storage away: try again at the next poll
                 self._assigned.update(assigned - self._revoked)
+        metrics.PARTITIONS_REFUSED.set(len(self._refused))
+        return assigned
 
     def _resume(self, partitions: set[TopicPartition], exact: bool = False) -> bool:
         """Start `partitions` where the tables say (not where Kafka's commit says); False to
@@ -362,6 +375,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
         self.checkpointer.known.clear()  # another worker may have written them meanwhile
+        ends = self._end_offsets(partitions)
         for tp in partitions:
             start, forced_end = points[tp.topic, tp.partition]
             if not exact and self._kafka_floor(tp, start, forced_end, quiet=True) is not None:
@@ -373,14 +387,45 @@ class StreamWorker(kafka_io.RebalanceListener):
                 start, forced_end = floor, None
             elif start is None:
                 start = 0  # neither the tables nor Kafka know the partition: from its start
-            self.buffers[tp] = PartitionBuffer(start=start, forced_end=forced_end, floor=floor)
-            self.consumer.seek(tp, start)
+            buffer = PartitionBuffer(start=start, forced_end=forced_end, floor=floor)
+            if floor is None and start > ends.get(tp, start):
+                buffer.probe = start - 1  # the tables are past the topic's end: is that so?
+            self.buffers[tp] = buffer
+            self.consumer.seek(tp, start if buffer.probe is None else buffer.probe)
             log.info(
                 "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
                 f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
             )  # fmt: skip
         return True
+
+    def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The broker's end offsets (advice: a broker may under-report them, as Tansu does;
+        `PartitionBuffer.probe` settles a doubt). {} when the broker does not answer."""
+        try:
+            return dict(self.consumer.end_offsets(list(partitions)))
+        except kafka_io.KafkaError as error:
+            log.warning("end offsets of %s not known (%s)", sorted(partitions), error)
+            return {}
+
+    def _refuse(self, tp: TopicPartition, buffer: PartitionBuffer, first: int) -> None:
+        """The topic's offsets are behind the tables' (the topic was re-created or moved): the
+        partition is paused, nothing of it is processed, skipped or committed."""
+        held_to = buffer.start - 1
+        self._refused[tp] = held_to
+        buffer.records.clear()
+        self.consumer.pause(tp)
+        metrics.PARTITIONS_REFUSED.set(len(self._refused))
+        log.error(
+            "partition %s/%d refused: the tables hold it up to offset %d, but the broker's "
+            "offsets are behind (offset %d came after seeking to %d): the topic was re-created "
+            "or moved to another cluster. Nothing of it is read, skipped or committed. Ways "
+            "out (docs/operations.md, 'Tables ahead of the topic'): a new consumer group "
+            "(TRAPLINE_CONSUMER_GROUP) reads the new topic from its start into the same "
+            "tables, or a new --out",
+            tp.topic, tp.partition, held_to, first, buffer.probe if buffer.probe is not None
+            else buffer.start,
+        )  # fmt: skip
 
     def _kafka_floor(
         self, tp: TopicPartition, start: int | None, forced_end: int | None, quiet: bool = False

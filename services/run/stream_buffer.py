@@ -60,6 +60,10 @@ class PartitionBuffer:
     arrived: dict[int, float] = field(default_factory=dict)  # offset -> when it was polled
     done: dict[int, tuple[list[MediaResult], list[Failure]]] = field(default_factory=dict)
     refetch_from: int | None = None  # a gap was seen: the partition is fetched again from here
+    # The broker's end offset was below `start`: fetched from here (`start` - 1, a record the
+    # tables hold) to learn whether the topic really ends before the tables (re-created or
+    # moved: refused) or the broker under-reports its end (Tansu: the probe comes back).
+    probe: int | None = None
     skipped: list[tuple[int, int]] = field(default_factory=list)  # confirmed empty ranges
 
     def next_offset(self) -> int:
@@ -71,6 +75,10 @@ class PartitionBuffer:
         fetch from again when a gap stopped it, else None). Records already held or written
         (a replay after a seek) are passed over."""
         kept = 0
+        if self.probe is not None and records:
+            if records[0].offset == self.probe:
+                records = records[1:]  # it is there: the tables hold it
+            self.probe = None
         for record in records:
             expected = self.next_offset()
             if record.offset < expected:

@@ -71,8 +71,17 @@ class MemoryProducer:
 class MemoryConsumer:
     """Owns `partitions` of `log` from the first poll on, until `revoke()`."""
 
-    def __init__(self, log: MemoryLog, partitions: list[tuple[str, int]], max_records: int = 500):
+    def __init__(
+        self,
+        log: MemoryLog,
+        partitions: list[tuple[str, int]],
+        max_records: int = 500,
+        reported_end: int | None = None,
+    ):
+        """`reported_end`: what `end_offsets` answers instead of the truth (Tansu answers
+        less than the true end: its last batch's first offset + 1)."""
         self.log = log
+        self.reported_end = reported_end
         self.owned = [TopicPartition(t, p) for t, p in partitions]
         self.max_records = max_records
         self.position: dict[TopicPartition, int] = {}
@@ -94,6 +103,8 @@ class MemoryConsumer:
                 continue
             records = self.log.partitions.get((tp.topic, tp.partition), [])
             start = self.position.get(tp, 0)
+            if start > self.log.end(tp.topic, tp.partition):
+                start = 0  # out of range: auto_offset_reset="earliest", as a real broker does
             batch = [r for r in records if r.offset >= start][: self.max_records]
             if batch:
                 polled[tp] = batch
@@ -136,6 +147,8 @@ class MemoryConsumer:
             self.log.committed[(tp.topic, tp.partition)] = meta.offset
 
     def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if self.reported_end is not None:
+            return {tp: self.reported_end for tp in partitions}
         return {tp: self.log.end(tp.topic, tp.partition) for tp in partitions}
 
     def close(self, autocommit: bool = False) -> None:

@@ -55,9 +55,7 @@ def add_photo(log: MemoryLog, card, index: int, deployment: str = "cam-a", same_
     return path
 
 
-def test_records_fetched_past_the_resume_point_are_fetched_again_not_claimed(
-    tmp_path, pipeline
-):
+def test_records_fetched_past_the_resume_point_are_fetched_again_not_claimed(tmp_path, pipeline):
     """kill -9 lost photos: in the poll that assigned a partition, records came from Kafka's
     committed position, past the point the tables gave; the buffer kept them and the commit
     claimed the offsets in between, whose records it never had (at-most-once, silently)."""
@@ -198,3 +196,46 @@ def test_a_new_output_starts_where_kafka_says_not_at_offset_zero(tmp_path, pipel
     )  # fmt: skip
     w.run(idle_exit_s=0.5)
     assert len(read_table(str(out), "media")) == 2
+
+
+def test_tables_ahead_of_a_recreated_topic_refuse_the_partition_and_skip_nothing(
+    tmp_path, pipeline, caplog
+):
+    """The topic was re-created: the tables hold partition 0 up to offset 4, the new topic has
+    two records. They were dropped as "already written", with no failures row, no dead letter
+    and no log line, and the Kafka offset moved on. The partition is refused now, named with
+    both offsets and the way out, and a new consumer group reads the new topic."""
+    out = tmp_path / "out"
+    worker(photo_log(tmp_path / "before", 5), out, pipeline).run(idle_exit_s=0.5)
+    recreated = photo_log(tmp_path / "after", 2)
+    w = worker(recreated, out, pipeline)
+    with caplog.at_level("ERROR"):
+        for _ in range(5):
+            w._turn()
+    assert "partition uploads/0 refused: the tables hold it up to offset 4" in caplog.text
+    assert "new consumer group" in caplog.text
+    assert TP in w.consumer.paused() and (TOPIC, 0) not in recreated.committed
+    assert len(read_table(str(out), "media")) == 5 and not recreated.sent
+
+    worker(recreated, out, pipeline, consumer_group="g-new").run(idle_exit_s=0.5)
+    media, failed = accounted(out)  # the new topic's photos are copies of two old ones
+    assert len(media) == 5 and len(failed) == 2 and recreated.committed[(TOPIC, 0)] == 2
+
+
+def test_a_broker_that_under_reports_its_end_is_probed_not_refused(tmp_path, pipeline):
+    """Tansu answers an end offset below the true one: the tables past it are checked by
+    fetching the last offset they hold, which is there, and the partition goes on."""
+    log = photo_log(tmp_path, 8)
+    out = tmp_path / "out"
+    first = worker(log, out, pipeline, max_records=5)
+    poll(first)
+    poll(first)
+    first.checkpoint()  # offsets 0-4
+    restarted = StreamWorker(
+        settings(), str(out), pipeline,
+        consumer=MemoryConsumer(log, [(TOPIC, 0)], reported_end=1),
+        producer=MemoryProducer(log),
+    )  # fmt: skip
+    restarted.run(idle_exit_s=0.5)
+    assert_exactly_once(out, 8)
+    assert not restarted._refused
