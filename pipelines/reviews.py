@@ -17,7 +17,8 @@ Use from other code (exports, report, sort, the review server):
     read_reviews(root, deployment_ids=None, version=None) -> pa.Table
         Every review (the history), REVIEWS schema, optionally of some deployments only.
     latest_reviews(root, deployment_ids=None, version=None) -> pa.Table
-        One row per reviewed item, the latest review of it (by reviewed_at): the labels to use.
+        One row per reviewed item, the latest review of it (the one committed last, whatever
+        the servers' clocks said: `review_id` carries the commit's sequence): the labels to use.
         An item is (target, event_id) for an event review, (target, observation_id) for an
         observation review. Empty table (REVIEWS schema) when nobody reviewed anything.
     reviewed_events(root, deployment_ids=None) -> dict[str, dict]
@@ -206,6 +207,14 @@ def review_rows(
     return pa.Table.from_pylist(out, schema=REVIEWS)
 
 
+# Every reviews commit carries this application transaction, version = the commit's sequence
+# number (1, 2, ...), so two commits that read the same sequence conflict and the second takes
+# the next one: the sequence is the commit order, the same for every server whatever its clock.
+SEQUENCE_APP = "trapline-reviews"
+MAX_COMMIT_ATTEMPTS = 50  # reviewers saving at the same moment each take the next sequence
+_ORDERED_ID = r"^\d{12}-\d{5}-"  # review ids since the sequence: commit, row, then random
+
+
 def append_reviews(
     root: str,
     rows: Iterable[Mapping[str, Any]],
@@ -216,23 +225,38 @@ def append_reviews(
 ) -> list[str]:
     """Append reviews to `root`'s reviews table in one commit; returns their review ids.
 
-    Appends never conflict with each other in Delta (no app transaction is needed: a review is
-    not a replay of an input), so two reviewers can save at once; a commit refused anyway is
-    retried on a fresh snapshot.
+    A review id is `<commit sequence, 12 digits>-<row in the commit, 5 digits>-<random>`:
+    the later of two reviews of one item is the one committed later (`review_order`), not the
+    one whose server clock read later (two servers' clocks disagree; equal times fell to a
+    random id). Two reviewers saving at once both read sequence N; delta-rs refuses the second
+    commit (same application id), which takes N + 1 on the fresh snapshot.
     """
     data = review_rows(rows, reviewer, now=now, taxonomy=taxonomy)
     if data.num_rows == 0:
         return []
     table = delta.create_table(root, TABLE)
-    for attempt in range(5):
+    for _attempt in range(MAX_COMMIT_ATTEMPTS):
+        sequence = (delta.app_version(table, SEQUENCE_APP) or 0) + 1
+        ids = [f"{sequence:012d}-{row:05d}-{uuid.uuid4().hex[:15]}" for row in range(len(data))]
+        data = data.set_column(
+            data.schema.get_field_index("review_id"),
+            data.schema.field("review_id"),
+            pa.array(ids, pa.string()),
+        )
         try:
-            delta.append(table, TABLE, data)
-            break
+            delta.append(table, TABLE, data, [delta.AppVersion(SEQUENCE_APP, sequence)])
+            return ids
         except delta.ConcurrentCommit:
-            if attempt == 4:
-                raise
             table.update_incremental()
-    return data.column("review_id").to_pylist()
+    raise RuntimeError(f"{root}: {MAX_COMMIT_ATTEMPTS} reviews commits refused in a row")
+
+
+def review_order(reviews: pa.Table) -> pa.Array:
+    """A sort key in commit order: the sequence and row prefix of a review id; "" for ids made
+    before the sequence (they were all committed before, and keep `reviewed_at` order)."""
+    ids = reviews["review_id"]
+    ordered = pc.match_substring_regex(ids, _ORDERED_ID)
+    return pc.if_else(ordered, pc.utf8_slice_codeunits(ids, 0, 18), "")
 
 
 def read_reviews(
@@ -245,7 +269,9 @@ def read_reviews(
     data = read_table(root, TABLE, filter=where, version=version)
     if data.num_rows == 0:
         return data
-    return data.sort_by([("reviewed_at", "ascending"), ("review_id", "ascending")])
+    ordered = data.append_column("_order", review_order(data))
+    ordered = ordered.sort_by([("_order", "ascending"), ("reviewed_at", "ascending")])
+    return ordered.drop_columns(["_order"])
 
 
 def latest_reviews(
@@ -256,7 +282,8 @@ def latest_reviews(
 
 
 def latest_of(reviews: pa.Table) -> pa.Table:
-    """Keep the latest row per item of a reviews table (any order in, reviewed_at order out)."""
+    """Keep the latest row per item of a reviews table, the one committed last (any order
+    in, reviewed_at order out)."""
     if reviews.num_rows == 0:
         return reviews
     ids = pc.if_else(
@@ -264,11 +291,13 @@ def latest_of(reviews: pa.Table) -> pa.Table:
     )
     keyed = reviews.append_column(
         "_key", pc.binary_join_element_wise(reviews["target"], ids, "\x1f")
+    ).append_column("_order", review_order(reviews))
+    keyed = keyed.sort_by(
+        [("_key", "ascending"), ("_order", "ascending"), ("reviewed_at", "ascending")]
     )
-    keyed = keyed.sort_by([("_key", "ascending"), ("reviewed_at", "ascending")])
     keys = np.asarray(keyed["_key"].to_pylist(), dtype=object)
     last = np.append(keys[1:] != keys[:-1], True)
-    latest = keyed.filter(pa.array(last)).drop_columns(["_key"])
+    latest = keyed.filter(pa.array(last)).drop_columns(["_key", "_order"])
     return latest.sort_by([("reviewed_at", "ascending")])
 
 

@@ -116,7 +116,7 @@ FAILURES = pa.schema([
 ])  # fmt: skip
 
 REVIEWS = pa.schema([
-    _field("review_id", pa.string(), "Unique id of this review (UUID).", False),
+    _field("review_id", pa.string(), "Unique id of this review: commit sequence (12 digits), row in the commit (5 digits), random part; sorts in commit order (the later review of an item wins).", False),
     _field("reviewer", pa.string(), "Who reviewed: the name given to `trapline review --reviewer`, or the API program's user (Camtrap DP classifiedBy).", False),
     _field("reviewed_at", UTC_US, "When the reviewer decided, UTC (Camtrap DP classificationTimestamp).", False),
     _field("target", pa.string(), "event | observation: what was reviewed. An event review speaks for the whole burst.", False),

@@ -105,15 +105,11 @@ def test_a_later_review_of_the_same_item_wins_and_the_history_stays(tmp_path):
     assert by_item[("observation", "m1-0")]["observation_type"] == "human"
     events = reviewed_events(root)
     assert {k: v["label"] for k, v in events.items()} == {"e1": "badger", "e2": "wolf"}
-    # Same item twice in one batch: the later row wins.
-    earlier = T0 - timedelta(minutes=1)  # reviewed offline before, saved late: older still
+    # Same item twice in one batch: the later row wins. The commit order decides, not the
+    # times: a review saved late wins even with an earlier time (no clock is trusted).
+    earlier = T0 - timedelta(minutes=1)
     append_reviews(
         root, [event_review("e2", "lynx"), event_review("e2", "otter")], "ana", now=earlier
-    )
-    assert reviewed_events(root)["e2"]["label"] == "wolf"
-    later = T0 + timedelta(hours=1)
-    append_reviews(
-        root, [event_review("e2", "lynx"), event_review("e2", "otter")], "ana", now=later
     )
     assert reviewed_events(root)["e2"]["label"] == "otter"
 
@@ -192,3 +188,18 @@ def test_two_reviewers_saving_at_once_both_land(tmp_path):
         thread.join()
     assert not errors
     assert read_reviews(root).num_rows == 7
+
+
+def test_the_review_committed_last_wins_whatever_the_servers_clocks_say(tmp_path):
+    """'Latest wins' was decided by each server's wall clock (one API replica's clock an hour
+    ahead won over every later review), and equal times by a random id."""
+    root = str(tmp_path)
+    ahead = T0 + timedelta(hours=1)
+    append_reviews(root, [event_review("e1", "fox")], "ana", now=ahead)  # a fast clock
+    append_reviews(root, [event_review("e1", "wolf")], "ben", now=T0)  # committed later
+    append_reviews(root, [event_review("e2", "badger")], "ana", now=T0)
+    append_reviews(root, [event_review("e2", "marmot")], "ben", now=T0)  # the same instant
+    latest = {r["event_id"]: r["label"] for r in latest_reviews(root).to_pylist()}
+    assert latest == {"e1": "wolf", "e2": "marmot"}
+    history = [r["label"] for r in read_reviews(root).to_pylist()]
+    assert history == ["fox", "wolf", "badger", "marmot"]  # commit order
