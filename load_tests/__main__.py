@@ -8,6 +8,7 @@
     .venv/bin/python -m load_tests --mode delta          # Delta commits/s, resume vs history
     .venv/bin/python -m load_tests --mode restart        # kill -9 + restart: dynamic, static, ordinal
     .venv/bin/python -m load_tests --mode growth --sizes 1000,10000,100000   # costs vs photos
+    .venv/bin/python -m load_tests --mode chaos --trials 5   # exactly once under kill -9 + compaction
 
 One run measures, on the same synthetic 12 MP photos: each stage alone (read, decode, detect,
 classify, write), decode variants, a naive MegaDetector-style loop, `trapline run` with each
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mode",
-        choices=("all", "folder", "stream", "delta", "restart", "growth", "cluster"),
+        choices=("all", "folder", "stream", "delta", "restart", "growth", "cluster", "chaos"),
         default="all",
     )
     parser.add_argument(
@@ -57,7 +58,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--growth-modes", default="folder,stream", help="--mode growth: which run modes"
     )
     parser.add_argument(
-        "--trials", type=int, default=2, help="--mode restart: kills per membership mode"
+        "--trials",
+        type=int,
+        default=None,
+        help="--mode restart: kills per membership mode (default 2); --mode chaos: trials (default 5)",
+    )
+    parser.add_argument(
+        "--kills", type=int, default=6, help="--mode chaos: kill -9 of a worker per trial"
+    )
+    parser.add_argument(
+        "--trickle-s",
+        type=float,
+        default=75.0,
+        help="--mode chaos: the uploads of a trial are spread over this many seconds",
     )
     parser.add_argument(
         "--session-timeout-ms",
@@ -121,7 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--storage",
         default=None,
-        help="fsspec URL to copy the stream photos to (e.g. s3://bucket/prefix); default: local files",
+        help="fsspec URL to copy the stream photos to (e.g. s3://bucket/prefix); default: local "
+        "files. --mode chaos: where the tables are, local or s3 (a Ceph RGW started for it)",
     )
     parser.add_argument(
         "--gpu",
@@ -169,13 +183,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{mode}: {sizes[-1]} / {sizes[0]} photos: {result[mode]['ratios_to_smallest']}")
         print(f"report: {out / 'growth.json'}, {out / 'growth.png'}")
         return result
+    if args.mode == "chaos":  # exactly once from outside: tiny photos, kills, compaction
+        return _chaos(args)
     if args.mode == "restart":  # group membership alone: tiny photos, two workers
         import json
 
         from load_tests.restart import RestartOptions, run_restart_bench
 
         options = RestartOptions(
-            trials=args.trials,
+            trials=args.trials or 2,
             modes=tuple(args.membership.split(",")),
             session_timeout_ms=args.session_timeout_ms,
             rate=args.rate or 4.0,
@@ -333,6 +349,43 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"report: {json_path} and {png_path} (folder {out})")
     for line in reporting.headline(result):
         print(line, flush=True)
+    return result
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def _chaos(args: argparse.Namespace) -> dict:
+    """--mode chaos: report.json in --out and a table; exits 1 if a trial broke the promise."""
+    from load_tests.chaos import ChaosOptions, run_chaos, table
+    from load_tests.chaos_inputs import Mix
+
+    storage = args.storage or "local"
+    if storage not in ("local", "s3"):
+        raise SystemExit(f"--mode chaos: --storage is local or s3, not {storage!r}")
+    out = args.out or Path("load_tests/out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    options = ChaosOptions(
+        trials=args.trials or 5,
+        mix=Mix(photos=args.photos),
+        trickle_s=args.trickle_s,
+        kills=args.kills,
+        storage=storage,
+        logs=out,
+    )
+    started = datetime.now(timezone.utc).isoformat()
+    result = {"started_at": started, "commit": _commit()} | run_chaos(options)
+    json_path = reporting.write_json(result, out)
+    for line in table(result):
+        print(line)
+    verdict = "kept" if result["kept"] else "BROKEN (see the trials' folders)"
+    print(f"exactly once: {verdict}; report: {json_path}")
+    if not result["kept"]:
+        raise SystemExit(1)
     return result
 
 
