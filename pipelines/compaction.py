@@ -1,7 +1,8 @@
 """Compaction: the only OPTIMIZE, run under the compaction lease and checked afterwards.
 
-Why one place: deltalake 1.6.6 lets two OPTIMIZE commits that remove the same files both
-succeed, and every row they both rewrote is then read twice (docs/delta-rs-concurrent-optimize.md).
+Why one place: deltalake 1.6.4 to 1.6.6 (1.6.3 refused it) let two OPTIMIZE commits that remove
+the same files both succeed, and every row they both rewrote is then read twice
+(docs/delta-rs-concurrent-optimize.md).
 So every OPTIMIZE goes through `optimize`, which needs the lease (pipelines/compaction_lease.py):
 a writer's every `delta.COMPACT_EVERY_VERSIONS` versions (`compact_when_free`, which skips when
 another compactor holds it) and `trapline compact` (services/tools/compact.py).
@@ -11,14 +12,15 @@ lease): after our OPTIMIZE commits, `optimize` reads the JSON commits between ou
 commit. If one of them removed a file ours removed too, both rewrote those rows and readers now
 see them twice. Only the later of the two sees the other in its range, so only it repairs: one
 commit that removes the files our OPTIMIZE added and adds back the files only ours removed
-(their rows are in no other live file), against the latest snapshot, so the appends since stay.
+(their rows are in no other live file; their statistics are a row count, so no reader skips
+them until the next OPTIMIZE), against the latest snapshot, so the appends since stay.
 delta-rs's own RESTORE cannot do it: from our (no longer latest) version it is refused once an
 append landed after it, and from the latest one it would undo those appends. The repair's
 commit does not conflict-check its removes either (delta-rs 1.6.6, pinned in
 tests/unit/test_delta_rs_behaviour.py), so it first checks that our files are untouched and
 afterwards that no commit in between removed them; anything else raises `OverlapNotRepaired`.
 Readers may see the doubled rows between the two commits (milliseconds); each overlap is logged
-as an error and counted (`trapline_compaction_overlaps_total`).
+as an error and counted (`trapline_compaction_overlaps_total`, services/run/metrics.py).
 """
 
 from __future__ import annotations
@@ -28,15 +30,11 @@ import logging
 import posixpath
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
-from deltalake import CommitProperties, DeltaTable, WriterProperties
-from deltalake.exceptions import CommitFailedError
-from deltalake.transaction import AddAction, RemoveAction
-from prometheus_client import Counter
-
-from trapline.pipelines import delta, delta_txn
+from trapline.pipelines import delta, delta_txn  # delta first: it sets delta-rs's allocator up
 from trapline.pipelines.compaction_lease import (
     CompactionLease,
     LeaseHeld,
@@ -46,14 +44,11 @@ from trapline.pipelines.compaction_lease import (
 
 log = logging.getLogger(__name__)
 
-# Here, not in services/run/metrics.py: compaction runs inside `delta.append`, below any service,
-# and prometheus-client's default registry is what every worker's /metrics serves.
-OVERLAPS = Counter(
-    "trapline_compaction_overlaps_total",
-    "OPTIMIZE commits that rewrote files another OPTIMIZE had rewritten (rows read twice until "
-    "repaired; outcome repaired or not_repaired: the latter needs an operator).",
-    ["table", "outcome"],
-)
+# Who counts overlaps, called with (table, "repaired" | "not_repaired"): pipelines/ keeps no
+# metrics, and compaction runs inside `delta.append`, below any service, so the service's
+# counter registers itself here (services/run/metrics.py, which every worker imports).
+OverlapCounter = Callable[[str, str], None]
+overlap_counters: list[OverlapCounter] = []
 REPAIR_OF, REPAIR_ID = "trapline.repairOf", "trapline.repairId"  # on a repair's commit
 
 
@@ -73,7 +68,7 @@ class OverlapNotRepaired(RuntimeError):
 
 
 def optimize(
-    table: DeltaTable,
+    table: delta.DeltaTable,
     lease: CompactionLease,
     compression: str = "zstd",
     target_size_mb: int = 128,
@@ -85,7 +80,7 @@ def optimize(
     read_version = table.version()
     metrics = table.optimize.compact(
         target_size=target_size_mb * 2**20,
-        writer_properties=WriterProperties(compression=delta.codec(compression)),
+        writer_properties=delta.WriterProperties(compression=delta.codec(compression)),
         post_commithook_properties=delta.AFTER_COMMIT,
     )
     version = table.version()
@@ -111,16 +106,16 @@ def optimize(
     try:
         repaired = repair_overlap(uri, version, overlap)
     except Exception:
-        OVERLAPS.labels(name, "not_repaired").inc()
+        _count_overlap(name, "not_repaired")
         raise
-    OVERLAPS.labels(name, "repaired").inc()
+    _count_overlap(name, "repaired")
     log.error(
         "%s: OPTIMIZE at version %d undone at version %d: each row once", uri, version, repaired
     )
     return replace(result, repaired_at=repaired)
 
 
-def compact_when_free(table: DeltaTable, compression: str = "zstd") -> Optimized | None:
+def compact_when_free(table: delta.DeltaTable, compression: str = "zstd") -> Optimized | None:
     """A writer's compaction: OPTIMIZE `table` if the lease is free, without waiting; None when
     skipped (another compactor holds the lease, an outage, the lease lost: the next compaction
     merges these files too). Never raises: the writer's commit is already safe."""
@@ -163,14 +158,14 @@ def repair_overlap(uri: str, version: int, overlap: set[str]) -> int:
     added = [a["add"] for a in ours if "add" in a]
     only_ours = [a["remove"] for a in ours if "remove" in a and a["remove"]["path"] not in overlap]
     options = delta.storage_options(uri)
-    before = DeltaTable(uri, version=version - 1, storage_options=options).get_add_actions()
+    before = delta.DeltaTable(uri, version=version - 1, storage_options=options).get_add_actions()
     records = dict(zip(before.column("path").to_pylist(), before.column("num_records").to_pylist()))
     if any("partitionValues" not in r or "size" not in r for r in only_ours):
         raise OverlapNotRepaired(
             f"{uri}: version {version}'s removes lack partition values or sizes"
         )
     for _attempt in range(5):
-        latest = DeltaTable(uri, storage_options=options)
+        latest = delta.DeltaTable(uri, storage_options=options)
         live = set(latest.get_add_actions().column("path").to_pylist())
         if any(a["path"] not in live for a in added) or any(r["path"] in live for r in only_ours):
             raise OverlapNotRepaired(
@@ -179,15 +174,19 @@ def repair_overlap(uri: str, version: int, overlap: set[str]) -> int:
             )
         now = int(time.time() * 1000)
         # delta-rs takes a path as it is on storage and escapes it for the log itself.
-        actions: list[AddAction | RemoveAction] = [
-            RemoveAction(unquote(a["path"]), True, now, a.get("size"), a.get("partitionValues"))
+        actions: list[delta.AddAction | delta.RemoveAction] = [
+            delta.RemoveAction(
+                unquote(a["path"]), True, now, a.get("size"), a.get("partitionValues")
+            )
             for a in added
         ]
         for r in only_ours:
             count = records.get(r["path"])  # no min/max: a reader never skips the file
             stats = json.dumps({} if count is None else {"numRecords": count})
             actions.append(
-                AddAction(unquote(r["path"]), r["size"], r["partitionValues"], now, True, stats)
+                delta.AddAction(
+                    unquote(r["path"]), r["size"], r["partitionValues"], now, True, stats
+                )
             )
         read, token = latest.version(), uuid.uuid4().hex
         try:
@@ -196,15 +195,15 @@ def repair_overlap(uri: str, version: int, overlap: set[str]) -> int:
                 "append",
                 latest.schema(),
                 latest.metadata().partition_columns,
-                commit_properties=CommitProperties(
+                commit_properties=delta.CommitProperties(
                     custom_metadata={REPAIR_OF: str(version), REPAIR_ID: token}
                 ),
                 post_commithook_properties=delta.AFTER_COMMIT,
             )
-        except CommitFailedError:  # e.g. the table's metadata changed: decide again
+        except delta.CommitFailedError:  # e.g. the table's metadata changed: decide again
             continue
         repaired = _find_commit(uri, read, token)  # the table object keeps its old version
-        after = DeltaTable(uri, version=repaired, storage_options=options).get_add_actions()
+        after = delta.DeltaTable(uri, version=repaired, storage_options=options).get_add_actions()
         live = set(after.column("path").to_pylist())
         undone = not any(a["path"] in live for a in added)
         if not undone or not all(r["path"] in live for r in only_ours):
@@ -222,7 +221,7 @@ def repair_overlap(uri: str, version: int, overlap: set[str]) -> int:
 
 def _find_commit(uri: str, after: int, token: str) -> int:
     """The version of the commit after `after` that carries our repair's token."""
-    latest = DeltaTable(uri, storage_options=delta.storage_options(uri)).version()
+    latest = delta.DeltaTable(uri, storage_options=delta.storage_options(uri)).version()
     for version, actions in delta_txn.read_commits(uri, range(after + 1, latest + 1)).items():
         info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
         if info.get(REPAIR_ID) == token:
@@ -230,15 +229,20 @@ def _find_commit(uri: str, after: int, token: str) -> int:
     raise OverlapNotRepaired(f"{uri}: the repair's commit is not in the log after version {after}")
 
 
-def location(table: DeltaTable) -> str:
+def location(table: delta.DeltaTable) -> str:
     """`table`'s URI as fsspec and delta-rs open it again (delta-rs percent-encodes it)."""
     uri = unquote(table.table_uri.rstrip("/"))
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
-def table_root(table: DeltaTable) -> str:
+def table_root(table: delta.DeltaTable) -> str:
     """The results root `table` lives in: where its compaction lease is."""
     return posixpath.dirname(location(table))
+
+
+def _count_overlap(table: str, outcome: str) -> None:
+    for count in overlap_counters:
+        count(table, outcome)
 
 
 def _removed(commit: list[dict]) -> set[str]:

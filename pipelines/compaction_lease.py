@@ -1,10 +1,10 @@
 """The compaction lease: one compactor at a time per results root.
 
-Why: deltalake 1.6.6 lets two OPTIMIZE commits that remove the same files both succeed, and every
-row they both rewrote is then read twice by every reader (Delta's protocol refuses that as a
-delete-delete conflict; docs/delta-rs-concurrent-optimize.md). So no OPTIMIZE runs without this
-lease (`pipelines/compaction.py`), whoever runs it: a writer every 50 versions, `trapline
-compact`, the Helm CronJob.
+Why: deltalake 1.6.4 to 1.6.6 let two OPTIMIZE commits that remove the same files both succeed,
+and every row they both rewrote is then read twice by every reader (Delta's protocol, and
+deltalake 1.6.3, refuse that as a delete-delete conflict; docs/delta-rs-concurrent-optimize.md).
+So no OPTIMIZE runs without this lease (`pipelines/compaction.py`), whoever runs it: a writer
+every 50 versions, `trapline compact`, the Helm CronJob.
 
 How: the lease lives on the tables' own storage as a Delta table with no rows,
 `ROOT/_compaction_lease/`. Each take, renewal and release is one empty commit carrying the
@@ -28,6 +28,10 @@ The state comes from the JSON commit that made the snapshot's version, not from 
 commits, labelled with the snapshot's version numbers. The lease's log is checkpointed every 10
 commits and keeps one hour (writers take the lease a few thousand times a day), so opening it
 stays cheap; an expired lease whose commit was cleaned up is free anyway (1 hour > TTL).
+
+Why not a plain lease object: renewing it would need a conditional overwrite (If-Match), one
+more store feature to check on every S3-compatible store; a Delta commit needs only what every
+table commit needs already (create-if-absent), so the lease works wherever the tables do.
 """
 
 from __future__ import annotations
@@ -42,16 +46,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
-from deltalake import (
-    CommitProperties,
-    DeltaTable,
-    PostCommitHookProperties,
-    Transaction,
-    write_deltalake,
-)
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from trapline.pipelines import delta, delta_txn
+from trapline.pipelines import delta, delta_txn  # delta first: it sets delta-rs's allocator up
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +64,7 @@ _CONFIGURATION = {
     "delta.checkpointInterval": "10",
     "delta.logRetentionDuration": "interval 1 hours",
 }
-_AFTER_COMMIT = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=True)
+_AFTER_COMMIT = delta.PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=True)
 
 Clock = Callable[[], datetime]
 
@@ -208,7 +204,7 @@ class CompactionLease:
             raise LeaseHeld(self.root, state, now)
         try:
             self._commit(table, state.epoch + 1, held=True)
-        except CommitFailedError:  # another taker committed since our snapshot
+        except delta.CommitFailedError:  # another taker committed since our snapshot
             raise LeaseHeld(self.root, self.read(), self.clock()) from None
 
     def _commit_as_holder(self, held: bool) -> None:
@@ -223,19 +219,19 @@ class CompactionLease:
             )
         try:
             self._commit(table, state.epoch + 1, held=held)
-        except CommitFailedError:
+        except delta.CommitFailedError:
             self._epoch = self._expires_at = None
             raise LeaseLost(f"{self.uri}: the compaction lease was taken meanwhile") from None
 
-    def _commit(self, table: DeltaTable, epoch: int, held: bool) -> None:
+    def _commit(self, table: delta.DeltaTable, epoch: int, held: bool) -> None:
         now = self.clock()
         expires_at = now + self.ttl if held else now
-        write_deltalake(
+        delta.write_deltalake(
             table,
             _SCHEMA.empty_table(),
             mode="append",
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(LEASE_APP_ID, epoch)],
+            commit_properties=delta.CommitProperties(
+                app_transactions=[delta.Transaction(LEASE_APP_ID, epoch)],
                 custom_metadata={
                     HOLDER: self.holder,
                     EXPIRES_AT: expires_at.isoformat(timespec="milliseconds"),
@@ -246,7 +242,7 @@ class CompactionLease:
         )
         self._epoch, self._expires_at = (epoch, expires_at) if held else (None, None)
 
-    def _snapshot(self) -> tuple[DeltaTable, LeaseState]:
+    def _snapshot(self) -> tuple[delta.DeltaTable, LeaseState]:
         """The lease table at its latest version, and the state its last commit recorded."""
         for _attempt in range(5):
             table = self._open()
@@ -267,17 +263,17 @@ class CompactionLease:
             )
         raise RuntimeError(f"{self.uri}: cannot read the compaction lease's last commit")
 
-    def _open(self) -> DeltaTable:
+    def _open(self) -> delta.DeltaTable:
         options = delta.storage_options(self.uri)
         for _attempt in range(5):
             try:
-                return DeltaTable(self.uri, storage_options=options)
-            except TableNotFoundError:
+                return delta.DeltaTable(self.uri, storage_options=options)
+            except delta.TableNotFoundError:
                 pass
             if "://" not in self.uri:
                 os.makedirs(self.uri, exist_ok=True)
             try:
-                return DeltaTable.create(
+                return delta.DeltaTable.create(
                     self.uri,
                     _SCHEMA,
                     mode="ignore",
@@ -286,7 +282,7 @@ class CompactionLease:
                     configuration=_CONFIGURATION,
                     storage_options=options,
                 )
-            except DeltaError as error:  # lost the race for version 0: the winner's is there
+            except delta.DeltaError as error:  # lost the race for version 0: the winner's is there
                 log.info("%s: created concurrently (%s); opening it", self.uri, error)
                 time.sleep(0.1)
         raise RuntimeError(f"{self.uri}: cannot create or open the compaction lease")

@@ -52,6 +52,7 @@ from deltalake import (  # noqa: E402  (after the allocator's setting above)
     write_deltalake,
 )
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError  # noqa: E402
+from deltalake.transaction import AddAction, RemoveAction  # noqa: E402, F401 (pipelines/compaction.py)
 
 from trapline.pipelines.tables import SCHEMA_VERSION, TABLES  # noqa: E402
 

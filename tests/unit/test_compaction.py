@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from prometheus_client import REGISTRY
 from support.compaction_race import race
 from support.delta_commits import commit_photos
 
@@ -22,6 +23,7 @@ from trapline.pipelines.compaction_lease import (
     LeaseState,
 )
 from trapline.pipelines.readers import read_table
+from trapline.services.run import metrics  # noqa: F401  (registers the overlap counter)
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -45,8 +47,11 @@ class BrokenLease:
 
 
 def overlaps(outcome: str) -> float:
-    value = compaction.OVERLAPS.labels("media", outcome)._value.get()  # noqa: SLF001
-    return float(value)
+    """The service's counter (services/run/metrics.py registers it with pipelines/compaction)."""
+    value = REGISTRY.get_sample_value(
+        "trapline_compaction_overlaps_total", {"table": "media", "outcome": outcome}
+    )
+    return value or 0.0
 
 
 # -- the lease

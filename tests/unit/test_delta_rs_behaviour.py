@@ -64,13 +64,13 @@ def test_the_documented_two_process_reproduction_doubles_the_rows(tmp_path):
     assert script, f"{DOC} has no python block"
     (tmp_path / "repro.py").write_text(script.group(1))
     run = subprocess.run(
-        [sys.executable, "repro.py"], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "repro.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    assert "both OPTIMIZE processes exited with [0, 0]" in run.stdout, run.stdout + run.stderr
-    assert "the same files removed twice: True" in run.stdout
-    assert "6 rows written, 12 read" in run.stdout, run.stdout + CHANGED.format(
-        "pipelines/compaction.py"
-    )
+    said = f"exit {run.returncode}\n{run.stdout}\n{run.stderr}"
+    assert run.returncode == 0, said
+    assert "both OPTIMIZE processes exited with [0, 0]" in run.stdout, said
+    assert "the same files removed twice: True" in run.stdout, said
+    assert "6 rows written, 12 read" in run.stdout, said + CHANGED.format("pipelines/compaction.py")
 
 
 def test_an_app_transaction_on_an_optimize_commit_is_dropped(tmp_path):
