@@ -371,7 +371,7 @@ def _chaos(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     options = ChaosOptions(
         trials=args.trials or 5,
-        mix=Mix(photos=args.photos),
+        mix=Mix(args.photos, *[max(1, min(6, args.photos // 25))] * 4),  # 6 each at 300
         trickle_s=args.trickle_s,
         kills=args.kills,
         storage=storage,

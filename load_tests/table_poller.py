@@ -71,10 +71,10 @@ class Watch:
             ("source in media+failures", media["source"] + failures["source"]),
         ):
             for value, count in Counter(values).items():
-                if count > 1:
+                if count > 1 and value is not None:
                     self._doubled(what, value, count, versions)
         for table in COLUMNS:
-            now = set(rows[table]["source"])
+            now = set(rows[table]["source"]) - {None}  # a folder run's rows have none
             for source in self.seen[table].keys() - now:
                 self._lost(table, source, self.seen[table][source], versions[table])
             for source in now:

@@ -181,3 +181,66 @@ def test_the_delta_bench_counts_the_removals_each_checkpoint_keeps(tmp_path):
     assert [h["checkpoint_removals"] for h in busy["histories"]] == [0, 400, 800]
     quiet = run_delta_bench([110])  # rows in the first 50 commits only
     assert quiet["histories"][0]["checkpoint_removals"] == 400
+
+
+@pytest.mark.slow
+def test_chaos_mode_kills_compacts_and_accounts_for_every_record(tmp_path, capsys):
+    """One small trial of the exactly-once check from outside: two real workers killed -9 and
+    restarted, `trapline compact` in a loop, a polling reader; every record ends once."""
+    out = tmp_path / "chaos"
+    result = main([
+        "--mode", "chaos", "--trials", "1", "--photos", "40", "--kills", "2", "--trickle-s", "15",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads((out / "report.json").read_text())["kept"] is True
+    trial = result["trials"][0]
+    assert trial["kills"] == 2 and trial["compactions_run"] + trial["compactions_skipped"] > 0
+    assert trial["submitted"] == 43  # 40 photos (1 corrupt), 1 re-sent, 1 copy, 1 malformed
+    assert trial["rows"]["duplicate_rows"] == 2 and trial["rows"]["event_rows"] == 1
+    assert trial["reader_polls"] > 5 and trial["reader_most_rows"] == 43
+    assert set(trial["lag_at_end"].values()) == {0}
+    assert (out / "trial-1" / "worker-0.log").exists()
+    assert "exactly once: kept" in capsys.readouterr().out
+
+
+def _media_with_sources(root: str, offsets: list[int], app: str) -> None:
+    """One commit of media rows for records t/0/<offset> (media_id m<offset>)."""
+    from support.delta_commits import MODELS
+
+    from trapline.models.labels import DEEPFAUNE_LABELS
+    from trapline.pipelines import delta
+    from trapline.pipelines.flow import assemble
+    from trapline.pipelines.types import MediaRef, MediaResult
+    from trapline.services.settings import Settings
+
+    results = [
+        MediaResult(MediaRef(f"/cam/{i}.jpg", "cam", source=f"t/0/{i}"), f"m{i}", f"{i:064d}",
+                    40, 30, None, None, None, 1, [])
+        for i in offsets
+    ]  # fmt: skip
+    tables = assemble(results, [], Settings().stage_options(), MODELS, DEEPFAUNE_LABELS)
+    table = delta.create_table(root, "media")
+    table.update_incremental()
+    delta.append(table, "media", tables.media, [delta.AppVersion(app, max(offsets))])
+
+
+def test_the_chaos_poller_reports_a_row_shown_twice_and_a_row_that_vanished(tmp_path):
+    """The chaos trial's reader (load_tests/table_poller.py) is a real reader: its silence in a
+    trial means something."""
+    from deltalake import DeltaTable
+
+    from load_tests.table_poller import Watch
+
+    root = str(tmp_path)
+    _media_with_sources(root, [0, 1, 2], app="a")
+    watch = Watch()
+    watch.poll(root)
+    _media_with_sources(root, [2, 3], app="b")  # record 2 twice: two writers without a fence
+    DeltaTable(str(tmp_path / "media")).delete("media_id = 'm0'")  # a row a reader had seen
+    watch.poll(root)
+    found = watch.found
+    assert found.polls == 2 and found.most_rows == 4
+    doubled = {(d["what"], d["value"]) for d in found.doubled_seen}
+    assert doubled == {("media_id in media", "m2"), ("uri in media", "/cam/2.jpg"),
+                       ("source in media+failures", "t/0/2")}  # fmt: skip
+    assert [(f["table"], f["source"]) for f in found.lost_seen] == [("media", "t/0/0")]
