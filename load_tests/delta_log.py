@@ -9,7 +9,7 @@ versions; this must not grow with that history. Delta checkpoints (every 10 comm
 make opening a table read one Parquet checkpoint plus fewer than 10 JSON commits. The
 benchmark builds one table per history length with commits shaped like a worker's (20 media
 rows, one app transaction per partition of four), then times, each on a fresh process state:
-opening the table and reading the four partitions' versions, as `Checkpointer.resume_point`
+opening the table and reading the four partitions' versions, as `DeltaSink.resume_points`
 does. The ratio resume(longest) / resume(shortest) is the figure: ~1 means flat.
 
     .venv/bin/python -m load_tests --mode delta --history 10,900 --rows-in-every-commit

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from trapline.errors import OUTAGES, StorageUnavailable
 from trapline.pipelines import delta
@@ -27,16 +29,16 @@ from trapline.pipelines.events import SequenceItem, last_sequences
 from trapline.pipelines.flow import (
     BatchOutput,
     Tables,
-    assemble,
     resolve_timestamp,
 )
-from trapline.pipelines.readers import CommittedInputs, KnownMedia
+from trapline.pipelines.readers import CommittedInputs
 from trapline.pipelines.source import list_deployments
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import Failure, MediaRef, MediaResult
 from trapline.services.adapters.object_store import configure_fsspec
 from trapline.services.run import metrics
-from trapline.services.run.folder_tables import commit_tables, pending_refs, refuse_stream_tables
+from trapline.services.run.delta_sink import Batch, DeltaSink, SinkOptions, deployment_app_id
+from trapline.services.run.folder_tables import pending_refs, refuse_stream_tables
 from trapline.services.run.local_ray import start_local_ray
 from trapline.services.run.workers import PipelineActor, build_pipeline
 from trapline.services.settings import Settings
@@ -289,7 +291,7 @@ def _process_and_write(
     failures = work.unsupported  # a deployment's unsupported files go with its commit
     remaining = work.remaining  # photos still to come back, per deployment
     done = 0
-    known = KnownMedia(out, settings.dedupe_memory_mb * 2**20 // 16)
+    sink = DeltaSink(out, SinkOptions.from_settings(settings), summary.models, ())
     for output in outputs:
         for stage, seconds in output.stage_seconds.items():
             summary.stage_seconds[stage] += seconds
@@ -308,13 +310,11 @@ def _process_and_write(
             ) + sum(1 for f in output.failures if (f.deployment_id or "") == deployment)
             finished = remaining[deployment] <= 0
             if finished or len(results[deployment]) >= settings.folder_commit_every:
-                _commit(
-                    source, out, settings, summary, known, deployment, results, failures, finished
-                )
+                _commit(settings, summary, sink, deployment, results, failures, finished)
         done += len(output.results) + len(output.failures)
         on_progress(work.settled + done, summary.files)
     for deployment in sorted(set(results) | set(failures)):  # nothing left out (e.g. no photos)
-        _commit(source, out, settings, summary, known, deployment, results, failures, True)
+        _commit(settings, summary, sink, deployment, results, failures, True)
     on_progress(work.settled + done, summary.files)
     started = time.perf_counter()
     delta.checkpoint_heads(out)  # readers after the run open one checkpoint per table
@@ -322,11 +322,9 @@ def _process_and_write(
 
 
 def _commit(
-    source: str,
-    out: str,
     settings: Settings,
     summary: RunSummary,
-    known: KnownMedia,
+    sink: DeltaSink,
     deployment: str,
     results: dict[str, list[MediaResult]],
     failures: dict[str, list[Failure]],
@@ -354,19 +352,11 @@ def _commit(
             pipeline.classifier.spec.labels,
         )
     started = time.perf_counter()
-    tables = assemble(
-        ready,
-        ready_failures,
-        settings.stage_options(),
-        summary.models,
-        summary.classifier_labels,
-        known.of,
-    )
-    added = commit_tables(out, deployment, tables, settings.output_compression)
+    sink.models, sink.labels = summary.models, summary.classifier_labels
+    batch = Batch(deployment_app_id(deployment), ready, ready_failures)
+    added = sink.commit([batch]).tables[batch.app]
     if finished:  # all its photos are back: its ids would only take memory until the run ends
-        known.forget([deployment])
-    else:
-        known.add(added.media)
+        sink.release([deployment])
     summary.stage_seconds["write"] += time.perf_counter() - started
     _summarise(added, summary)
 
@@ -388,8 +378,42 @@ def _split_last_burst(
 
 
 def write_tables(tables: Tables, out: str, settings: Settings) -> Tables:
-    """Append ready-made tables to `out` (rows whose key is there already are left out)."""
-    return commit_tables(out, "*", tables, settings.output_compression)
+    """Append ready-made tables to `out` through the sink, a keyed batch per deployment (rows
+    whose key is there already are left out); returns what was added."""
+    parts = by_deployment(tables)
+    batches = [Batch(deployment_app_id(deployment), [], []) for deployment in parts]
+    sink = DeltaSink(out, SinkOptions.from_settings(settings), None, ())
+    outcome = sink.write(batches, {b.app: parts[d] for b, d in zip(batches, parts)})
+    added = [outcome.tables[b.app] for b in batches]
+    if not added:
+        return tables
+    return Tables(
+        *(pa.concat_tables([getattr(t, name) for t in added]) for name in TABLE_FIELDS),
+        failed=[f for t in added for f in t.failed],
+    )
+
+
+TABLE_FIELDS = ("media", "observations", "events", "failures")
+
+
+def by_deployment(tables: Tables) -> dict[str, Tables]:
+    """`tables` split by deployment ("" for rows without one)."""
+    deployments = set()
+    for name in TABLE_FIELDS:
+        deployments.update(
+            d or "" for d in getattr(tables, name).column("deployment_id").to_pylist()
+        )
+    parts = {}
+    for deployment in sorted(deployments):
+        rows = {
+            name: getattr(tables, name).filter(
+                pc.equal(pc.fill_null(getattr(tables, name).column("deployment_id"), ""), deployment)
+            )
+            for name in TABLE_FIELDS
+        }
+        failed = [f for f in tables.failed if (f.deployment_id or "") == deployment]
+        parts[deployment] = Tables(**rows, failed=failed)
+    return parts
 
 
 def _summarise(tables: Tables, summary: RunSummary) -> None:

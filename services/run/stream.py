@@ -5,7 +5,7 @@ partition's records in a `PartitionBuffer` (services/run/stream_buffer.py), runs
 them as soon as a model batch is there (`batch_size` records, or `batch_max_wait_s` after the
 oldest), and, when a checkpoint is due (`batch_max_records` records in a partition, or
 `commit_interval_s` since the oldest unwritten one), hands every partition's ready range to the
-`Checkpointer` (services/run/stream_checkpoint.py): one Delta commit per table, carrying each
+`DeltaSink` (services/run/delta_sink.py, shared with folder runs): one Delta commit per table, carrying each
 partition's last offset as an application transaction, media last. Kafka's offsets are committed
 after that, as advice only: on assignment a partition resumes from the tables' versions.
 
@@ -24,7 +24,7 @@ drive a worker from an in-memory source.
 
 Over 400 lines because it is one class, the worker's loop and its reactions to rebalances and
 outages, which read best together; what the loop delegates is beside it: the buffer
-(stream_buffer.py), the checkpoint (stream_checkpoint.py), partition ownership
+(stream_buffer.py), the tables (delta_sink.py), partition ownership
 (membership.py), and the process that runs N workers (serve.py).
 """
 
@@ -44,18 +44,20 @@ from trapline.pipelines.flow import PhotoPipeline
 from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.run import metrics
+from trapline.services.run.delta_sink import (
+    Batch,
+    DeadLetterUndelivered,
+    DeltaSink,
+    OffsetGap,
+    Outcome,
+    SinkOptions,
+    app_id,
+)
 from trapline.services.run.membership import member_id, ordinal_slot
 from trapline.services.run.stream_buffer import (
     PartitionBuffer,
     held_records_limit,
     process_pending,
-)
-from trapline.services.run.stream_checkpoint import (
-    Batch,
-    Checkpointer,
-    DeadLetterUndelivered,
-    OffsetGap,
-    Outcome,
 )
 from trapline.services.settings import Settings
 
@@ -117,9 +119,9 @@ class StreamWorker(kafka_io.RebalanceListener):
         security = settings.kafka_security()
         self.producer = producer or kafka_io.make_producer(settings.kafka_bootstrap, **security)
         self.dead_letters = kafka_io.DeadLetter(self.producer, settings.dlq_topic)
-        self.checkpointer = Checkpointer(
-            out, settings, pipeline.model_names, pipeline.classifier.spec.labels,
-            self.dead_letters,
+        self.sink = DeltaSink(
+            out, SinkOptions.from_settings(settings), pipeline.model_names,
+            pipeline.classifier.spec.labels, self.dead_letters,
         )  # fmt: skip
         self.consumer = consumer or kafka_io.make_consumer(
             settings.kafka_bootstrap,
@@ -155,7 +157,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if idle_exit_s is not None and idle >= idle_exit_s and not self._pending():
                     break
             self.checkpoint(drain=True)
-            checkpoint_heads(self.checkpointer.root)  # whoever opens the tables next reads less
+            checkpoint_heads(self.sink.root)  # whoever opens the tables next reads less
         finally:
             self.close()
         return self.stats
@@ -194,7 +196,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             checks["broker"] = False
         try:
-            self.checkpointer.table("media")
+            self.sink.table("media")
             checks["storage"] = True
         except Exception:  # noqa: BLE001
             checks["storage"] = False
@@ -366,22 +368,20 @@ class StreamWorker(kafka_io.RebalanceListener):
         """Start `partitions` where the tables say (not where Kafka's commit says); False to
         retry. `exact`: read them from the snapshot the commits are decided on (after a fence)."""
         try:
-            points = self.checkpointer.resume_points(
-                [(tp.topic, tp.partition) for tp in partitions], exact
-            )
+            points = self.sink.resume_points([self._app(tp) for tp in partitions], exact)
         except STORAGE_ERRORS as error:
             log.warning("%s: cannot read the tables' versions (%s); retrying", partitions, error)
             metrics.CHECKPOINT_RETRIES.labels("storage").inc()
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
-        self.checkpointer.known.clear()  # another worker may have written them meanwhile
+        self.sink.assign()  # another worker may have written their deployments meanwhile
         ends = self._end_offsets(partitions)
         for tp in partitions:
-            start, forced_end = points[tp.topic, tp.partition]
+            start, forced_end = points[self._app(tp)]
             if not exact and self._kafka_floor(tp, start, forced_end, quiet=True) is not None:
                 # Kafka is ahead of the log as read quickly: decide on delta-rs's snapshot.
-                key = (tp.topic, tp.partition)
-                start, forced_end = self.checkpointer.resume_points([key], exact=True)[key]
+                app = self._app(tp)
+                start, forced_end = self.sink.resume_points([app], exact=True)[app]
             floor = self._kafka_floor(tp, start, forced_end)
             if floor is not None:
                 start, forced_end = floor, None
@@ -398,6 +398,10 @@ class StreamWorker(kafka_io.RebalanceListener):
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
             )  # fmt: skip
         return True
+
+    def _app(self, tp: TopicPartition) -> str:
+        """The partition's application id in the tables."""
+        return app_id(self.settings.consumer_group, tp.topic, tp.partition)
 
     def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """The broker's end offsets (advice: a broker may under-report them, as Tansu does;
@@ -474,7 +478,7 @@ class StreamWorker(kafka_io.RebalanceListener):
             if end is not None:
                 records, results, failures = buffer.batch(end)
                 batches[tp] = Batch(
-                    tp.topic, tp.partition, buffer.start, end, records, results, failures,
+                    self._app(tp), results, failures, buffer.start, end, records,
                     buffer.skipped_in(end), buffer.floor,
                 )  # fmt: skip
         for tp in [tp for tp, batch in batches.items() if not self._gapless(tp, batch, owned)]:
@@ -482,7 +486,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         if not batches:
             return
         try:
-            outcome = self.checkpointer.commit(list(batches.values()))
+            outcome = self.sink.commit(list(batches.values()))
         except (*STORAGE_ERRORS, DeadLetterUndelivered) as error:
             cause = "dead-letter topic" if isinstance(error, DeadLetterUndelivered) else "storage"
             for tp, batch in batches.items():  # some tables may hold it now: retry it exactly
@@ -519,12 +523,11 @@ class StreamWorker(kafka_io.RebalanceListener):
         """Move written partitions on and commit their offsets; resume fenced ones."""
         offsets = {}
         for tp, batch in batches.items():
-            key = (tp.topic, tp.partition)
-            if key in outcome.written:
+            if batch.app in outcome.written:
                 self.buffers[tp].advance(batch.end)
                 offsets[tp] = batch.end + 1
-                self._observe_written(outcome.tables[key], batch)
-            elif key in outcome.fenced:
+                self._observe_written(outcome.tables[batch.app], batch)
+            elif batch.app in outcome.fenced:
                 self.stats.fenced += 1
                 self.buffers.pop(tp, None)
                 if owned and not self._resume({tp}, exact=True):

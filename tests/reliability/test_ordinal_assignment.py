@@ -138,7 +138,7 @@ def test_two_workers_claiming_one_partition_write_each_photo_once(
         time.sleep(2.0)
     finally:
         stop_workers(workers)
-    settled = ("fenced: table", "already holds", "commit refused")  # stream_checkpoint.py
+    settled = ("fenced: table", "already holds", "commit refused")  # delta_sink.py
     fences = sum(log.read_text(errors="replace").count(m) for log in logs for m in settled)
     score = scoreboard.record(
         account(

@@ -16,8 +16,9 @@ from trapline.pipelines.flow import assemble
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.tables import ModelNames
 from trapline.pipelines.types import MediaRef, MediaResult
+from trapline.services.run.delta_sink import Batch, DeltaSink, SinkOptions, deployment_app_id
 from trapline.services.run.folder import run_folder
-from trapline.services.run.folder_tables import StreamTables, commit_tables
+from trapline.services.run.folder_tables import StreamTables
 from trapline.services.settings import Settings
 
 MODELS = ModelNames("det", "1", "cls", "2")
@@ -64,7 +65,9 @@ def test_two_runs_committing_one_camera_at_once_write_each_photo_once(tmp_path, 
 
     def run() -> None:
         try:
-            commit_tables(out, "cam-07", photos("cam-07", ["a", "b", "c"]), "zstd")
+            sink = DeltaSink(out, SinkOptions(Settings().stage_options()), MODELS, ())
+            batch = Batch(deployment_app_id("cam-07"), [], [])
+            sink.write([batch], {batch.app: photos("cam-07", ["a", "b", "c"])})
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 

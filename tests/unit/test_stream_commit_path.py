@@ -25,8 +25,8 @@ from trapline.pipelines import delta
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.uploads import Upload, encode_upload
 from trapline.services.run import stream_buffer
+from trapline.services.run.delta_sink import Batch, OffsetGap
 from trapline.services.run.stream import StreamWorker
-from trapline.services.run.stream_checkpoint import Batch, OffsetGap
 
 TP = TopicPartition(TOPIC, 0)
 
@@ -92,13 +92,15 @@ def test_offsets_without_records_are_skipped_only_after_fetching_them_again(tmp_
 
 def test_a_batch_lacking_an_offset_of_its_range_is_refused_by_the_sink():
     record = lambda offset: type("R", (), {"offset": offset})()  # noqa: E731
-    whole = Batch(TOPIC, 0, 0, 2, [record(0), record(1), record(2)], [], [])
-    whole.check_gapless()
+    batch = lambda start, end, *offsets, skipped=(): Batch(  # noqa: E731
+        "p0", [], [], start, end, [record(o) for o in offsets], list(skipped)
+    )
+    batch(0, 2, 0, 1, 2).check_gapless()
     with pytest.raises(OffsetGap, match="lacks offset 1"):
-        Batch(TOPIC, 0, 0, 2, [record(0), record(2)], [], []).check_gapless()
+        batch(0, 2, 0, 2).check_gapless()
     with pytest.raises(OffsetGap, match="lacks offset 0"):
-        Batch(TOPIC, 0, 0, 4, [record(2), record(3), record(4)], [], []).check_gapless()
-    Batch(TOPIC, 0, 0, 2, [record(0), record(2)], [], [], skipped=[(1, 1)]).check_gapless()
+        batch(0, 4, 2, 3, 4).check_gapless()
+    batch(0, 2, 0, 2, skipped=[(1, 1)]).check_gapless()
 
 
 def test_a_retry_after_a_partial_commit_writes_exactly_the_batch_that_failed(
