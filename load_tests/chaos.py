@@ -68,6 +68,10 @@ class ChaosOptions:
     workers: int = 2
     partitions: int = 4
     commit_interval_s: float = 0.2
+    # A camera's last burst waits this long for more photos before it is committed (default 5 s):
+    # shorter, so that commits come as often as the interval allows and the tables pass the
+    # writers' compaction (every 50 versions) several times a trial.
+    sequence_hold_s: float = 1.0
     batch_max_records: int = 20
     batch_size: int = 8
     session_timeout_ms: int = 6000  # Tansu assigns a new group after half of it
@@ -359,7 +363,7 @@ def run_trial(number: int, options: ChaosOptions, extra_env: dict, say=print) ->
         env = worker_env(
             broker, topic, group, session_timeout_ms=options.session_timeout_ms,
             commit_interval_s=options.commit_interval_s, batch_max_records=options.batch_max_records,
-            batch_size=options.batch_size, metrics_port=0,
+            batch_size=options.batch_size, sequence_hold_s=options.sequence_hold_s, metrics_port=0,
         ) | extra_env | {"PYTHONUNBUFFERED": "1"}  # fmt: skip
         trial = Trial(broker, topic, group, _new_root(options, work), work, env)
         try:
@@ -461,7 +465,7 @@ def _figures(trial, trickle, options, seen, end, no_letter, offsets, is_drained,
             "reader_doubled": seen["doubled_seen"], "reader_lost": seen["lost_seen"],
         }  # fmt: skip
         logs = [p.log for p in trial.pods]
-        trial.diagnosis = diagnose(trial.out, trial.group, problems, logs) if problems else None
+        trial.diagnosis = diagnose(trial.out, problems, logs) if problems else None
     return figures
 
 

@@ -18,7 +18,6 @@ import fsspec
 import pyarrow.parquet as pq
 
 from trapline.pipelines.uploads import split_source
-from trapline.services.run.stream_checkpoint import app_id
 
 TABLES = ("observations", "events", "failures", "media")  # the commit order of a checkpoint
 AROUND = 4  # commits kept on each side of the one that claims the offset
@@ -65,7 +64,14 @@ def files_holding(out: str, table: str, commits: list[dict], sources: set[str]) 
     return found
 
 
-def partition_commits(commits: list[dict], app: str, offset: int) -> list[list]:
+def app_of(commits: list[dict], topic: str, partition: int) -> str | None:
+    """The application id of topic/partition in these commits (`trapline:<group>:<topic>:<p>`;
+    found, not rebuilt, so a change of its form upstream does not blind the diagnosis)."""
+    suffix = f":{topic}:{partition}"
+    return next((a for c in commits for a in c["txns"] if a.endswith(suffix)), None)
+
+
+def partition_commits(commits: list[dict], app: str | None, offset: int) -> list[list]:
     """[version, operation, transaction version, rows added] of the commits carrying `app`,
     AROUND on each side of the first that claims `offset`, plus every OPTIMIZE among them."""
     claiming = [c for c in commits if app in c["txns"]]
@@ -95,7 +101,7 @@ def log_lines(logs: list[Path], topic: str, partition: int) -> list[str]:
     return found[-LOG_LINES:]
 
 
-def diagnose(out: str, group: str, problems: dict[str, str], logs: list[Path]) -> dict:
+def diagnose(out: str, problems: dict[str, str], logs: list[Path]) -> dict:
     """`problems`: source -> what is wrong with it ("missing at the end", ...)."""
     logs_by_table = {table: read_log(out, table) for table in TABLES}
     holding = []
@@ -104,10 +110,10 @@ def diagnose(out: str, group: str, problems: dict[str, str], logs: list[Path]) -
     report: dict = {"problems": problems, "files_holding": holding, "partitions": {}}
     for source in sorted(problems):
         topic, partition, offset = split_source(source)
-        app = app_id(group, topic, partition)
         entry = report["partitions"].setdefault(str(partition), {"commits": {}, "log": None})
         entry["commits"][str(offset)] = {
-            table: partition_commits(logs_by_table[table], app, offset) for table in TABLES
+            table: partition_commits(commits, app_of(commits, topic, partition), offset)
+            for table, commits in logs_by_table.items()
         }
         if entry["log"] is None:
             entry["log"] = log_lines(logs, topic, partition)

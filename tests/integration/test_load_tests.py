@@ -244,3 +244,18 @@ def test_the_chaos_poller_reports_a_row_shown_twice_and_a_row_that_vanished(tmp_
     assert doubled == {("media_id in media", "m2"), ("uri in media", "/cam/2.jpg"),
                        ("source in media+failures", "t/0/2")}  # fmt: skip
     assert [(f["table"], f["source"]) for f in found.lost_seen] == [("media", "t/0/0")]
+
+
+def test_the_chaos_diagnosis_names_the_commits_and_files_of_a_doubled_record(tmp_path):
+    """What a broken chaos trial leaves for study: the files holding the record, and its
+    partition's commits with their application transaction versions."""
+    from load_tests.chaos_diagnose import diagnose
+
+    root = str(tmp_path)
+    _media_with_sources(root, [0, 1, 2], app="trapline:g:t:0")
+    _media_with_sources(root, [2, 3], app="trapline:g:t:0")
+    found = diagnose(root, {"t/0/2": "doubled at the end"}, [])
+    holding = [(f["table"], f["version"], f["data_change"]) for f in found["files_holding"]]
+    assert holding == [("media", 1, True), ("media", 2, True)]
+    commits = found["partitions"]["0"]["commits"]["2"]["media"]
+    assert [(version, txn, rows) for version, _, txn, rows in commits] == [(1, 2, 3), (2, 3, 2)]
