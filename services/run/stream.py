@@ -24,7 +24,8 @@ drive a worker from an in-memory source.
 
 Over 400 lines because it is one class, the worker's loop and its reactions to rebalances and
 outages, which read best together; what the loop delegates is beside it: the buffer
-(stream_buffer.py), the tables (delta_sink.py), partition ownership
+(stream_buffer.py), the tables (delta_sink.py), where a partition starts
+(partition_start.py), partition ownership
 (membership.py), and the process that runs N workers (serve.py).
 """
 
@@ -54,6 +55,7 @@ from trapline.services.run.delta_sink import (
     app_id,
 )
 from trapline.services.run.membership import member_id, ordinal_slot
+from trapline.services.run.partition_start import refusal, start_buffers
 from trapline.services.run.stream_buffer import (
     PartitionBuffer,
     held_records_limit,
@@ -365,37 +367,24 @@ class StreamWorker(kafka_io.RebalanceListener):
         return assigned
 
     def _resume(self, partitions: set[TopicPartition], exact: bool = False) -> bool:
-        """Start `partitions` where the tables say (not where Kafka's commit says); False to
+        """Start `partitions` where the tables say (services/run/partition_start.py); False to
         retry. `exact`: read them from the snapshot the commits are decided on (after a fence)."""
         try:
-            points = self.sink.resume_points([self._app(tp) for tp in partitions], exact)
+            buffers = start_buffers(self.sink, self.consumer, self._app, partitions, exact)
         except STORAGE_ERRORS as error:
             log.warning("%s: cannot read the tables' versions (%s); retrying", partitions, error)
             metrics.CHECKPOINT_RETRIES.labels("storage").inc()
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
         self.sink.assign()  # another worker may have written their deployments meanwhile
-        ends = self._end_offsets(partitions)
-        for tp in partitions:
-            start, forced_end = points[self._app(tp)]
-            if not exact and self._kafka_floor(tp, start, forced_end, quiet=True) is not None:
-                # Kafka is ahead of the log as read quickly: decide on delta-rs's snapshot.
-                app = self._app(tp)
-                start, forced_end = self.sink.resume_points([app], exact=True)[app]
-            floor = self._kafka_floor(tp, start, forced_end)
-            if floor is not None:
-                start, forced_end = floor, None
-            elif start is None:
-                start = 0  # neither the tables nor Kafka know the partition: from its start
-            buffer = PartitionBuffer(start=start, forced_end=forced_end, floor=floor)
-            if floor is None and start > ends.get(tp, start):
-                buffer.probe = start - 1  # the tables are past the topic's end: is that so?
+        for tp, buffer in buffers.items():
             self.buffers[tp] = buffer
-            self.consumer.seek(tp, start if buffer.probe is None else buffer.probe)
+            self.consumer.seek(tp, buffer.start if buffer.probe is None else buffer.probe)
             log.info(
-                "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, start,
-                f" (replays exactly to {forced_end}: some tables hold it)" if forced_end is not None else "",
-                extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
+                "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, buffer.start,
+                f" (replays exactly to {buffer.forced_end}: some tables hold it)"
+                if buffer.forced_end is not None else "",
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": buffer.start},
             )  # fmt: skip
         return True
 
@@ -403,54 +392,14 @@ class StreamWorker(kafka_io.RebalanceListener):
         """The partition's application id in the tables."""
         return app_id(self.settings.consumer_group, tp.topic, tp.partition)
 
-    def _end_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """The broker's end offsets (advice: a broker may under-report them, as Tansu does;
-        `PartitionBuffer.probe` settles a doubt). {} when the broker does not answer."""
-        try:
-            return dict(self.consumer.end_offsets(list(partitions)))
-        except kafka_io.KafkaError as error:
-            log.warning("end offsets of %s not known (%s)", sorted(partitions), error)
-            return {}
-
     def _refuse(self, tp: TopicPartition, buffer: PartitionBuffer, first: int) -> None:
-        """The topic's offsets are behind the tables' (the topic was re-created or moved): the
-        partition is paused, nothing of it is processed, skipped or committed."""
-        held_to = buffer.start - 1
-        self._refused[tp] = held_to
+        """The topic's offsets are behind the tables' (re-created or moved): the partition is
+        paused, nothing of it is processed, skipped or committed."""
+        log.error(refusal(tp, buffer, first))
+        self._refused[tp] = buffer.start - 1
         buffer.records.clear()
         self.consumer.pause(tp)
         metrics.PARTITIONS_REFUSED.set(len(self._refused))
-        log.error(
-            "partition %s/%d refused: the tables hold it up to offset %d, but the broker's "
-            "offsets are behind (offset %d came after seeking to %d): the topic was re-created "
-            "or moved to another cluster. Nothing of it is read, skipped or committed. Ways "
-            "out (docs/operations.md, 'Tables ahead of the topic'): a new consumer group "
-            "(TRAPLINE_CONSUMER_GROUP) reads the new topic from its start into the same "
-            "tables, or a new --out",
-            tp.topic, tp.partition, held_to, first, buffer.probe if buffer.probe is not None
-            else buffer.start,
-        )  # fmt: skip
-
-    def _kafka_floor(
-        self, tp: TopicPartition, start: int | None, forced_end: int | None, quiet: bool = False
-    ) -> int | None:
-        """Kafka's committed offset when it is past everything the tables hold of `tp` (a new
-        `--out`, tables that never held this group's partition, or offsets reset to skip a
-        backlog): the partition starts there, not at offset 0 or the tables' older point. None
-        when the tables know at least as much."""
-        committed = self.consumer.committed(tp)
-        if committed is None:
-            return None
-        held_to = -1 if start is None else (forced_end if forced_end is not None else start - 1)
-        if committed <= held_to + 1:
-            return None
-        if start is not None and not quiet:
-            log.warning(
-                "partition %s/%d: Kafka's committed offset %d is past the tables' %d; starting at "
-                "%d (offsets %d-%d were skipped on purpose or written elsewhere)",
-                tp.topic, tp.partition, committed, held_to, committed, held_to + 1, committed - 1,
-            )  # fmt: skip
-        return committed
 
     # -- checkpoints ------------------------------------------------------------------------
 
