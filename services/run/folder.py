@@ -407,7 +407,9 @@ def by_deployment(tables: Tables) -> dict[str, Tables]:
     for deployment in sorted(deployments):
         rows = {
             name: getattr(tables, name).filter(
-                pc.equal(pc.fill_null(getattr(tables, name).column("deployment_id"), ""), deployment)
+                pc.equal(
+                    pc.fill_null(getattr(tables, name).column("deployment_id"), ""), deployment
+                )
             )
             for name in TABLE_FIELDS
         }
