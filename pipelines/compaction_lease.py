@@ -11,7 +11,7 @@ How: the lease lives on the tables' own storage as a Delta table with no rows,
 application transaction (`LEASE_APP_ID`, epoch + 1) and, as custom commit metadata, the holder,
 when the lease expires (UTC) and whether it is held or released. delta-rs refuses a commit when
 a commit since its snapshot carried the same app id (the check that fences the stream's zombies,
-services/run/stream_checkpoint.py), so a commit is a compare-and-swap on the epoch: of two takers
+services/run/delta_sink.py), so a commit is a compare-and-swap on the epoch: of two takers
 that read epoch N, one commits N + 1 and the other gets `CommitFailedError`, read as "someone
 else took it" (pinned in tests/unit/test_delta_rs_behaviour.py). It needs nothing a commit does
 not need already: a hard link on a local disk, a conditional put on S3 (`conditional_put=etag`,

@@ -11,7 +11,7 @@ Exactly once rests on Delta's application transactions (SetTransaction): every c
 (app id, version) pairs, the table remembers the last version per app id (also through
 checkpoints), and delta-rs refuses a commit when a concurrent commit since its snapshot carried
 one of the same app ids (`CommitFailedError`, "Concurrent transaction failed"). The stream uses
-one app id per Kafka partition (version = last offset written, `services/run/stream_checkpoint.py`);
+one app id per Kafka partition (version = last offset written, `services/run/delta_sink.py`);
 folder runs one per input folder and deployment (`services/run/folder.py`).
 
 Object stores: delta-rs needs an atomic "create if absent" for the log's next version. Local

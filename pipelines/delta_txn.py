@@ -9,7 +9,7 @@ JSON commits after it. So this reads `_last_checkpoint` (a small JSON), the chec
 column only (a Parquet column), then asks for commit N+1, N+2, ... until one is absent: no
 listing, and fewer than `delta.checkpointInterval` (10) commits read.
 
-It is advice, like Kafka's committed offset, not the fence: `services/run/stream_checkpoint.py`
+It is advice, like Kafka's committed offset, not the fence: `services/run/delta_sink.py`
 decides every commit on delta-rs's own snapshot, so a version read here that is already stale
 (another writer committed meanwhile) costs a replay that the commit skips or fences, never a
 duplicate, and a fenced partition resumes from delta-rs's reading. Anything this reader does
