@@ -12,7 +12,7 @@ Exactly once rests on Delta's application transactions (SetTransaction): every c
 checkpoints), and delta-rs refuses a commit when a concurrent commit since its snapshot carried
 one of the same app ids (`CommitFailedError`, "Concurrent transaction failed"). The stream uses
 one app id per Kafka partition (version = last offset written, `services/run/delta_sink.py`);
-folder runs one per input folder and deployment (`services/run/folder.py`).
+folder runs one per deployment written (the same sink).
 
 Object stores: delta-rs needs an atomic "create if absent" for the log's next version. Local
 disks have it (hard link); on S3-compatible stores it is a conditional PUT (`If-None-Match: *`),
