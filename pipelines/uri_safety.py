@@ -4,7 +4,11 @@ An event is untrusted input: `file:///etc/shadow`, `file:///data/photos/../../ro
 `http://169.254.169.254/latest/meta-data/` (a cloud's instance credentials) are all well-formed
 URIs. The rules, checked before any byte is read:
 
-- always: no `..` path segment (also percent-encoded), no NUL, local paths absolute;
+- always: no `..` path segment (also percent-encoded), no NUL, local paths absolute; no `::`,
+  and in a URL no `#`, and no `?` outside http(s) (a plain local path may hold both): `urlsplit` leaves a fragment or a query out of the path it
+  checks, while fsspec opens the whole string (`file://ROOT/x#/../../secret` was read when a
+  folder `x#` existed) and reads `::` as a chain of filesystems, so the check and the open
+  could see two different paths;
   `http(s)://` never reaches a loopback, private, link-local, multicast or reserved address
   (checked on every address the host name resolves to);
 - `storage_roots` empty (the laptop default): any local file and any bucket are readable,
@@ -21,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import posixpath
+import re
 import socket
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
@@ -83,12 +88,16 @@ def _split(uri: str) -> tuple[str, str, str]:
     """(protocol, bucket or host, path) with the always-on checks applied."""
     if "\x00" in uri:
         raise _refused(uri, "it contains a NUL byte")
+    if "::" in re.sub(r"\[[0-9a-fA-F:.%]*\]", "", uri) or ("://" in uri and "#" in uri):
+        raise _refused(uri, "'#' and '::' are read differently by the check and the open")
     if "://" not in uri:
         protocol, location, path = "file", "", uri
     else:
         parts = urlsplit(uri)
         protocol, location, path = parts.scheme.lower(), parts.netloc, parts.path
     protocol = _SAME_STORE.get(protocol, protocol)
+    if "://" in uri and "?" in uri and protocol not in WEB:
+        raise _refused(uri, "'?' is read differently by the check and the open")
     decoded = unquote(path)
     segments = decoded.replace("\\", "/").split("/")
     if ".." in segments:

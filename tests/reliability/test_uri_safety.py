@@ -83,6 +83,26 @@ def test_a_symlink_inside_a_root_cannot_point_out_of_it(tmp_path):
         read_bytes((root / "link.jpg").as_uri(), 1000, roots=[str(root)])
 
 
+@pytest.mark.parametrize(
+    "suffix", ["x#/../../../secret.txt", "x?/../../../secret.txt", "x.jpg::simplecache"]
+)
+def test_a_uri_the_check_and_the_open_would_read_differently_is_refused(tmp_path, suffix):
+    """`urlsplit` ends the path at '#' or '?', fsspec opens the whole string: with a folder
+    `x#` below the root, `file://ROOT/uploads/cam-01/x#/../../../secret.txt` was read."""
+    uploads = tmp_path / "root" / "uploads" / "cam-01"
+    (uploads / suffix.split("/")[0]).mkdir(parents=True)
+    (tmp_path / "root" / "secret.txt").write_text("not for you")
+    uri = f"file://{uploads}/{suffix}"
+    with pytest.raises(StageError, match="read differently by the check and the open"):
+        read_bytes(uri, 1000, roots=[str(tmp_path / "root" / "uploads")])
+
+
+def test_a_local_path_may_hold_hash_and_question_marks(tmp_path):
+    photo = tmp_path / "IMG#0001?.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    assert read_bytes(str(photo), 1000, roots=[str(tmp_path)]) == b"\xff\xd8\xff"
+
+
 def test_an_unsafe_root_is_refused_at_configuration_not_per_photo():
     with pytest.raises(StageError, match="'..'"):
         configure_storage_roots(["/data/../"])
