@@ -19,6 +19,11 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+# Labels, deployment names and taxa come from people (a reviewer's typed label, a program's
+# deployment name): never parse them as mathtext. A '$\undefinedmacro$' label in a chart
+# title failed the whole season's report (issue 37).
+matplotlib.rcParams["text.parse_math"] = False
+
 CATEGORY_COLOURS = {"animal": "#2e7d32", "person": "#c62828", "vehicle": "#1565c0"}
 DPI = 100
 

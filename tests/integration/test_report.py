@@ -205,3 +205,20 @@ def test_sort_on_the_multi_deployment_set(multi, tmp_path):
             else "undefined"
         )
         assert by_uri[row["uri"]].parent.parent.name == expected.replace(" ", "_")
+
+
+def test_a_label_that_looks_like_math_is_drawn_as_text_not_parsed():
+    """A reviewer's label '$\\undefinedmacro$' was parsed as mathtext in a chart title and
+    the whole season's report failed (issue 37, item 6)."""
+    from trapline.services.tools import report_plots
+
+    hostile = "$\\undefinedmacro$"
+    pngs = [
+        report_plots.diel_activity(hostile, {3: 2, 22: 1}, "UTC"),
+        report_plots.detections_per_class({"animal": 3}, {hostile: 3, "fox": 1}),
+        report_plots.detection_rate(
+            pd.DataFrame({hostile: [1, 2]}, index=pd.to_datetime(["2024-06-01", "2024-06-08"])),
+            "week",
+        ),
+    ]
+    assert all(png.startswith(b"\x89PNG") for png in pngs)
