@@ -11,7 +11,7 @@ are the same.
 It is safe while workers write because it holds the compaction lease for the whole run
 (pipelines/compaction_lease.py): the workers' commits only add files, which never conflict with
 an OPTIMIZE (delta-rs retries it on the new snapshot), and the workers' own OPTIMIZEs, the one
-thing that would (delta-rs 1.6.6 lets two OPTIMIZEs rewrite the same files, doubling their
+thing that would (deltalake 1.6.4+ lets two OPTIMIZEs rewrite the same files, doubling their
 rows), wait for the lease: a worker skips its compaction while we hold it. When another
 compactor holds it, `compact` raises `LeaseHeld` naming the holder and its expiry (or waits up
 to `wait` for it). Every OPTIMIZE is then checked for an overlap that a broken lease let through
@@ -38,8 +38,9 @@ snapshot from before, it took the files committed since for orphans), and whatev
 it never deletes a file modified or removed less than `VACUUM_FLOOR_HOURS` (1 hour) ago: not a
 writer's file being written or committed after the snapshot, not a file a reader of a
 minute-old snapshot is reading (a writer that took longer than that from writing a file to
-committing it would lose it; ours write and commit in one call). delta-rs takes whole hours, so the retention is rounded up,
-never down: `--vacuum 0.5` keeps files for an hour, `--vacuum 168.2` for 169 hours.
+committing it would lose it; ours write and commit in one call). delta-rs takes whole hours, so
+the retention is rounded up, never down: `--vacuum 0.5` keeps files for an hour, `--vacuum
+168.2` for 169 hours.
 """
 
 from __future__ import annotations
