@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from trapline.services.tools.cells import neutralised
+
 EXCEL_MAX_ROWS = 1_048_576  # rows per worksheet, the header included (Excel's limit)
 
 
@@ -25,11 +27,22 @@ def write_sheets(
     `to_excel`, flat in memory) and continues on sheets "photos 2", "photos 3"... past Excel's
     row limit. Returns the number of worksheets."""
     from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
 
     book = Workbook(write_only=True)
     page, sheets, rows = None, 0, 0
+
+    def as_text(value: Any) -> Any:
+        """A string cell stays a string in the .xlsx (openpyxl makes '=...' a formula), shown
+        exactly as written."""
+        if not isinstance(value, str):
+            return value
+        cell = WriteOnlyCell(page, value=value)
+        cell.data_type = "s"
+        return cell
+
     for index, chunk in enumerate(chunks):
-        chunk.to_csv(csv, header=index == 0, index=False)
+        chunk.map(neutralised).to_csv(csv, header=index == 0, index=False)
         values = chunk.astype(object).where(chunk.notna(), None)  # NaN/NaT: an empty cell
         if page is None:
             header = list(chunk.columns)
@@ -39,7 +52,7 @@ def write_sheets(
                 page = book.create_sheet("photos" if sheets == 1 else f"photos {sheets}")
                 page.append(header)
                 rows = 0
-            page.append(row)
+            page.append([as_text(value) for value in row])
             rows += 1
         if page is None:  # no rows yet: the header alone
             sheets = 1

