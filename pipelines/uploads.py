@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,13 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
+from trapline.pipelines.source import PHOTO_EXTENSIONS
 from trapline.pipelines.types import Failure, MediaRef
+from trapline.pipelines.video import VIDEO_EXTENSIONS
+
+# What the folder listing takes (pipelines/source.py); anything else is refused by its name
+# before a worker reads it, with the kind folder runs give it (`unsupported_type`).
+MEDIA_EXTENSIONS = PHOTO_EXTENSIONS | VIDEO_EXTENSIONS
 
 SCHEMA_V1 = "trapline.upload/1"
 
@@ -252,6 +259,7 @@ def _parse_v1(
         sha256 = _optional(document.get("sha256"), lambda v: _sha256(v, "sha256"))
         uploaded_at = _timestamp(document["uploaded_at"], "uploaded_at")
         attributes = _attributes(document.get("attributes"))
+        _media_name(uri, "uri")
         if key is not None and key != deployment_id.encode("utf-8"):
             raise _Invalid(
                 "key_mismatch",
@@ -349,6 +357,7 @@ def _parse_s3_record(
             "invalid_field", f"{where}.s3.object.key must be 1 to {MAX_S3_KEY_BYTES} bytes"
         )
     uri = _uri(label, f"{where}.s3 (bucket + key)", schemes)
+    deployment = None
     try:
         match = pattern.search(object_key)
         deployment = match.group("deployment") if match else None
@@ -361,10 +370,12 @@ def _parse_s3_record(
         deployment_id = _identifier(
             deployment, f"{where}: deployment from key {_short(object_key)}"
         )
+        _media_name(uri, f"{where}.s3.object.key")
         event_time = record.get("eventTime")
         uploaded_at = None if event_time is None else _timestamp(event_time, f"{where}.eventTime")
     except _Invalid as error:
         error.uri = uri
+        error.deployment_id = _identifier_or_none(deployment)
         raise
     return ParsedUpload(MediaRef(uri, deployment_id, None, None, source), uploaded_at)
 
@@ -482,6 +493,18 @@ def _uri(value: Any, name: str, schemes: frozenset[str] | set[str] | None) -> st
     if uri.endswith("/"):
         raise _Invalid("invalid_field", f"field '{name}' {_short(uri)} names a folder, not a photo")
     return uri
+
+
+def _media_name(uri: str, name: str) -> None:
+    """A photo or video by its name, as in folder runs: a JPEG named `trap.html` is refused
+    here, so no later reader (the review screen, a browser) can take it for a page."""
+    extension = posixpath.splitext(uri)[1].lower()
+    if extension not in MEDIA_EXTENSIONS:
+        raise _Invalid(
+            "unsupported_type",
+            f"field '{name}' {_short(uri)}: extension {_short(extension) if extension else '(none)'} "
+            f"is not a supported photo or video type ({', '.join(sorted(MEDIA_EXTENSIONS))})",
+        )
 
 
 def _timestamp(value: Any, name: str) -> datetime:

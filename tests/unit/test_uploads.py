@@ -129,7 +129,7 @@ def test_unknown_extra_fields_are_tolerated_for_forward_compatibility():
 
 def test_ids_and_uri_at_their_length_limits_are_accepted():
     long_id = "d" * MAX_ID_CHARS
-    uri = "s3://b/" + "k" * (MAX_URI_CHARS - len("s3://b/"))
+    uri = "s3://b/" + "k" * (MAX_URI_CHARS - len("s3://b/.jpg")) + ".jpg"
     event = only_event(
         parse_upload(
             encode(v1(deployment_id=long_id, media_id=long_id, uri=uri)), source=SOURCE
@@ -437,3 +437,38 @@ def test_fuzz_valid_events_round_trip(deployment, media_id, timestamp, uploaded_
     assert (event.ref.deployment_id, event.ref.media_id) == (deployment, media_id)
     assert event.ref.timestamp == timestamp and event.uploaded_at == uploaded_at
     assert event.attributes == attributes
+
+
+JPEG_WITH_SCRIPT = (
+    b"\xff\xd8\xff\xfe\x00\x24<script>alert(document.cookie)</script>"
+    b"\xff\xd9"
+)  # a JPEG comment segment holding a script: a browser told "text/html" would run it
+
+
+@pytest.mark.parametrize("name", ["trap.html", "trap.svg", "trap.JPG.htm", "trap", "trap.gif"])
+def test_a_photo_named_as_something_else_is_refused_at_parse_time_as_in_folder_runs(tmp_path, name):
+    """A JPEG named `cam-01/trap.html` (a script in a comment segment) never reaches a worker,
+    so neither the tables nor the review screen ever hold it: kind `unsupported_type`, as a
+    folder run gives the same file."""
+    from trapline.pipelines.source import list_media
+
+    hostile = tmp_path / "cam-01" / name
+    hostile.parent.mkdir()
+    hostile.write_bytes(JPEG_WITH_SCRIPT)
+    raw = encode(v1(uri=hostile.as_uri(), deployment_id="cam-01"))
+    failure = only_failure(parse_upload(raw, source=SOURCE), raw, "unsupported_type")
+    assert failure.deployment_id == "cam-01" and failure.uri == hostile.as_uri()
+    assert "not a supported photo or video type" in failure.message
+    raw = encode({"Records": [s3_record(f"cam-01/{name}")]})
+    failure = only_failure(parse_upload(raw, source=SOURCE), raw, "unsupported_type")
+    assert failure.deployment_id == "cam-01" and failure.uri == f"s3://traps/cam-01/{name}"
+    with pytest.raises(ValueError, match="not a supported photo or video type"):
+        encode_upload(Upload(uri=hostile.as_uri(), deployment_id="cam-01"))
+    folder = list_media(str(tmp_path))
+    assert folder.refs == [] and [f.kind for f in folder.unsupported] == ["unsupported_type"]
+
+
+@pytest.mark.parametrize("name", ["IMG_0001.JPG", "a.jpeg", "b.png", "c.MP4", "d.avi", "e.mov"])
+def test_photo_and_video_names_pass_the_extension_check(name):
+    only_event(parse_upload(encode(v1(uri=f"s3://traps/cam-07/{name}")), source=SOURCE))
+    only_event(parse_upload(encode({"Records": [s3_record(f"cam-07/{name}")]}), source=SOURCE))
