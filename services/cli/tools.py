@@ -133,7 +133,16 @@ def review_cmd(
     ),
     port: int = typer.Option(8765, help="Port of the local page (http://127.0.0.1:PORT/)."),
     host: str = typer.Option(
-        "127.0.0.1", help="Address to listen on; the page has no sign-in, keep it on loopback."
+        "127.0.0.1",
+        help="Address to listen on. Beyond loopback (e.g. 0.0.0.0) only with --token.",
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="TRAPLINE_REVIEW_TOKEN",
+        help="Reviewers must give this token (a sign-in form, or Authorization: Bearer); "
+        "needed to listen beyond loopback. At least 16 characters; prefer the variable "
+        "(a command line is visible to other users of the machine).",
     ),
     show_people: bool = typer.Option(
         False,
@@ -152,9 +161,14 @@ def review_cmd(
     import getpass
 
     from trapline.services.adapters.object_store import configure_fsspec
-    from trapline.services.tools.review import serve_review
+    from trapline.services.tools.review import check_bind, serve_review
     from trapline.services.tools.review_data import ReviewStore
 
+    try:
+        check_bind(host, token)
+    except ValueError as error:
+        console.print(str(error), style="red", markup=False)
+        raise typer.Exit(2) from None
     configure_fsspec(load_settings())  # s3:// endpoint and keys from TRAPLINE_S3_* / AWS_*
     name = (reviewer or getpass.getuser() or "").strip()
     store = ReviewStore(results, name, show_people=show_people, deployment_ids=deployment or None)
@@ -163,8 +177,9 @@ def review_cmd(
         f"reviewing {meta['total']:,} events of {results} as {name!r} "
         f"({meta['reviewed']:,} reviewed); people {'shown' if show_people else 'blurred'}\n"
         f"open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ (Ctrl-C to stop)"
+        + ("; reviewers sign in with the token" if token else "")
     )
-    serve_review(store, host, port)
+    serve_review(store, host, port, token)
 
 
 def compact(

@@ -15,9 +15,7 @@ reviews share one store and its locking.
 
 from __future__ import annotations
 
-import io
 import logging
-import mimetypes
 import threading
 import time
 from collections import OrderedDict
@@ -40,13 +38,19 @@ from trapline.pipelines.reviews import (
     resolve_label,
 )
 from trapline.pipelines.tables import TABLES
-from trapline.services.tools.sort import VIDEO_EXTENSIONS, blur_boxes
+from trapline.services.tools.review_photos import (
+    NotServable,
+    PhotoCache,
+    TooLarge,
+    blurred_preview,
+    served_type,
+)
+from trapline.services.tools.sort import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 NOT_ANIMAL_LABEL = {"human": "person", "blank": "blank", "vehicle": "vehicle"}
 MAX_PAGE = 200
-DISPLAY_MAX_SIDE = 2048  # blurred photos are re-encoded anyway: no bigger than a screen needs
 
 
 class NotFound(LookupError):
@@ -112,7 +116,9 @@ class ReviewStore:
         self.storage_options = storage_options or {}
         self._lock = threading.RLock()
         self._details: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._photos: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
+        self._photos = PhotoCache()
+        self.decodes = 0  # photos decoded to be blurred (tests: a cached one is not again)
+        self.last_decoded_size: tuple[int, int] | None = None  # what the reduced decode made
         self._refreshing = False
         self._index = self._load()
         self._checked = time.monotonic()
@@ -429,7 +435,9 @@ class ReviewStore:
         return {"photos": photos}
 
     def photo(self, event_id: str, media_id: str) -> tuple[bytes, str]:
-        """The photo's bytes and media type; people blurred unless this reviewer may see them."""
+        """The photo's bytes and media type (by its bytes, never its name); people blurred
+        unless this reviewer may see them. `NotServable` for bytes that are not a photo or
+        video, `Hidden` for a video with people or a photo too large to blur here."""
         summary, photos = self._detail(event_id)
         found = next((p for p in photos if p["media_id"] == media_id), None)
         if found is None:
@@ -437,11 +445,9 @@ class ReviewStore:
         person = (summary["review"] or {}).get("observation_type") == "human"
         blurred, hidden, boxes = self._privacy(found, person)
         key = (event_id, media_id, tuple(boxes))
-        with self._lock:
-            hit = self._photos.get(key)
-            if hit is not None:
-                self._photos.move_to_end(key)
-                return hit
+        hit = self._photos.get(key)
+        if hit is not None:
+            return hit
         if hidden:
             raise Hidden(
                 f"{found['name']}: a video with people cannot be blurred; "
@@ -449,14 +455,22 @@ class ReviewStore:
             )
         fs, path = fsspec.core.url_to_fs(found["uri"], **self.storage_options)
         data = fs.cat_file(path)
-        kind = mimetypes.guess_type(found["name"])[0] or "application/octet-stream"
-        if blurred:
-            data = _shrink(blur_boxes(data, boxes, media_id))
-            kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
-        with self._lock:
-            self._photos[key] = (data, kind)
-            while len(self._photos) > 64:
-                self._photos.popitem(last=False)
+        if not blurred:
+            kind = served_type(data, found["name"])
+        else:
+            try:
+                data, decoded = blurred_preview(data, boxes, found["name"])
+            except TooLarge as error:
+                raise Hidden(str(error)) from None
+            except NotServable:
+                raise
+            except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot decode"
+                raise NotServable(f"{found['name']}: not a readable photo ({error})") from None
+            kind = "image/jpeg"
+            with self._lock:
+                self.decodes += 1
+                self.last_decoded_size = decoded
+        self._photos.put(key, data, kind)
         return data, kind
 
     # -- writing -----------------------------------------------------------------------------
@@ -537,16 +551,3 @@ def _iso(value: datetime | None) -> str | None:
 
 def _day(value: datetime | None) -> date | None:
     return value.astimezone(timezone.utc).date() if value is not None else None
-
-
-def _shrink(data: bytes) -> bytes:
-    """A blurred copy no larger than a screen needs (blurring decoded the photo anyway)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        if max(image.size) <= DISPLAY_MAX_SIDE:
-            return data
-        image.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, "JPEG", quality=88)
-        return out.getvalue()
