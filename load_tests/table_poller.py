@@ -7,7 +7,8 @@ notes every moment the exactly-once promise is broken for a reader, not only at 
 Per poll, on the latest version of each table: a media_id or uri twice in media, a record (its
 `source`, topic/partition/offset) twice in media and failures together, and any row (by source)
 seen in an earlier poll and missing now: a lost row, which a reader of the earlier version
-already used. Runs until the file STOP exists, then writes its findings to REPORT (JSON).
+already used. Runs until the file STOP exists, polls once more (the end state), then writes its
+findings to REPORT (JSON).
 A separate process so that its reads race the writers as a real reader's do.
 """
 
@@ -35,6 +36,7 @@ class Findings:
     doubled: int = 0  # distinct (what, value) seen twice in some poll
     lost: int = 0  # distinct (table, source) seen once and missing in a later poll
     most_rows: int = 0  # media + failures rows in one poll
+    last_rows: int = 0  # media + failures rows in the last poll (after STOP: the end state)
     doubled_seen: list[dict] = field(default_factory=list)
     lost_seen: list[dict] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)  # at the last poll
@@ -62,9 +64,8 @@ class Watch:
         self.found.polls += 1
         self.found.versions = versions
         media, failures = rows["media"], rows["failures"]
-        self.found.most_rows = max(
-            self.found.most_rows, len(media["source"]) + len(failures["source"])
-        )
+        self.found.last_rows = len(media["source"]) + len(failures["source"])
+        self.found.most_rows = max(self.found.most_rows, self.found.last_rows)
         for what, values in (
             ("media_id in media", media["media_id"]),
             ("uri in media", media["uri"]),
@@ -117,12 +118,15 @@ def main(argv: list[str]) -> None:
 
         configure_fsspec(Settings())
     watch = Watch()
-    while not stop.exists():
+    while True:
+        last = stop.exists()  # one more poll after STOP appears: the end state, read as a reader
         started = time.monotonic()
         try:
             watch.poll(out)
         except Exception as error:  # noqa: BLE001 - a read that failed is a finding too
             watch.error(error)
+        if last:
+            break
         time.sleep(max(0.0, started + interval - time.monotonic()))
     report.write_text(json.dumps(asdict(watch.found), indent=1))
 
