@@ -9,6 +9,7 @@ for it; a photo with people is decoded reduced, once, and served from a cache bo
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
+from support.browser import BROWSER, CHROMIUM, NODE, needs_browser
 from support.review_fixtures import write_review_results
 
 from trapline.services.tools import review_photos
@@ -209,6 +211,26 @@ def test_with_a_token_every_request_needs_it_by_bearer_or_sign_in_cookie(root):
         assert saved.status_code == 200, saved.text
         forged = requests.get(url + "api/meta", cookies={COOKIE: "0" * 64}, timeout=10)
         assert forged.status_code == 401
+
+
+@needs_browser
+def test_a_reviewer_signs_in_with_the_token_in_chromium_and_the_page_works_under_the_policy(
+    root,
+):
+    with running_app(review_app(ReviewStore(root, "ana"), ["*"], TOKEN)) as url:
+        done = subprocess.run(
+            [NODE, str(BROWSER / "review_sign_in.js"), url, TOKEN, CHROMIUM],
+            capture_output=True, text=True, timeout=120, cwd=BROWSER,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["first_url"] == url + "sign-in" and seen["signed_in_url"] == url
+    assert seen["position"] == "Event 1 of 12" and seen["photo_loaded"]
+    assert not seen["cookie_visible_to_script"]  # HttpOnly
+    assert not seen["inline_ran"]  # the policy refused the inline script ...
+    assert len(seen["console_errors"]) == 1  # ... and said so; nothing else was refused
+    assert "Content Security Policy" in seen["console_errors"][0]
+    assert seen["page_errors"] == [] and seen["failed_requests"] == []
 
 
 def person_photo(store: ReviewStore) -> tuple[str, str]:
