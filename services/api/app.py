@@ -11,6 +11,8 @@ endpoints, limits and curl examples.
 # `Program` is local to build_app (it closes over the app's authenticator).
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -21,10 +23,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trapline.services.adapters import kafka_io
 from trapline.services.adapters.object_store import configure_fsspec
+from trapline.services.api.limits import ApiLimits, BodyLimit
 from trapline.services.api.multipart import FIELD, MultipartFiles
 from trapline.services.api.operations import CONTROL, Api, uploaded
 from trapline.services.api.presigned import complete_presigned, presigned_path
-from trapline.services.api.registry import Conflict
 from trapline.services.api.review import mount_review
 from trapline.services.api.schemas import (
     ID_REGEX,
@@ -50,7 +52,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         401: "Missing or unknown bearer token.",
         404: "No such deployment in your program.",
-        429: "Too many requests for this token; see Retry-After.",
+        413: "A body over its cap (JSON bodies: 1 MB), refused before it is read.",
+        429: "Too many requests for this token, or wrong tokens from this address; see "
+        "Retry-After.",
     }.items()
 }
 _UPLOAD_BODY = {
@@ -75,10 +79,17 @@ _UPLOAD_BODY = {
 }
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The FastAPI app; configures fsspec for S3 in this process (a Ray Serve replica)."""
+def build_app(
+    settings: Settings,
+    limits: ApiLimits | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The FastAPI app; configures fsspec for S3 in this process (a Ray Serve replica).
+
+    `limits` and `clock` default to the settings' and the monotonic clock (tests inject both).
+    """
     configure_fsspec(settings)
-    api = Api(settings)
+    api = Api(settings, limits, clock)
     app = FastAPI(
         title="Trapline upload API",
         version="1",
@@ -86,6 +97,8 @@ def build_app(settings: Settings) -> FastAPI:
         "processing. Authenticate with `Authorization: Bearer <program token>`.",
     )
     app.state.api = api
+    # Outermost of our layers: a body over its cap is refused before parsing and before auth.
+    app.add_middleware(BodyLimit, limits=api.limits)
     bearer = HTTPBearer(
         auto_error=False, description="The token `trapline api add-program` printed."
     )
@@ -100,25 +113,34 @@ def build_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": f"uploads topic unavailable: {error}"}, 503)
 
     def caller(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
-        """The calling program; 401 without a valid token, 429 over its rate."""
+        """The calling program; 401 without a valid token, 429 over its rate.
+
+        Wrong tokens are counted per client address: past `failed_auth_burst` of them, that
+        address gets 429 before its token is even looked at, so guessing is slowed to
+        `failed_auth_per_s` whatever the guesses are.
+        """
         if credentials is None:
             raise Refused(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        address = request.client.host if request.client else "unknown"
+        wait = api.failed_auth.wait(address)
+        if wait > 0:
+            raise _TooMany(wait, "too many wrong tokens from your address")
         program = api.auth.program(credentials.credentials)
         if program is None:
+            api.failed_auth.take(address)
             raise Refused(401, "invalid token (ask your operator for a new one)")
         wait = api.limiter.take(credentials.credentials)
         if wait > 0:
-            raise _TooMany(wait)
+            raise _TooMany(wait, f"rate limit of {settings.api_rate_per_s:g} requests/s per token")
         return program
 
     @app.exception_handler(_TooMany)
     async def _too_many(request: Request, error: _TooMany) -> JSONResponse:
         seconds = max(int(error.wait + 0.999), 1)
-        detail = (
-            f"rate limit of {settings.api_rate_per_s:g} requests/s per token; retry in {seconds} s"
-        )
+        detail = f"{error.reason}; retry in {seconds} s"
         return JSONResponse({"detail": detail}, 429, headers={"Retry-After": str(seconds)})
 
     Program = Annotated[str, Depends(caller)]
@@ -130,10 +152,7 @@ def build_app(settings: Settings) -> FastAPI:
     @app.post("/v1/deployments", status_code=201, responses={**_ERRORS, 409: {"model": Problem}})
     def create_deployment(body: DeploymentBody, program: Program) -> DeploymentBody:
         """Register a deployment (a camera at a place for a period) in your program."""
-        try:
-            api.registry.create_deployment(program, body.to_deployment())
-        except Conflict as error:
-            raise Refused(409, str(error)) from None
+        api.create_deployment(program, body.to_deployment())
         return body
 
     @app.get("/v1/deployments", responses=_ERRORS)
@@ -167,13 +186,7 @@ def build_app(settings: Settings) -> FastAPI:
         kept and no event is sent; the reason names the file.
         """
         await run_in_threadpool(api.own_deployment, program, deployment_id)
-        # Ray Serve 2.60's proxy forwards the body to the replica chunk by chunk as it arrives,
-        # but queues what the replica has not taken yet without bound (no backpressure): the
-        # request cap is also what one proxy may hold for a slow store.
-        limit = settings.api_max_request_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise Refused(413, f"request of {int(declared):,} bytes; at most {limit:,} per request")
+        # The request's size cap (api_max_request_bytes) is BodyLimit's, before this runs.
         uploads: list[tuple[str, StreamingUpload]] = []
 
         def open_file(name: str) -> StreamingUpload:
@@ -186,11 +199,7 @@ def build_app(settings: Settings) -> FastAPI:
             form = MultipartFiles(
                 request.headers.get("content-type"), open_file, settings.api_max_files_per_request
             )
-            received = 0
             async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise Refused(413, f"request body over {limit:,} bytes; split the upload")
                 if chunk:
                     await run_in_threadpool(form.feed, chunk)
             await run_in_threadpool(form.finish)
@@ -272,9 +281,10 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 class _TooMany(Exception):
-    def __init__(self, wait: float):
-        super().__init__(f"retry in {wait:.1f} s")
+    def __init__(self, wait: float, reason: str):
+        super().__init__(f"{reason}; retry in {wait:.1f} s")
         self.wait = wait
+        self.reason = reason
 
 
 def _new_upload_id() -> str:

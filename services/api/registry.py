@@ -13,7 +13,8 @@ by `add_program`. A deployment id is unique across programs (the result tables a
 by it), so creating one that another program holds is refused like a duplicate of one's own.
 Uniqueness is decided by one conditional create (`conditional.create_if_absent`) of the
 id's claim, not by looking first: of two programs registering one id at once, exactly one
-wins. Programs are created the same way.
+wins. Programs are created the same way. Ids that have data no program holds are given out by
+an operator (`assign_deployment`), never claimed through the API (`operations.Api`).
 """
 
 from __future__ import annotations
@@ -131,10 +132,53 @@ class Registry:
                 raise Conflict(
                     f"deployment id {deployment_id!r} was claimed by your program at "
                     f"{holder.get('claimed_at')} and its record is not there (being written, or "
-                    f"an interrupted request: an operator can remove "
-                    f"{self._claim_path(deployment_id)})"
+                    "an interrupted request: an operator can remove its claim, "
+                    f"deployment-ids/{deployment_id}.json in the registry)"
                 )
             raise taken
+        record = {**deployment.to_record(), "program": program}
+        self._write(self._deployment_path(program, deployment_id), record)
+
+    def holder(self, deployment_id: str) -> str | None:
+        """The program that holds an id (its claim, or a record from before claims), or None."""
+        claim = self._read(self._claim_path(deployment_id))
+        if claim is not None:
+            return claim.get("program")
+        records = self.fs.glob(f"{self.path}/deployments/*/{deployment_id}.json")
+        return records[0].rsplit("/", 2)[-2] if records else None
+
+    def assign_deployment(
+        self, program: str, deployment: Deployment, *, take_from: str | None = None
+    ) -> None:
+        """An operator gives an id to `program`, whether or not it has data already.
+
+        `take_from` moves an id another program holds (one claimed before ids with data were
+        refused to programs): its record there is removed and the claim rewritten.
+        """
+        if self.program(program) is None:
+            raise RegistryError(f"no program {program!r}; create it with add-program")
+        deployment_id = deployment.deployment_id
+        holder = self.holder(deployment_id)
+        if holder is not None and holder != program:
+            if holder != take_from:
+                raise Conflict(
+                    f"deployment id {deployment_id!r} is held by program {holder!r}; to move "
+                    f"it, pass --take-from {holder}"
+                )
+            for path in (
+                self._deployment_path(holder, deployment_id),
+                self._claim_path(deployment_id),
+            ):
+                if self.fs.exists(path):
+                    self.fs.rm(path)
+        if holder != program:
+            claim = {
+                "program": program,
+                "claimed_at": datetime.now(timezone.utc).isoformat(),
+                "assigned_by": "operator",
+            }
+            if not create_if_absent(self.fs, self._claim_path(deployment_id), _encode(claim)):
+                raise Conflict(f"deployment id {deployment_id!r} was claimed meanwhile; retry")
         record = {**deployment.to_record(), "program": program}
         self._write(self._deployment_path(program, deployment_id), record)
 

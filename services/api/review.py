@@ -8,22 +8,55 @@ browser tab's sessionStorage) and for the reviewer's name, sent as `X-Reviewer` 
 as `<program>/<name>`. Photos with people are always blurred here: the API has no per-person
 permission to show them (review on a trusted machine with `trapline review --show-people`).
 The routes stay out of the OpenAPI document, which describes the upload contract.
+No answer names a server path: `ProgramReviewStore` leaves the results root out of `meta` and
+out of its not-found messages.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the dependencies' annotations.
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header
 
 from trapline.services.tools.review import review_router
-from trapline.services.tools.review_data import ReviewStore
+from trapline.services.tools.review_data import NotFound, ReviewStore
 
 PREFIX = "/v1/review"
 DEPLOYMENTS_TTL_S = 30.0  # a deployment registered meanwhile shows up within this time
+
+
+class ProgramReviewStore(ReviewStore):
+    """A ReviewStore whose answers never name where the results are (programs see ids only)."""
+
+    def meta(self) -> dict[str, Any]:
+        return {k: v for k, v in super().meta().items() if k != "root"}
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        with self._no_paths():
+            return super().event(event_id)
+
+    def photo(self, event_id: str, media_id: str) -> tuple[bytes, str]:
+        with self._no_paths():
+            return super().photo(event_id, media_id)
+
+    def save(self, event_id: str, label: str, **fields: Any) -> dict[str, Any]:
+        with self._no_paths():
+            return super().save(event_id, label, **fields)
+
+    @contextmanager
+    def _no_paths(self) -> Iterator[None]:
+        """Not-found errors with the server's paths left out: the id is what the caller gave."""
+        try:
+            yield
+        except NotFound as error:
+            message = str(error).replace(f" in {self.root}", "").replace(self.root, "<results>")
+            raise NotFound(message) from None
+        except FileNotFoundError:
+            raise NotFound("the photo's file is missing (moved or deleted since the run)") from None
 
 
 class ProgramStores:
@@ -45,7 +78,7 @@ class ProgramStores:
         if hit is not None and hit[1] == owned:
             store = hit[2]
         else:
-            store = ReviewStore(self.results, None, deployment_ids=sorted(owned))
+            store = ProgramReviewStore(self.results, None, deployment_ids=sorted(owned))
         with self._lock:
             self._stores[program] = (now, owned, store)
         return store

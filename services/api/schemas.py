@@ -83,7 +83,11 @@ class UploadedFile(BaseModel):
 
     media_id: str = Field(..., description="sha256 of the bytes: re-uploads are idempotent.")
     sha256: str
-    uri: str = Field(..., description="Where the workers read it (content-addressed).")
+    key: str = Field(
+        ...,
+        description="Where it is stored, relative to the API's upload storage: "
+        "DEPLOYMENT/SHA256.ext (content-addressed).",
+    )
     size: int
     media_type: str = Field(..., description="From the file's first bytes, not its name.")
     original_name: str

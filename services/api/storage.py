@@ -59,7 +59,8 @@ ACCEPTED = "JPEG, PNG, MP4, MOV or AVI"
 class Stored:
     """One file at its final, content-addressed place."""
 
-    uri: str  # absolute URL the workers open
+    uri: str  # absolute URL the workers open (in the event only: never shown to a program)
+    key: str  # DEPLOYMENT/SHA256.ext below the upload prefix: what a program is shown
     sha256: str
     size: int
     media_type: str
@@ -97,7 +98,8 @@ class MediaStore:
         else:
             self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             self.fs.mv(temp, final)
-        return Stored(absolute_url(self._url(final)), sha256, size, media_type, present)
+        key = final[len(self.path) + 1 :]
+        return Stored(absolute_url(self._url(final)), key, sha256, size, media_type, present)
 
     def delete(self, path: str) -> None:
         """Remove a temporary object; a missing one is fine (nothing was written yet)."""
@@ -139,6 +141,10 @@ class MediaStore:
             Params={"Bucket": bucket, "Key": key},
             ExpiresIn=expires_s,
         )
+
+    def uri_of(self, key: str) -> str:
+        """The absolute URL of a stored `key` (DEPLOYMENT/SHA256.ext): what the workers open."""
+        return absolute_url(self._url(f"{self.path}/{key}"))
 
     def _url(self, path: str) -> str:
         return f"s3://{path}" if self.is_s3 else path

@@ -1,4 +1,4 @@
-"""`trapline api`: serve the upload API, and add programs and tokens to its registry."""
+"""`trapline api`: serve the upload API; add programs and tokens, assign deployment ids."""
 
 from __future__ import annotations
 
@@ -58,6 +58,55 @@ def api_add_token(
 ) -> None:
     """Give a program another token (rotation); print it once."""
     _api_token(name, config, registry, new_program=False)
+
+
+@api_app.command("assign-deployment")
+def api_assign_deployment(
+    deployment_id: str = typer.Argument(..., help="The deployment id, as in the result tables."),
+    program: str = typer.Option(..., "--program", help="The program it belongs to."),
+    utc_offset: str | None = typer.Option(
+        None, help="The camera clock's zone ('+01:00' or 'Europe/Paris'); else deployments_file's."
+    ),
+    take_from: str | None = typer.Option(
+        None, help="Move the id from this program, which holds it now."
+    ),
+    config: Path | None = typer.Option(None, help="YAML settings file."),
+    registry: str | None = typer.Option(None, help="Registry path or URL (TRAPLINE_API_REGISTRY)."),
+) -> None:
+    """Give a deployment id to a program: the way for ids that already have photos or results.
+
+    Programs cannot claim such ids through the API (docs/security.md). The deployment's fields
+    come from `deployments_file` when it lists the id, else only the id and --utc-offset.
+    """
+    import re
+    from dataclasses import replace
+
+    from trapline.pipelines.deployments import (
+        Deployment,
+        DeploymentsError,
+        load_deployments,
+        parse_timezone,
+    )
+    from trapline.services.adapters.object_store import configure_fsspec
+    from trapline.services.api.registry import Registry, RegistryError
+    from trapline.services.api.schemas import ID_REGEX
+
+    settings = load_settings(config, api_registry=registry)
+    configure_fsspec(settings)
+    try:
+        if not re.fullmatch(ID_REGEX, deployment_id):
+            raise RegistryError(f"deployment id {deployment_id!r}: not a valid id ({ID_REGEX})")
+        if utc_offset is not None:
+            parse_timezone(utc_offset)
+        known = load_deployments(settings.deployments_file).get(deployment_id)
+        deployment = known or Deployment(deployment_id)
+        if utc_offset is not None:
+            deployment = replace(deployment, utc_offset=utc_offset)
+        Registry(settings.api_registry).assign_deployment(program, deployment, take_from=take_from)
+    except (RegistryError, DeploymentsError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(f"deployment {deployment_id!r} belongs to program {program!r}")
 
 
 def _api_token(name: str, config: Path | None, registry: str | None, *, new_program: bool) -> None:
