@@ -39,8 +39,8 @@ from trapline.pipelines.reviews import (
 )
 from trapline.pipelines.tables import TABLES
 from trapline.services.tools.review_photos import (
+    PHOTO_CACHE,
     NotServable,
-    PhotoCache,
     TooLarge,
     blurred_preview,
     served_type,
@@ -116,7 +116,7 @@ class ReviewStore:
         self.storage_options = storage_options or {}
         self._lock = threading.RLock()
         self._details: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._photos = PhotoCache()
+        self._photos = PHOTO_CACHE  # keyed by root, event, photo and what is blurred
         self.decodes = 0  # photos decoded to be blurred (tests: a cached one is not again)
         self.last_decoded_size: tuple[int, int] | None = None  # what the reduced decode made
         self._refreshing = False
@@ -444,7 +444,7 @@ class ReviewStore:
             raise NotFound(f"no photo {media_id!r} in event {event_id!r}")
         person = (summary["review"] or {}).get("observation_type") == "human"
         blurred, hidden, boxes = self._privacy(found, person)
-        key = (event_id, media_id, tuple(boxes))
+        key = (self.root, event_id, media_id, tuple(boxes))
         hit = self._photos.get(key)
         if hit is not None:
             return hit

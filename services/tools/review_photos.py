@@ -23,7 +23,7 @@ from trapline.services.api.storage import sniff
 DISPLAY_MAX_SIDE = 2048  # a blurred photo is no larger than a screen needs
 DECODE_MAX_PIXELS = 40_000_000  # after the reduced decode; larger (a huge PNG) is not blurred here
 DECODE_SLOTS = 2  # photos decoded at once in this process, whichever store asks
-CACHE_MAX_BYTES = 64 * 1024 * 1024  # photo bytes kept per store
+CACHE_MAX_BYTES = 64 * 1024 * 1024  # photo bytes kept in this process, all stores together
 CACHE_MAX_ITEM_BYTES = 8 * 1024 * 1024  # larger originals are read again rather than kept
 
 _decodes = threading.BoundedSemaphore(DECODE_SLOTS)
@@ -133,3 +133,7 @@ class PhotoCache:
             while self.size > self.max_bytes:
                 _, (dropped, _) = self._items.popitem(last=False)
                 self.size -= len(dropped)
+
+
+# One for the process: the upload API holds a store per program, and their photos share this bound.
+PHOTO_CACHE = PhotoCache()
