@@ -81,11 +81,17 @@ def _asset(name: str) -> bytes:
     return resources.files("trapline.services.tools").joinpath(PAGE_FOLDER, name).read_bytes()
 
 
+def _guarded(response: Response) -> None:
+    """nosniff and the policy on the JSON answers too, wherever the router is mounted (the
+    page, assets and photos set theirs)."""
+    response.headers.update(SECURITY_HEADERS)
+
+
 def review_router(
     store_of: Callable[..., ReviewStore], reviewer_of: Callable[..., str | None]
 ) -> APIRouter:
     """The review routes; `store_of` and `reviewer_of` are FastAPI dependencies (auth lives there)."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(_guarded)])
     Store = Annotated[ReviewStore, Depends(store_of)]
     Reviewer = Annotated[str | None, Depends(reviewer_of)]
 

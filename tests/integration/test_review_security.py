@@ -139,6 +139,26 @@ def test_every_answer_says_nosniff_and_carries_the_policy(root):
     assert '<script src="assets/review.js">' in html
 
 
+def test_the_routes_carry_the_headers_wherever_they_are_mounted(root):
+    """The upload API mounts the same routes under /v1/review/ without the local server's
+    middleware: the routes set nosniff and the policy themselves."""
+    from fastapi import FastAPI
+
+    from trapline.services.tools.review import review_router
+
+    store = ReviewStore(root, "ana")
+    event = store.page(ReviewFilter(), 0, 1)["events"][0]["event_id"]
+    media_id = store.event(event)["photos"][0]["media_id"]
+    app = FastAPI()
+    app.include_router(review_router(lambda: store, lambda: "ana"), prefix="/v1/review")
+    with running_app(app) as url:
+        for path in ("", "assets/review.js", "api/meta", "api/events", f"api/events/{event}",
+                     f"api/photos/{event}/{media_id}", f"api/photos/{event}/nope"):  # fmt: skip
+            answer = requests.get(url + "v1/review/" + path, timeout=10)
+            assert answer.status_code == (404 if path.endswith("nope") else 200), path
+            assert_guarded(answer)
+
+
 def test_beyond_loopback_the_server_needs_a_long_token():
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(host, None)
