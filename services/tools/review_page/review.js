@@ -38,7 +38,7 @@ async function api(path, options = {}, tries = 0) {
     return api(path, options, tries + 1);
   }
   if (response.status === 401) {
-    const given = window.prompt("Upload API token of your program:");
+    const given = window.prompt("Token (your program's upload API token, or the review token):");
     if (given) {
       sessionStorage.setItem("trapline-token", given.trim());
       return api(path, options);
