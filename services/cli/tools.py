@@ -161,7 +161,8 @@ def review_cmd(
     import getpass
 
     from trapline.services.adapters.object_store import configure_fsspec
-    from trapline.services.tools.review import check_bind, serve_review
+    from trapline.services.tools.review import serve_review
+    from trapline.services.tools.review_access import check_bind
     from trapline.services.tools.review_data import ReviewStore
 
     try:

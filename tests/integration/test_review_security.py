@@ -25,14 +25,8 @@ from support.browser import BROWSER, CHROMIUM, NODE, needs_browser
 from support.review_fixtures import write_review_results
 
 from trapline.services.tools import review_photos
-from trapline.services.tools.review import (
-    COOKIE,
-    POST_HEADER,
-    check_bind,
-    review_app,
-    running_app,
-    running_review,
-)
+from trapline.services.tools.review import POST_HEADER, review_app, running_app, running_review
+from trapline.services.tools.review_access import COOKIE, check_bind
 from trapline.services.tools.review_data import ReviewFilter, ReviewStore
 from trapline.services.tools.review_photos import PhotoCache, blurred_preview
 
