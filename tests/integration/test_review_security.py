@@ -175,6 +175,41 @@ def test_the_cli_refuses_0_0_0_0_without_a_token(root):
     assert "TRAPLINE_REVIEW_TOKEN" in done.stderr and "reviewing" not in done.stderr
 
 
+def test_the_cli_serves_0_0_0_0_with_the_token_from_the_environment(root):
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    trapline = Path(sys.executable).parent / "trapline"
+    process = subprocess.Popen(
+        [str(trapline), "review", root, "--host", "0.0.0.0", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "TRAPLINE_REVIEW_TOKEN": TOKEN},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api/meta"
+    try:
+        deadline, refused = time.monotonic() + 60, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                refused = requests.get(url, timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert refused is not None and refused.status_code == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}", "Host": "review.example.org:8765"}
+        assert requests.get(url, headers=bearer, timeout=10).json()["total"] == 12
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output = process.communicate(timeout=20)[0].decode()
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output = process.communicate()[0].decode()
+    assert "reviewers sign in with the token" in output and TOKEN not in output
+
+
 def test_with_a_token_every_request_needs_it_by_bearer_or_sign_in_cookie(root):
     store = ReviewStore(root, "ana")
     event = store.page(ReviewFilter(), 0, 1)["events"][0]["event_id"]
