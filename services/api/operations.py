@@ -83,9 +83,10 @@ class Api:
         """
         if self.store.received(deployment_id):
             return True
+        partition = [("deployment_id", "=", deployment_id)]
         for name in TABLES:
             table = open_table(self.settings.api_results, name)
-            if table is not None and table.file_uris(file_pruning_predicate=[("deployment_id", "=", deployment_id)]):
+            if table is not None and table.file_uris(file_pruning_predicate=partition):
                 return True
         return False
 
