@@ -16,7 +16,14 @@ each call receives. It refuses:
 - BUILD / SETITEM / APPEND on an imported name itself (a class or function, not an instance);
 - a persistent id other than torch's ('storage', ...) tuples (torch < 1.6 also pickled whole
   classes that way, which torch's restricted loader never resolves);
-- `_codecs.encode` with an encoding other than latin1 (the only one protocol 2 bytes use).
+- `_codecs.encode` with an encoding other than latin1 (the only one protocol 2 bytes use);
+- `numpy._reconstruct` other than as numpy writes it (`_reconstruct(ndarray, (0,), ...)`, an
+  empty array its state then fills: a shape there allocates whatever it says);
+- a Parameter rebuilt with state (`_rebuild_parameter_with_state` sets every attribute its
+  state names on the Parameter): only `PARAMETER_STATE` (none: torch writes no attribute of
+  its own there, only what code set on the Parameter);
+- in a zip, a record that is compressed (torch.save stores every record as it is: a deflated
+  storage record of 0.26 MB unpacked to a 256 MB tensor), or records larger in all than the file.
 
 Which pickles are read mirrors `torch.load`: a file that starts with a zip local header is a
 zip and every `*.pkl` in it is checked (a TorchScript archive, which torch.load would hand to
@@ -65,6 +72,22 @@ class _Global:
 @dataclass(frozen=True)
 class _Tuple:
     items: tuple
+
+
+class _Dict:
+    """A dict the pickle builds: its string keys (other keys count as '<opaque>')."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def add(self, items: list) -> None:
+        self.keys += [k if isinstance(k, str) else "<opaque>" for k in items[::2]]
+
+
+PARAMETER_STATE: frozenset[str] = frozenset()  # attributes a rebuilt Parameter may receive
+_INTS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+_NUMPY_RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"),
+                      ("numpy._core.multiarray", "_reconstruct")}  # fmt: skip
 
 
 _MARK = object()
@@ -157,6 +180,24 @@ def check_pickle(
                     )
                 _check_call(target, above[-1], where)
                 stack.append(_OPAQUE)
+            elif name in _INTS and not isinstance(arg, bool):
+                stack.append(int(arg))
+            elif name == "EMPTY_DICT":
+                stack.append(_Dict())
+            elif name == "DICT":
+                built = _Dict()
+                built.add(pop_mark())
+                stack.append(built)
+            elif name in ("SETITEM", "SETITEMS") and stack:
+                items = [pop(), pop()][::-1] if name == "SETITEM" else pop_mark()
+                target = stack[-1] if stack else None
+                if isinstance(target, _Global):
+                    raise PickleRefused(
+                        f"{where}: {name} at byte {pos} changes {target.module}.{target.name} "
+                        "itself, not an object built from it"
+                    )
+                if isinstance(target, _Dict):
+                    target.add(items)
             elif name in ("PERSID", "BINPERSID"):
                 pid = arg if name == "PERSID" else pop()
                 _check_persistent_id(pid, where)
@@ -212,6 +253,28 @@ def _generic(op: pickletools.OpcodeInfo, stack: list, pop, pop_mark) -> object:
 
 
 def _check_call(target: _Global, args: object, where: str) -> None:
+    items = args.items if isinstance(args, _Tuple) else ()
+    if (target.module, target.name) in _NUMPY_RECONSTRUCT:
+        kind = items[0] if items else None
+        if not (
+            isinstance(kind, _Global)
+            and kind.name == "ndarray"
+            and len(items) >= 2
+            and items[1] == _Tuple((0,))
+        ):
+            raise PickleRefused(
+                f"{where}: calls numpy's _reconstruct other than as numpy writes it "
+                "(_reconstruct(ndarray, (0,), ...)): a shape there allocates what it says"
+            )
+    if (target.module, target.name) == ("torch._utils", "_rebuild_parameter_with_state"):
+        state = items[3] if len(items) == 4 else None
+        keys = state.keys if isinstance(state, _Dict) else ["<not a dict>"]
+        extra = sorted(set(keys) - PARAMETER_STATE)
+        if extra:
+            raise PickleRefused(
+                f"{where}: rebuilds a Parameter with the attributes {extra}, which torch "
+                "itself never writes there (its loader would set each on the Parameter)"
+            )
     if (target.module, target.name) == ("_codecs", "encode"):
         items = args.items if isinstance(args, _Tuple) else ()
         encoding = items[1] if len(items) == 2 else None
@@ -249,6 +312,7 @@ def checkpoint_pickles(data: bytes) -> list[tuple[str, bytes]]:
                         "a TorchScript archive (constants.pkl), which torch.load would run "
                         "through torch.jit.load"
                     )
+                _check_records(archive.infolist(), len(data))
                 members = [i for i in archive.infolist() if i.filename.endswith(".pkl")]
                 big = [i.filename for i in members if i.file_size > MAX_PICKLE_BYTES]
                 if big:
@@ -262,6 +326,23 @@ def checkpoint_pickles(data: bytes) -> list[tuple[str, bytes]]:
     if tarfile.is_tarfile(io.BytesIO(data)):
         raise PickleRefused("a legacy tar checkpoint (torch < 0.4), which is not loaded")
     return [(f"pickle {i + 1} of the legacy file", chunk) for i, chunk in legacy_pickles(data)]
+
+
+def _check_records(records: list[zipfile.ZipInfo], file_bytes: int) -> None:
+    """torch.save stores every record uncompressed, so the records' sizes add up to less than
+    the file: a compressed record, or sizes past the file's, would make torch allocate what
+    the archive claims, not what it holds."""
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
+            raise PickleRefused(
+                f"{record.filename} is compressed ({record.compress_size:,} bytes unpacking to "
+                f"{record.file_size:,}); torch.save stores every record as it is"
+            )
+    total = sum(record.file_size for record in records)
+    if total > file_bytes:
+        raise PickleRefused(
+            f"the records claim {total:,} bytes in all, more than the file's {file_bytes:,}"
+        )
 
 
 def legacy_pickles(data: bytes) -> Iterable[tuple[int, bytes]]:

@@ -280,9 +280,9 @@ def test_a_zip_bomb_pickle_is_refused_before_it_is_unpacked(tmp_path):
             else:
                 dst.writestr(info.filename, src.read(info))
     assert path.stat().st_size < 2_000_000
-    with pytest.raises(CheckpointError, match="unpacks to more than"):
+    with pytest.raises(CheckpointError, match="is compressed|unpacks to more than"):
         load_trusted(path)
-    with pytest.raises(CheckpointError, match="unpacks to more than"):
+    with pytest.raises(CheckpointError, match="is compressed|unpacks to more than"):
         identify(path)
 
 
@@ -494,3 +494,61 @@ def test_a_legacy_file_with_a_zip_appended_is_read_as_torch_reads_it(tmp_path):
     with pytest.raises(CheckpointError, match=r"refers to os\.system"):
         load_trusted(polyglot)
     assert not marker.exists()
+
+
+def test_a_deflated_storage_record_is_refused_before_torch_allocates_it(tmp_path):
+    """A 0.26 MB file with a deflated storage record loaded a 256 MB tensor (issue 37, item
+    12): torch.save stores records as they are, so a compressed one is refused."""
+    path = tmp_path / "inflating.pt"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(16 << 20)}, buffer)  # 64 MB of zeros, stored
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():  # the pickle stored as torch does, the storage deflated
+            packed = zipfile.ZIP_DEFLATED if info.filename.endswith("/data/0") else None
+            dst.writestr(info.filename, src.read(info), compress_type=packed)
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(CheckpointError, match=r"data/0 is compressed"):
+        load_trusted(path)
+
+
+def test_numpy_arrays_are_only_built_the_way_numpy_pickles_them(tmp_path):
+    """A pickle may call numpy.ndarray((2**31,)) itself, or numpy's _reconstruct with a shape:
+    16 GB allocated uninitialised before any check of the data (issue 37, item 12)."""
+
+    import numpy as np
+
+    reconstruct = np.ndarray(0).__reduce__()[0]
+    for name, payload in {
+        "ndarray": (np.ndarray, ((1 << 31,),)),
+        "_reconstruct": (reconstruct, (np.ndarray, (1 << 31,), b"b")),
+    }.items():
+        hostile = Reduce(*payload)
+        path = tmp_path / f"{name}.pt"
+        torch.save({"opt": hostile}, path, pickle_protocol=2)
+        with pytest.raises(CheckpointError, match=r"refused before loading anything"):
+            load_trusted(path)
+    fine = tmp_path / "fine.pt"
+    torch.save({"best_fitness": np.array([0.5, 0.25])}, fine, pickle_protocol=2)
+    assert load_trusted(fine)["best_fitness"].tolist() == [0.5, 0.25]
+
+
+class Reduce:
+    """An object that pickles as a call of `function` with `args`."""
+
+    def __init__(self, function, args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def test_a_parameter_rebuilt_with_attributes_is_refused_and_a_plain_one_loads(tmp_path):
+    """`_rebuild_parameter_with_state` sets every attribute its state names on the Parameter
+    (issue 37, item 12): torch writes none of its own there."""
+    marked = torch.nn.Parameter(torch.zeros(2))
+    marked.__dict__["forward"] = "not a method"
+    torch.save({"p": marked}, tmp_path / "marked.pt")
+    with pytest.raises(CheckpointError, match=r"rebuilds a Parameter with the attributes \['forward'\]"):
+        load_trusted(tmp_path / "marked.pt")
+    torch.save({"p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "plain.pt")
+    assert load_trusted(tmp_path / "plain.pt")["p"].tolist() == [1.0, 1.0]
