@@ -393,6 +393,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Upload API: largest request body (files per file: max_file_bytes).",
     )
+    api_max_json_bytes: int = Field(
+        1_000_000,
+        ge=1,
+        description="Upload API: largest body of any request but an upload, refused (413) "
+        "before it is read or authenticated.",
+    )
+    api_failed_auth_burst: int = Field(
+        10, ge=1, description="Upload API: wrong tokens one client address may send at once..."
+    )
+    api_failed_auth_per_s: float = Field(
+        10 / 60, gt=0, description="...then this many a second (429 with Retry-After beyond)."
+    )
     api_max_files_per_request: int = Field(
         500, ge=1, description="Upload API: files in one upload or presign request."
     )

@@ -33,14 +33,11 @@ class ApiLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiLimits:
-        # Only the upload cap is a setting today (services/settings.py is not this package's);
-        # the other three take a setting of the same name with an `api_` prefix once it exists.
-        default = cls()
         return cls(
-            json_body_bytes=getattr(settings, "api_max_json_bytes", default.json_body_bytes),
+            json_body_bytes=settings.api_max_json_bytes,
             upload_body_bytes=settings.api_max_request_bytes,
-            failed_auth_burst=getattr(settings, "api_failed_auth_burst", default.failed_auth_burst),
-            failed_auth_per_s=getattr(settings, "api_failed_auth_per_s", default.failed_auth_per_s),
+            failed_auth_burst=settings.api_failed_auth_burst,
+            failed_auth_per_s=settings.api_failed_auth_per_s,
         )
 
     def body_cap(self, method: str, path: str) -> tuple[int, str]:
