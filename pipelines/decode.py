@@ -10,13 +10,13 @@ decompression bomb is refused without costing memory.
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from PIL import Image, UnidentifiedImageError
 
+from trapline.pipelines.decode_budget import DECODE_TIME_LIMIT_S, BudgetedReader, jpeg_scan_offsets
 from trapline.pipelines.file_kind import describe, without_bytes
 from trapline.pipelines.types import StageError
 
@@ -73,13 +73,15 @@ def sniff_format(data: bytes) -> str:
 def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded:
     """Decode a JPEG or PNG so that its long side is at least `min_long_side` (if it was).
 
-    Raises StageError with kind `empty`, `not_an_image`, `too_large`, `corrupt` or `truncated`.
+    Raises StageError with kind `empty`, `not_an_image`, `too_large`, `decode_budget` (too many
+    JPEG scans, or decoding past its time: pipelines/decode_budget.py), `corrupt` or `truncated`.
     """
     fmt = sniff_format(data)
+    reader = BudgetedReader(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+            img = Image.open(reader, formats=[fmt.upper()])
     except Image.DecompressionBombError as error:
         raise StageError("too_large", f"refused before decoding: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -87,20 +89,32 @@ def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded
         raise StageError("corrupt", f"unreadable {fmt.upper()} header: {reason}") from None
 
     stored_w, stored_h = img.size
-    if stored_w * stored_h > max_pixels:
+    # The pixels that will sit in memory: a baseline JPEG of one scan is decoded straight to the
+    # reduced DCT scale (`draft`); a progressive or multi-scan one keeps every coefficient of
+    # the full image until its last scan, and a PNG is decoded at full size.
+    held_w, held_h = stored_w, stored_h
+    scans: list[int] = []  # where a progressive or multi-scan JPEG's scans start
+    if fmt == "jpeg":
+        one_scan = not img.info.get("progressive") and _first_scan_components(data) == img.layers
+        if not one_scan:
+            scans = jpeg_scan_offsets(data, stored_w, stored_h)
+        scale = max(1.0, max(stored_w, stored_h) / max(min_long_side, 1))
+        try:
+            img.draft("RGB", (int(stored_w / scale), int(stored_h / scale)))
+        except (OSError, ValueError) as error:
+            raise StageError("corrupt", f"corrupt JPEG: {without_bytes(str(error))}") from None
+        if one_scan:
+            held_w, held_h = img.size
+    if held_w * held_h > max_pixels:
+        reduced = "" if (held_w, held_h) == (stored_w, stored_h) else f" at {held_w}x{held_h}"
         raise StageError(
             "too_large",
-            f"{stored_w}x{stored_h} = {stored_w * stored_h / 1e6:.0f} MP exceeds the "
+            f"{stored_w}x{stored_h}{reduced} = {held_w * held_h / 1e6:.0f} MP exceeds the "
             f"{max_pixels / 1e6:.0f} MP limit (settings.max_image_pixels); refused before decoding",
         )
-    exif = _read_exif(img)
-    orientation = exif["orientation"]
-    width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
 
+    reader.start(DECODE_TIME_LIMIT_S, scans)
     try:
-        if fmt == "jpeg":
-            scale = max(1.0, max(stored_w, stored_h) / max(min_long_side, 1))
-            img.draft("RGB", (int(stored_w / scale), int(stored_h / scale)))
         img.load()
     except OSError as error:
         kind = "truncated" if "truncated" in str(error) else "corrupt"
@@ -108,6 +122,10 @@ def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded
     except (ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise StageError("corrupt", f"corrupt {fmt.upper()}: {without_bytes(str(error))}") from None
 
+    # After the load: a PNG's EXIF may follow its pixels, and Pillow loads them to find it.
+    exif = _read_exif(img)
+    orientation = exif["orientation"]
+    width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
     image = _to_rgb(img)
     if fmt == "png":
         factor = max(stored_w, stored_h) // max(min_long_side, 1)
@@ -124,6 +142,21 @@ def decode_image(data: bytes, *, min_long_side: int, max_pixels: int) -> Decoded
         camera_model=exif["model"],
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def _first_scan_components(data: bytes) -> int:
+    """How many components the JPEG's first scan holds (all of them: one interleaved scan);
+    0 where the header cannot be walked, which counts as several scans."""
+    pos = 2
+    while pos + 4 < len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return data[pos + 4]
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return 0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -161,9 +161,9 @@ class Settings(BaseSettings):
 
     # Limits: refuse before spending memory
     max_image_pixels: int = Field(
-        150_000_000,
+        80_000_000,
         ge=1,
-        description="Photos whose header declares more pixels are refused before decoding (bombs).",
+        description="Photos that would hold more pixels in memory are refused from their header, before decoding (bombs): a PNG or a progressive JPEG at full size, a baseline JPEG at the reduced DCT scale it is decoded at. 80 MP is above every camera trap: trail cameras' sensors are 2-20 MP, interpolated to at most 64 MP advertised (9216x6912 = 63.7 MP), and mirrorless camera-trap builds top out with the Sony a7R V (61 MP, 9504x6336 = 60.2 MP); a 144 MP RGBA PNG took a worker from 585 to 1,820 MB.",
     )
     max_file_bytes: int = Field(
         100_000_000, ge=1, description="Files larger than this are refused before reading."
