@@ -9,10 +9,12 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from support.harness import REPO, account, read_rows
+from support.hostile_images import pixel_bomb_png, progressive_jpeg, scan_bomb
 from support.servers import TEST_SESSION_TIMEOUT_MS
 
 from trapline.pipelines.uploads import Upload, encode_upload
@@ -97,9 +99,7 @@ def test_stream_worker_sends_each_bad_input_to_failures_and_the_dlq(
     topic = kafka_topic("bad-inputs", partitions=1)
     producer = kafka_io.make_producer(tansu.bootstrap)
     files = sorted(FILES.iterdir())
-    events = [
-        encode_upload(Upload(uri=p.as_uri(), deployment_id="cam-bad")) for p in files
-    ]
+    events = [encode_upload(Upload(uri=p.as_uri(), deployment_id="cam-bad")) for p in files]
     kafka_io.wait_delivered([producer.send(topic, key=b"cam-bad", value=v) for v in events])
     producer.close()
     settings = Settings(
@@ -152,3 +152,39 @@ def test_a_decompression_bomb_is_refused_before_its_pixels_are_allocated(name, m
     kind, grown = result.stdout.split()
     assert kind == "too_large"
     assert int(grown) < 20 * 2**20, f"peak RSS grew {int(grown) / 2**20:.0f} MB decoding {name}"
+
+
+def test_scan_and_pixel_bombs_each_end_in_a_failures_row_naming_the_file_and_the_limit(tmp_path):
+    """Issue 37, items 3 and 7: a 65 KB JPEG repeating its last progressive scan 5,000 times
+    (5 s of CPU if decoded) and a 0.56 MB RGBA PNG of 144 MP (1.8 GB if decoded) cost the run
+    milliseconds; the ordinary progressive photo beside them is a media row."""
+    photos = tmp_path / "cam-hostile"
+    photos.mkdir()
+    (photos / "scan_bomb.jpg").write_bytes(scan_bomb(1024, 768, 5_000))
+    (photos / "pixel_bomb.png").write_bytes(pixel_bomb_png(12_000, 12_000))
+    (photos / "ordinary_progressive.jpg").write_bytes(progressive_jpeg(1024, 768))
+    started = time.perf_counter()
+    run_folder(str(photos), str(tmp_path / "out"), Settings(workers=0))
+    seconds = time.perf_counter() - started
+    media = _by_name(read_rows(tmp_path / "out", "media"))
+    failures = _by_name(read_rows(tmp_path / "out", "failures"))
+    assert sorted(media) == ["ordinary_progressive.jpg"]
+    scan, pixel = failures["scan_bomb.jpg"], failures["pixel_bomb.png"]
+    assert (scan["stage"], scan["kind"]) == ("decode", "decode_budget")
+    assert "scan_bomb.jpg" in scan["message"] and "limit of 100 scans" in scan["message"]
+    assert (pixel["stage"], pixel["kind"]) == ("decode", "too_large")
+    assert "pixel_bomb.png" in pixel["message"] and "80 MP limit" in pixel["message"]
+    assert seconds < 30, f"the run took {seconds:.0f} s"  # start-up and table writes included
+
+
+def test_a_144_mp_png_is_refused_before_its_pixels_are_allocated(tmp_path):
+    """The review's pixel bomb at the default `max_image_pixels`: peak RSS grows < 20 MB."""
+    path = tmp_path / "pixel_bomb.png"
+    path.write_bytes(pixel_bomb_png(12_000, 12_000))
+    result = subprocess.run(
+        [sys.executable, "-c", BOMB_PROBE, str(path), str(Settings().max_image_pixels)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    kind, grown = result.stdout.split()
+    assert kind == "too_large"
+    assert int(grown) < 20 * 2**20, f"peak RSS grew {int(grown) / 2**20:.0f} MB"
