@@ -167,7 +167,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit grayscale: keep the top 8 bits rather than clipping at 255.
         return img.point(lambda v: v / 256).convert("L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no copy: 4 bytes a pixel
         background = Image.new("RGB", rgba.size, (0, 0, 0))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
