@@ -101,20 +101,41 @@ def log_lines(logs: list[Path], topic: str, partition: int) -> list[str]:
     return found[-LOG_LINES:]
 
 
-def diagnose(out: str, problems: dict[str, str], logs: list[Path]) -> dict:
-    """`problems`: source -> what is wrong with it ("missing at the end", ...)."""
+def diagnose(
+    out: str, topic: str, problems: dict[str, str], lagging: list[int], logs: list[Path]
+) -> dict:
+    """`problems`: source -> what is wrong with it ("missing at the end", ...); `lagging`: the
+    partitions whose committed offset stayed short of the records produced."""
     logs_by_table = {table: read_log(out, table) for table in TABLES}
     holding = []
     for table in ("media", "failures"):
         holding += files_holding(out, table, logs_by_table[table], set(problems))
     report: dict = {"problems": problems, "files_holding": holding, "partitions": {}}
     for source in sorted(problems):
-        topic, partition, offset = split_source(source)
-        entry = report["partitions"].setdefault(str(partition), {"commits": {}, "log": None})
+        _, partition, offset = split_source(source)
+        entry = _partition(report, logs, topic, partition)
         entry["commits"][str(offset)] = {
             table: partition_commits(commits, app_of(commits, topic, partition), offset)
             for table, commits in logs_by_table.items()
         }
-        if entry["log"] is None:
-            entry["log"] = log_lines(logs, topic, partition)
+    for partition in lagging:
+        _partition(report, logs, topic, partition)
+    report["tables_hold_up_to"] = {
+        str(p): {t: last_claimed(c, app_of(c, topic, p)) for t, c in logs_by_table.items()}
+        for p in sorted({int(p) for p in report["partitions"]})
+    }
     return report
+
+
+def last_claimed(commits: list[dict], app: str | None) -> int | None:
+    """The last offset the table's log claims for `app` (its latest transaction version)."""
+    versions = [c["txns"][app] for c in commits if app in c["txns"]]
+    return max(versions) if versions else None
+
+
+def _partition(report: dict, logs: list[Path], topic: str, partition: int) -> dict:
+    entry = report["partitions"].get(str(partition))
+    if entry is None:
+        entry = {"commits": {}, "log": log_lines(logs, topic, partition)}
+        report["partitions"][str(partition)] = entry
+    return entry

@@ -254,8 +254,9 @@ def test_the_chaos_diagnosis_names_the_commits_and_files_of_a_doubled_record(tmp
     root = str(tmp_path)
     _media_with_sources(root, [0, 1, 2], app="trapline:g:t:0")
     _media_with_sources(root, [2, 3], app="trapline:g:t:0")
-    found = diagnose(root, {"t/0/2": "doubled at the end"}, [])
+    found = diagnose(root, "t", {"t/0/2": "doubled at the end"}, [], [])
     holding = [(f["table"], f["version"], f["data_change"]) for f in found["files_holding"]]
     assert holding == [("media", 1, True), ("media", 2, True)]
     commits = found["partitions"]["0"]["commits"]["2"]["media"]
     assert [(version, txn, rows) for version, _, txn, rows in commits] == [(1, 2, 3), (2, 3, 2)]
+    assert found["tables_hold_up_to"]["0"]["media"] == 3  # the last offset its log claims
