@@ -57,6 +57,7 @@ def start_buffers(
         elif start is None:
             start = 0  # neither the tables nor Kafka know the partition: from its start
         buffer = PartitionBuffer(start=start, forced_end=forced_end, floor=floor)
+        buffer.kafka_committed = consumer.committed(tp)
         if floor is None and start > ends.get(tp, start):
             buffer.probe = start - 1  # the tables are past the topic's end: is that so?
         buffers[tp] = buffer

@@ -377,8 +377,11 @@ class StreamWorker(kafka_io.RebalanceListener):
             time.sleep(min(self.retry_delay_s, 5.0))
             return False
         self.sink.assign()  # another worker may have written their deployments meanwhile
+        behind = {}
         for tp, buffer in buffers.items():
             self.buffers[tp] = buffer
+            if buffer.probe is None and (buffer.kafka_committed or 0) < buffer.start:
+                behind[tp] = buffer.start
             self.consumer.seek(tp, buffer.start if buffer.probe is None else buffer.probe)
             log.info(
                 "partition %s/%d resumes at offset %d%s", tp.topic, tp.partition, buffer.start,
@@ -386,6 +389,8 @@ class StreamWorker(kafka_io.RebalanceListener):
                 if buffer.forced_end is not None else "",
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": buffer.start},
             )  # fmt: skip
+        if behind:  # killed between the tables' commit and Kafka's: else the lag never reads 0
+            kafka_io.commit_offsets(self.consumer, behind)
         return True
 
     def _app(self, tp: TopicPartition) -> str:

@@ -64,6 +64,7 @@ class PartitionBuffer:
     # tables hold) to learn whether the topic really ends before the tables (re-created or
     # moved: refused) or the broker under-reports its end (Tansu: the probe comes back).
     probe: int | None = None
+    kafka_committed: int | None = None  # the group's committed offset when it started (advice)
     skipped: list[tuple[int, int]] = field(default_factory=list)  # confirmed empty ranges
 
     def next_offset(self) -> int:
