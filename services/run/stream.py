@@ -115,6 +115,8 @@ class StreamWorker(kafka_io.RebalanceListener):
         self._outage: tuple[float, int] | None = None
         self._uploaded_at: dict[str, datetime] = {}  # source -> event's uploaded_at, until written
         self._refused: dict[TopicPartition, int] = {}  # topic behind the tables -> their offset
+        self._unsent_offsets: dict[TopicPartition, int] = {}  # Kafka commits refused so far
+        self._offsets_retry_at = 0.0
         self.slot = ordinal_slot(settings, index)  # None: the consumer group assigns
         self._owned: set[TopicPartition] = set()  # ordinal assignment: the partitions claimed
         self._owned_at = float("-inf")
@@ -180,6 +182,7 @@ class StreamWorker(kafka_io.RebalanceListener):
         if self._due():
             self.checkpoint()
         self._hold_back()
+        self._retry_offsets()
         metrics.HELD_RECORDS.set(sum(len(b.records) for b in self.buffers.values()))
         return bool(polled)
 
@@ -390,7 +393,7 @@ class StreamWorker(kafka_io.RebalanceListener):
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": buffer.start},
             )  # fmt: skip
         if behind:  # killed between the tables' commit and Kafka's: else the lag never reads 0
-            kafka_io.commit_offsets(self.consumer, behind)
+            self._commit_offsets(behind)
         return True
 
     def _app(self, tp: TopicPartition) -> str:
@@ -488,12 +491,28 @@ class StreamWorker(kafka_io.RebalanceListener):
                     with self._rebalance_lock:  # storage away: resume at the next poll
                         self._assigned.add(tp)
         if owned and offsets:
-            kafka_io.commit_offsets(self.consumer, offsets)
+            self._commit_offsets(offsets)
         self.stats.checkpoints += 1
         self.stats.media_rows += outcome.media_rows
         self.stats.failure_rows += outcome.failure_rows
         self.stats.dead_letters += outcome.dead_letters
         metrics.CHECKPOINTS.inc()
+
+    def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit Kafka's offsets (advice); a refused commit is kept and tried again every
+        turn (`_retry_offsets`) until it lands or a later one replaces it: with no record left
+        to read, nothing else would move the offset, and the lag would never read 0."""
+        self._unsent_offsets.update(offsets)
+        if kafka_io.commit_offsets(self.consumer, dict(self._unsent_offsets)):
+            self._unsent_offsets.clear()
+
+    def _retry_offsets(self) -> None:
+        owned = self.consumer.assignment()
+        for tp in [tp for tp in self._unsent_offsets if tp not in owned]:
+            del self._unsent_offsets[tp]  # revoked: its new owner commits it
+        if self._unsent_offsets and self.clock() >= self._offsets_retry_at:
+            self._offsets_retry_at = self.clock() + FIRST_RETRY_DELAY_S
+            self._commit_offsets({})
 
     def _retry_later(self, cause: str, error: BaseException, owned: bool) -> None:
         """An outage, not a bad input: keep every record and retry with capped backoff.

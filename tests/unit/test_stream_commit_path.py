@@ -10,6 +10,7 @@ import shutil
 import pyarrow.compute as pc
 import pytest
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 from support.memory_kafka import MemoryConsumer, MemoryLog, MemoryProducer
 from support.memory_workers import (
     SAMPLE,
@@ -256,3 +257,26 @@ def test_kafkas_offset_behind_the_tables_is_moved_up_at_start_so_lag_reads_zero(
     restarted = worker(log, out, pipeline)
     restarted.run(idle_exit_s=0.5)
     assert restarted.stats.records == 0 and log.committed[(TOPIC, 0)] == 5
+
+
+def test_a_refused_kafka_commit_is_tried_again_until_it_lands(tmp_path, pipeline):
+    """The broker refused the offset commit of the last batch; with no record left to read,
+    nothing else moved the offset, and the lag never read 0."""
+    log = photo_log(tmp_path, 3)
+    out = tmp_path / "out"
+    w = worker(log, out, pipeline)
+    real_commit, refusals = w.consumer.commit, [2]
+
+    def flaky_commit(offsets):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise KafkaError("coordinator not available (test)")
+        real_commit(offsets)
+
+    w.consumer.commit = flaky_commit
+    now = [0.0]
+    w.clock = lambda: now[0]
+    for _ in range(6):
+        w._turn()
+        now[0] += 1.0
+    assert refusals[0] == 0 and log.committed[(TOPIC, 0)] == 3
