@@ -36,7 +36,6 @@ import contextlib
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,15 +47,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from load_tests.chaos_diagnose import TABLES, diagnose, read_log
-from load_tests.chaos_inputs import Mix, Planned, Trickle, build_plan
+from load_tests.chaos_checks import (
+    account,
+    committed_offsets,
+    compaction_counts,
+    dead_letters_missing,
+)
+from load_tests.chaos_diagnose import diagnose
+from load_tests.chaos_inputs import Mix, Trickle, build_plan
+from load_tests.chaos_processes import CompactLoop, Pod
 from load_tests.stream import worker_env
 from trapline.pipelines.readers import read_table
-from trapline.pipelines.uploads import record_source
 from trapline.services.adapters import kafka_io
 from trapline.services.devstack.tansu import TansuServer, start_tansu
-
-LEASE_HELD_EXIT = 3  # `trapline compact`: another compactor holds the lease (services/cli/tools.py)
 
 
 @dataclass
@@ -81,89 +84,6 @@ class ChaosOptions:
     storage: str = "local"  # or "s3": the tables on Ceph RGW
     seed: int = 0
     logs: Path | None = None  # each trial's logs are kept here
-
-
-class Pod:
-    """One `trapline serve` process, started again at once whenever it dies."""
-
-    def __init__(self, index: int, env: dict[str, str], out: str, log: Path):
-        self.index, self.env, self.out, self.log = index, env, out, log
-        self.kills, self.crashes = 0, []  # exit codes of the deaths we did not cause
-        self.process = self._start()
-
-    def _start(self) -> subprocess.Popen:
-        self.started = time.monotonic()
-        command = [sys.executable, "-m", "trapline", "serve", "--workers", "0", "--out", self.out]
-        with self.log.open("ab") as handle:
-            handle.write(f"=== chaos: worker {self.index} starts at {time.time():.3f}\n".encode())
-            handle.flush()
-            return subprocess.Popen(command, env=self.env, stdout=handle, stderr=subprocess.STDOUT)
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            self.crashes.append(self.process.returncode)
-            self.process = self._start()
-
-    def kill(self) -> None:
-        with self.log.open("ab") as handle:
-            handle.write(
-                f"=== chaos: kill -9 of worker {self.index} at {time.time():.3f}\n".encode()
-            )
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self.kills += 1
-        self.process = self._start()
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclass
-class CompactLoop:
-    """`trapline compact OUT` back to back, a short pause between, until `stop`."""
-
-    out: str
-    env: dict[str, str]
-    pause_s: float
-    log: Path
-    runs: int = 0
-    skipped: int = 0  # another compactor held the lease
-    repaired: int = 0  # an OPTIMIZE overlapped another's and was repaired
-    errors: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def finish(self) -> None:
-        """Stop after the run in progress, and wait for it."""
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(600)
-
-    def run(self) -> None:
-        command = [sys.executable, "-m", "trapline", "compact", self.out]
-        while not self.stop.is_set():
-            done = subprocess.run(command, env=self.env, capture_output=True, timeout=600)
-            said = (done.stdout + done.stderr).decode(errors="replace")
-            with self.log.open("a") as handle:
-                handle.write(f"=== {time.time():.3f} exit {done.returncode}\n{said}")
-            if done.returncode == 0:
-                self.runs += 1
-                self.repaired += "repaired:" in said
-            elif done.returncode == LEASE_HELD_EXIT and "refused:" in said:
-                self.skipped += 1
-            else:
-                self.errors.append(f"exit {done.returncode}: {said.strip()[-400:]}")
-            self.stop.wait(self.pause_s)
 
 
 def _storage(options: ChaosOptions, stack: contextlib.ExitStack) -> dict[str, str]:
@@ -201,17 +121,6 @@ def _sources(out: str) -> tuple[list[str], list[str]]:
     return media, failures
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offset of each partition (0 where none), from the broker."""
-    from kafka import TopicPartition
-
-    consumer = kafka_io.make_consumer(bootstrap, group, client_id="trapline-chaos-check")
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)}
-    finally:
-        consumer.close(autocommit=False)
-
-
 def _kill_at_random(pods: list[Pod], options: ChaosOptions, until: float, rng: random.Random):
     """`options.kills` kill -9 at random moments before `until` (monotonic), a victim chosen
     among the pods up for 3 s or more; the pods are watched (and restarted) meanwhile."""
@@ -238,75 +147,6 @@ def _wait(condition, timeout_s: float, pods: list[Pod]) -> bool:
                 return True
         time.sleep(1.0)
     return False
-
-
-def account(out: str, topic: str, landed: dict[tuple[int, int], Planned]) -> dict:
-    """Each record produced in exactly one row, the right one; media_id and uri unique."""
-    media = read_table(out, "media", ["media_id", "uri", "source"]).to_pydict()
-    failures = read_table(out, "failures", ["stage", "kind", "source"]).to_pydict()
-    rows = Counter(media["source"] + failures["source"])
-    expected = {record_source(topic, p, o): item for (p, o), item in landed.items()}
-    failed = dict(zip(failures["source"], zip(failures["stage"], failures["kind"])))
-    in_media = set(media["source"])
-    wrong = [
-        s
-        for s, item in expected.items()
-        if s in rows and not _ended_right(item, s, in_media, failed)
-    ]
-    doubled = [s for s, n in rows.items() if n > 1]
-    doubled += [f"media_id {m}" for m, n in Counter(media["media_id"]).items() if n > 1]
-    doubled += [f"uri {u}" for u, n in Counter(media["uri"]).items() if n > 1]
-    return {
-        "media_rows": len(media["source"]),
-        "failures_rows": len(failures["source"]),
-        "duplicate_rows": sum(kind == "duplicate" for kind in failures["kind"]),
-        "event_rows": sum(stage == "event" for stage in failures["stage"]),
-        "missing": sorted(set(expected) - set(rows)),
-        "doubled": sorted(doubled),
-        "unexpected": sorted(set(rows) - set(expected)),
-        "wrong_table": sorted(wrong),
-        "failures_sources": [s for s in failures["source"] if s],
-    }
-
-
-def _ended_right(item: Planned, source: str, in_media: set[str], failed: dict) -> bool:
-    if item.kind == "photo":
-        return source in in_media
-    if source not in failed:
-        return False
-    stage, kind = failed[source]
-    return {"corrupt": kind != "duplicate", "malformed": stage == "event"}.get(
-        item.kind, kind == "duplicate"
-    )
-
-
-def compaction_counts(out: str) -> dict:
-    """From the tables' own logs: OPTIMIZE commits per table, and who took the compaction lease
-    (distinct holders: a writer's own compaction, or a `trapline compact`)."""
-    from trapline.pipelines.compaction_lease import HOLDER, LEASE_TABLE
-
-    optimized = {t: sum(c["operation"] == "OPTIMIZE" for c in read_log(out, t)) for t in TABLES}
-    holders = {c["info"].get(HOLDER) for c in read_log(out, LEASE_TABLE)} - {None}
-    return {
-        "optimize_commits": optimized,
-        "lease_taken_by_writers": sum(h.startswith("writer") for h in holders),
-        "lease_taken_by_compact": sum(h.startswith("trapline compact") for h in holders),
-        "table_versions": {t: max((c["version"] for c in read_log(out, t)), default=-1)
-                           for t in TABLES},
-    }  # fmt: skip
-
-
-def dead_letters_missing(bootstrap: str, topic: str, sources: list[str]) -> list[str]:
-    """The failures rows whose record has no dead-letter record (read until quiet: Tansu's
-    end offsets cannot say where the topic ends)."""
-    records = kafka_io.read_topic(bootstrap, f"{topic}.dlq", 10 * len(sources) + 10, timeout_s=6)
-    sent = set()
-    for record in records:
-        letter = kafka_io.DeadLetterRecord.from_record(record)
-        origin = (letter.original_topic, letter.original_partition, letter.original_offset)
-        if None not in origin:
-            sent.add(record_source(*origin))
-    return sorted(set(sources) - sent)
 
 
 @dataclass
