@@ -126,7 +126,7 @@ def test_worker_refuses_events_outside_its_roots_and_dead_letters_them(
     (tmp_path / "outside.jpg").write_bytes(photo.read_bytes())
     (card / "escape.jpg").symlink_to(tmp_path / "outside.jpg")
     hostile = [
-        "file:///etc/hostname",
+        "file:///etc/hostname.jpg",  # a photo name: other names are refused at parse time
         f"file://{card}/../../outside.jpg",
         (card / "escape.jpg").as_uri(),
         "s3://not-our-bucket/cam-b/a.jpg",
