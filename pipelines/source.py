@@ -59,6 +59,11 @@ def list_deployments(root: str) -> Iterator[Listing]:
     if not fs.exists(path):
         raise FileNotFoundError(f"input not found: {root}")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local") and ".." in path.split("/"):
+        # `trapline run ../cards/photos`: every photo's path would hold '..', which the URI
+        # check refuses (a failures row per photo), and another spelling of the folder would
+        # not be recognised as done. The folder as the system resolves it, once.
+        path = os.path.realpath(path)
     root_name = posixpath.basename(path) or "default"
     if fs.isfile(path):
         yield _classified(fs, protocol, path, root_name, [path])

@@ -146,3 +146,20 @@ def test_a_folder_run_lists_the_next_deployment_only_when_it_needs_its_photos(
     assert summary.files == 7 and dict(work.remaining) == {"cam01": 5, "cam02": 1}
     assert [f.uri.endswith("a.txt") for f in work.unsupported["cam02"]] == [True]
     assert work.settled == 1  # the unsupported file: nothing to process
+
+
+def test_a_folder_given_with_dot_dot_is_listed_as_the_system_resolves_it(tmp_path):
+    """`trapline run ../cards/photos` made every photo a forbidden_uri failure ('..' in its
+    path) and another spelling of the folder was not recognised as done."""
+    from trapline.pipelines.source import list_deployments
+    from trapline.pipelines.uri_safety import check_uri
+
+    card = tmp_path / "cards" / "cam-1"
+    card.mkdir(parents=True)
+    (card / "IMG_0001.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "elsewhere").mkdir()
+    spelled = str(tmp_path / "elsewhere" / ".." / "cards")
+    uris = [ref.uri for listing in list_deployments(spelled) for ref in listing.refs]
+    assert uris == [str(card / "IMG_0001.jpg")]
+    for uri in uris:
+        check_uri(uri)
