@@ -16,7 +16,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
 from trapline.services.api.storage import sniff
 
@@ -83,23 +83,10 @@ def blurred_preview(
 
 
 def _blur(image: Image.Image, boxes: Sequence[Sequence[float]]) -> None:
-    """Pixelate and blur each box, grown by a tenth, in place (as `sort.blur_boxes` does to
-    full-size copies)."""
-    width, height = image.size
-    for x, y, w, h in boxes:
-        grow_w, grow_h = 0.1 * w * width, 0.1 * h * height
-        left, top = max(0, int(x * width - grow_w)), max(0, int(y * height - grow_h))
-        right = min(width, int((x + w) * width + grow_w) + 1)
-        bottom = min(height, int((y + h) * height + grow_h) + 1)
-        if right <= left or bottom <= top:
-            continue
-        region = image.crop((left, top, right, bottom))
-        small = region.resize(
-            (max(1, region.width // 16), max(1, region.height // 16)), Image.Resampling.BOX
-        )
-        region = small.resize(region.size, Image.Resampling.NEAREST)
-        radius = max(4.0, 0.05 * max(region.size))
-        image.paste(region.filter(ImageFilter.GaussianBlur(radius)), (left, top))
+    """Blur the boxes in place, as `sort` blurs its copies."""
+    from trapline.services.tools.sort import blur_regions
+
+    blur_regions(image, boxes)
 
 
 class PhotoCache:

@@ -33,6 +33,7 @@ import io
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -266,22 +267,7 @@ def blur_boxes(data: bytes, boxes: list, source_sha256: str) -> bytes:
     with Image.open(io.BytesIO(data)) as opened:
         fmt = opened.format or "JPEG"
         image = ImageOps.exif_transpose(opened).convert("RGB")
-    width, height = image.size
-    for x, y, w, h in boxes:
-        grow_w, grow_h = 0.1 * w * width, 0.1 * h * height
-        left = max(0, int(x * width - grow_w))
-        top = max(0, int(y * height - grow_h))
-        right = min(width, int((x + w) * width + grow_w) + 1)
-        bottom = min(height, int((y + h) * height + grow_h) + 1)
-        if right <= left or bottom <= top:
-            continue
-        region = image.crop((left, top, right, bottom))
-        small = region.resize(
-            (max(1, region.width // 16), max(1, region.height // 16)), Image.Resampling.BOX
-        )
-        region = small.resize(region.size, Image.Resampling.NEAREST)
-        radius = max(4.0, 0.05 * max(region.size))
-        image.paste(region.filter(ImageFilter.GaussianBlur(radius)), (left, top))
+    blur_regions(image, boxes)
     out = io.BytesIO()
     mark = f"{BLUR_MARK}{source_sha256}"
     if fmt == "PNG":
@@ -322,3 +308,24 @@ def _write_log(report: SortReport, fs: Any, root: str) -> str:
     fs.makedirs(f"{root}/{LOG_FOLDER}", exist_ok=True)
     fs.pipe_file(path, buffer.getvalue().encode())
     return path
+
+
+def blur_regions(image: Image.Image, boxes: Sequence[Sequence[float]]) -> None:
+    """Pixelate and blur each box (relative x, y, width, height), grown by a tenth, in place:
+    the one blur of people's boxes (sort's copies and the review screen's photos)."""
+    width, height = image.size
+    for x, y, w, h in boxes:
+        grow_w, grow_h = 0.1 * w * width, 0.1 * h * height
+        left = max(0, int(x * width - grow_w))
+        top = max(0, int(y * height - grow_h))
+        right = min(width, int((x + w) * width + grow_w) + 1)
+        bottom = min(height, int((y + h) * height + grow_h) + 1)
+        if right <= left or bottom <= top:
+            continue
+        region = image.crop((left, top, right, bottom))
+        small = region.resize(
+            (max(1, region.width // 16), max(1, region.height // 16)), Image.Resampling.BOX
+        )
+        region = small.resize(region.size, Image.Resampling.NEAREST)
+        radius = max(4.0, 0.05 * max(region.size))
+        image.paste(region.filter(ImageFilter.GaussianBlur(radius)), (left, top))
